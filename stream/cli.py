@@ -1,0 +1,64 @@
+"""`listings`: the one command line of the project."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from stream import settings as settings_mod
+from stream.stack.process import StackError
+
+
+def _stack(args: argparse.Namespace) -> int:
+    from stream.stack import control
+
+    s = settings_mod.load()
+    only = args.parts or None
+    try:
+        if args.action == "up":
+            control.up(s, only)
+        elif args.action == "down":
+            control.down(s, only)
+        else:
+            st = control.status(s)
+            print(json.dumps(st, indent=2))
+            return 0 if all(v["ready"] for k, v in st.items() if not only or k in only) else 1
+    except StackError as exc:
+        print(f"stack {args.action} failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from stream import demo
+
+    try:
+        return demo.run(settings_mod.load())
+    except StackError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="listings", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stack = sub.add_parser("stack", help="start, stop or inspect the local Kafka + Redis + Triton stack")
+    stack.add_argument("action", choices=["up", "down", "status"])
+    stack.add_argument("parts", nargs="*", help="only these parts")
+    stack.set_defaults(func=_stack)
+
+    demo = sub.add_parser("demo", help="the main job on the local stack (what `make demo` runs)")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

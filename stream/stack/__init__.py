@@ -1,0 +1,1 @@
+"""The embedded local stack: Kafka (KRaft), Redis and Triton on loopback, without Docker."""

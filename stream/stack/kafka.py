@@ -1,0 +1,175 @@
+"""Apache Kafka in KRaft mode (one combined broker + controller), jars from Maven Central."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+from stream.settings import ROOT, Settings
+from stream.stack.process import Managed, StackError, wait_until
+from stream.topics import topic_specs
+
+POM = ROOT / "deploy" / "pom.xml"
+LOG4J = ROOT / "deploy" / "kafka-log4j.properties"
+
+
+def part(settings: Settings) -> Managed:
+    return Managed(
+        "kafka",
+        settings.state_dir / "run" / "kafka.pid",
+        settings.log_dir / "kafka.log",
+        marker="kafka.Kafka",
+    )
+
+
+def jar_dir(settings: Settings) -> Path:
+    return settings.cache_dir / "kafka-jars"
+
+
+def ensure_jars(settings: Settings) -> Path:
+    """Resolve the broker's jars with Maven (cached in ~/.m2 and in the state folder)."""
+    jars = jar_dir(settings)
+    stamp = jars / f".pom-{_pom_hash()}"
+    if stamp.exists():
+        return jars
+    if shutil.which("mvn") is None:
+        raise StackError("kafka: Maven (mvn) is not installed; `make setup` installs it")
+    shutil.rmtree(jars, ignore_errors=True)
+    jars.mkdir(parents=True)
+    out = subprocess.run(
+        ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies", f"-DoutputDirectory={jars}"],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        raise StackError(f"kafka: resolving jars from Maven Central failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
+    stamp.touch()
+    return jars
+
+
+def _pom_hash() -> str:
+    return hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
+
+
+def _java_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env["KAFKA_HEAP_OPTS"] = f"-Xmx{settings.kafka_heap} -Xms{settings.kafka_heap}"
+    return env
+
+
+def _java_cmd(settings: Settings, main: str, *args: str) -> list[str]:
+    return [
+        "java",
+        f"-Xmx{settings.kafka_heap}",
+        f"-Xms{settings.kafka_heap}",
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j.configuration=file:{LOG4J}",
+        f"-Dkafka.logs.dir={settings.log_dir}",
+        "-cp",
+        f"{jar_dir(settings)}/*",
+        main,
+        *args,
+    ]
+
+
+def write_config(settings: Settings) -> Path:
+    data = settings.state_dir / "kafka-data"
+    conf = settings.state_dir / "kafka.properties"
+    conf.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{settings.kafka_controller_port}",
+                f"listeners=PLAINTEXT://127.0.0.1:{settings.kafka_port},CONTROLLER://127.0.0.1:{settings.kafka_controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{settings.kafka_port}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                f"log.dirs={data}",
+                f"num.partitions={settings.input_partitions}",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=4",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "auto.create.topics.enable=true",
+                "log.retention.hours=168",
+                "log.segment.bytes=67108864",
+                "log.cleaner.dedupe.buffer.size=16777216",
+                "num.network.threads=2",
+                "num.io.threads=2",
+                "",
+            ]
+        )
+    )
+    return conf
+
+
+def format_storage(settings: Settings, conf: Path) -> None:
+    data = settings.state_dir / "kafka-data"
+    if (data / "meta.properties").exists():
+        return
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    out = subprocess.run(
+        _java_cmd(settings, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(conf)),
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        raise StackError(f"kafka: formatting storage failed:\n{out.stdout}{out.stderr}")
+
+
+def ready(settings: Settings) -> bool:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=3000)
+    try:
+        return len(admin.describe_cluster()["brokers"]) >= 1
+    finally:
+        admin.close()
+
+
+def ensure_topics(settings: Settings) -> list[str]:
+    """Create the design's topics that do not exist yet; returns the names created."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10000)
+    try:
+        existing = set(admin.list_topics())
+        new = [
+            NewTopic(t.name, num_partitions=t.partitions, replication_factor=1, topic_configs=t.config)
+            for t in topic_specs(settings)
+            if t.name not in existing
+        ]
+        if new:
+            try:
+                admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+        return [t.name for t in new]
+    finally:
+        admin.close()
+
+
+def up(settings: Settings) -> str:
+    p = part(settings)
+    if p.running():
+        ensure_topics(settings)
+        return f"kafka already running (pid {p.pid()}) on {settings.bootstrap_servers}"
+    ensure_jars(settings)
+    conf = write_config(settings)
+    format_storage(settings, conf)
+    p.start(_java_cmd(settings, "kafka.Kafka", str(conf)), env=_java_env(settings))
+    wait_until(p, lambda: ready(settings), settings.startup_timeout)
+    ensure_topics(settings)
+    return f"kafka started (pid {p.pid()}) on {settings.bootstrap_servers}"

@@ -1,0 +1,117 @@
+"""Start, find and stop the stack's own processes through pid files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class StackError(RuntimeError):
+    """A part of the stack failed to start or become ready."""
+
+
+@dataclass(frozen=True)
+class Managed:
+    """One process the stack owns: its pid file, log file and a word its command line must contain."""
+
+    name: str
+    pid_file: Path
+    log_file: Path
+    marker: str
+
+    def pid(self) -> int | None:
+        """The pid of our running process, or None (a stale pid file is removed)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        if not self._is_ours(pid):
+            self.pid_file.unlink(missing_ok=True)
+            return None
+        return pid
+
+    def _is_ours(self, pid: int) -> bool:
+        """Alive, not a zombie, and its command line carries our marker (so not a recycled pid)."""
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        return self.marker in cmdline and not stat.split(") ", 1)[1].startswith("Z")
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | None = None) -> int:
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                list(argv),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=dict(env) if env is not None else None,
+                cwd=str(cwd) if cwd else None,
+                start_new_session=True,  # outlives the CLI; `stack down` stops it
+            )
+        # between fork and exec the child still shows our own command line: wait for the exec
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and proc.poll() is None and not self._is_ours(proc.pid):
+            time.sleep(0.01)
+        self.pid_file.write_text(str(proc.pid))
+        return proc.pid
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """SIGTERM, then SIGKILL after `timeout`. Returns True if something was stopped."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.pid() is not None:
+            time.sleep(0.2)
+        if self.pid() is not None:
+            os.kill(pid, signal.SIGKILL)
+            while self.pid() is not None:
+                time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL, no grace: for fault tests."""
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            while self.pid() is not None:
+                time.sleep(0.05)
+            self.pid_file.unlink(missing_ok=True)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log yet)"
+
+
+def wait_until(part: Managed, ready: Callable[[], bool], timeout: float) -> None:
+    """Poll `ready` until true; fail naming the part and its log if it dies or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not part.running():
+            raise StackError(f"{part.name} exited during start-up; see its log {part.log_file}:\n{part.log_tail()}")
+        try:
+            if ready() and part.running():
+                return
+        except Exception:  # noqa: BLE001 - any failure of a probe means "not ready yet"
+            pass
+        time.sleep(0.5)
+    raise StackError(f"{part.name} not ready after {timeout:.0f}s; see its log {part.log_file}:\n{part.log_tail()}")

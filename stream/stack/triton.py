@@ -1,0 +1,100 @@
+"""Triton Inference Server: the `tritonserver` binary shipped inside the nvidia-pytriton wheel."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import urllib.request
+from pathlib import Path
+
+from stream.settings import Settings
+from stream.stack.process import Managed, StackError, wait_until
+
+PY = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def part(settings: Settings) -> Managed:
+    return Managed(
+        "triton",
+        settings.state_dir / "run" / "triton.pid",
+        settings.log_dir / "triton.log",
+        marker="tritonserver",
+    )
+
+
+def _pytriton_dir() -> Path:
+    try:
+        import pytriton
+    except ImportError as exc:  # pragma: no cover - set-up problem
+        raise StackError("triton: the nvidia-pytriton wheel is not installed in this environment") from exc
+    return Path(pytriton.__file__).resolve().parent
+
+
+def backend_dir(settings: Settings) -> Path:
+    """A backend folder holding the python backend and the stub built for this Python."""
+    src = _pytriton_dir() / "tritonserver"
+    dest = settings.state_dir / "triton-backends" / "python"
+    stub = src / "python_backend_stubs" / PY / "triton_python_backend_stub"
+    if not stub.exists():
+        raise StackError(f"triton: the wheel has no python backend stub for Python {PY}")
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in (src / "backends" / "python").iterdir():
+        if f.is_file():
+            shutil.copy2(f, dest / f.name)
+    shutil.copy2(stub, dest / "triton_python_backend_stub")
+    return dest.parent
+
+
+def servable_models(repo: Path) -> list[str]:
+    """Models of the repository that have a config and at least one numbered version."""
+    names = []
+    for model in sorted(p for p in repo.iterdir() if p.is_dir()):
+        if (model / "config.pbtxt").exists() and any(v.is_dir() and v.name.isdigit() for v in model.iterdir()):
+            names.append(model.name)
+    return names
+
+
+def server_env() -> dict[str, str]:
+    base = _pytriton_dir()
+    libs = base.parent / "nvidia_pytriton.libs"
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = ":".join(
+        p for p in [str(libs), str(base / "tritonserver" / "external_libs"), env.get("LD_LIBRARY_PATH", "")] if p
+    )
+    # the python backend stub runs model.py with the first `python3` on PATH: ours, with numpy<2
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+def ready(settings: Settings) -> bool:
+    with urllib.request.urlopen(f"http://{settings.triton_http}/v2/health/ready", timeout=2) as r:
+        return r.status == 200
+
+
+def up(settings: Settings) -> str:
+    p = part(settings)
+    if p.running():
+        return f"triton already running (pid {p.pid()}) on grpc {settings.triton_grpc}, http {settings.triton_http}"
+    binary = _pytriton_dir() / "tritonserver" / "bin" / "tritonserver"
+    repo = settings.model_repository
+    models = servable_models(repo)
+    argv = [
+        str(binary),
+        f"--model-repository={repo}",
+        f"--backend-directory={backend_dir(settings)}",
+        "--http-address=127.0.0.1",
+        f"--http-port={settings.triton_http_port}",
+        "--grpc-address=127.0.0.1",
+        f"--grpc-port={settings.triton_grpc_port}",
+        "--metrics-address=127.0.0.1",
+        f"--metrics-port={settings.triton_metrics_port}",
+        "--allow-metrics=true",
+        "--model-control-mode=explicit",
+        "--exit-on-error=true",
+        "--log-verbose=0",
+        *[f"--load-model={m}" for m in models],
+    ]
+    p.start(argv, env=server_env())
+    wait_until(p, lambda: ready(settings), settings.startup_timeout)
+    return f"triton started (pid {p.pid()}) serving {', '.join(models) or 'no models'} on grpc {settings.triton_grpc}"
