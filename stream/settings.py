@@ -27,8 +27,10 @@ class Settings:
 
     # where the local stack keeps its data, logs and pid files
     state_dir: Path = field(default_factory=lambda: Path(_env("LISTINGS_STATE_DIR", str(ROOT / ".stack"))))
-    # build outputs shared by every stack: resolved Kafka jars, cached model artifacts
-    cache_dir: Path = field(default_factory=lambda: Path(_env("LISTINGS_CACHE_DIR", str(ROOT / ".cache"))))
+    # build outputs shared by every checkout and stack: resolved Kafka jars, cached model artifacts
+    cache_dir: Path = field(
+        default_factory=lambda: Path(_env("LISTINGS_CACHE_DIR", str(Path.home() / ".cache" / "listing-classifier")))
+    )
     model_repository: Path = field(
         default_factory=lambda: Path(_env("LISTINGS_MODEL_REPOSITORY", str(ROOT / "triton_models")))
     )

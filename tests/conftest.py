@@ -4,20 +4,34 @@ in a temporary state folder on test-only ports, and torn down at the end even wh
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-# test ports, away from a demo stack running beside the tests
-TEST_ENV = {
-    "LISTINGS_KAFKA_PORT": "29092",
-    "LISTINGS_KAFKA_CONTROLLER_PORT": "29093",
-    "LISTINGS_REDIS_PORT": "26379",
-    "LISTINGS_TRITON_HTTP_PORT": "28000",
-    "LISTINGS_TRITON_GRPC_PORT": "28001",
-    "LISTINGS_TRITON_METRICS_PORT": "28002",
-}
+PORT_VARS = [
+    "LISTINGS_KAFKA_PORT",
+    "LISTINGS_KAFKA_CONTROLLER_PORT",
+    "LISTINGS_REDIS_PORT",
+    "LISTINGS_TRITON_HTTP_PORT",
+    "LISTINGS_TRITON_GRPC_PORT",
+    "LISTINGS_TRITON_METRICS_PORT",
+]
+
+
+def free_ports(n: int) -> list[int]:
+    """Ports free on loopback now, so a test stack never collides with a demo stack or another test run."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -36,7 +50,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     state = tmp_path_factory.mktemp("stack")
-    env = {**TEST_ENV, "LISTINGS_STATE_DIR": str(state)}
+    env = {**dict(zip(PORT_VARS, map(str, free_ports(len(PORT_VARS))), strict=True)), "LISTINGS_STATE_DIR": str(state)}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield env
