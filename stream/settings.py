@@ -34,6 +34,10 @@ class Settings:
     model_repository: Path = field(
         default_factory=lambda: Path(_env("LISTINGS_MODEL_REPOSITORY", str(ROOT / "triton_models")))
     )
+    # labelled product data the classifier trains on (flipkart_20k.csv, myntra_styles_44k.csv)
+    data_dir: Path = field(
+        default_factory=lambda: Path(_env("LISTINGS_DATA_DIR", str(ROOT.parent / "shared" / "data")))
+    )
     # Kafka
     kafka_port: int = field(default_factory=lambda: _int("LISTINGS_KAFKA_PORT", 19092))
     kafka_controller_port: int = field(default_factory=lambda: _int("LISTINGS_KAFKA_CONTROLLER_PORT", 19093))
@@ -54,6 +58,17 @@ class Settings:
     triton_metrics_port: int = field(default_factory=lambda: _int("LISTINGS_TRITON_METRICS_PORT", 18002))
     triton_url: str = field(default_factory=lambda: _env("LISTINGS_TRITON_URL", ""))
     model_name: str = field(default_factory=lambda: _env("LISTINGS_MODEL_NAME", "listing_classifier"))
+    # the worker
+    group_id: str = field(default_factory=lambda: _env("LISTINGS_GROUP_ID", "listing-classifier"))
+    max_batch: int = field(default_factory=lambda: _int("LISTINGS_MAX_BATCH", 64))
+    max_wait_ms: int = field(default_factory=lambda: _int("LISTINGS_MAX_WAIT_MS", 50))
+    max_in_flight: int = field(default_factory=lambda: _int("LISTINGS_MAX_IN_FLIGHT", 4))
+    review_threshold: float = field(default_factory=lambda: _float("LISTINGS_REVIEW_THRESHOLD", 0.5))
+    triton_timeout_s: float = field(default_factory=lambda: _float("LISTINGS_TRITON_TIMEOUT_S", 30.0))
+    retry_max_backoff_s: float = field(default_factory=lambda: _float("LISTINGS_RETRY_MAX_BACKOFF_S", 5.0))
+    updates_stream: str = field(default_factory=lambda: _env("LISTINGS_UPDATES_STREAM", "listings:updates"))
+    updates_maxlen: int = field(default_factory=lambda: _int("LISTINGS_UPDATES_MAXLEN", 100_000))
+    metrics_port: int = field(default_factory=lambda: _int("LISTINGS_METRICS_PORT", 9108))
     # readiness wait for `stack up`, seconds
     startup_timeout: float = field(default_factory=lambda: _float("LISTINGS_STARTUP_TIMEOUT", 120.0))
 

@@ -1,0 +1,1 @@
+"""Classify: micro-batches of listings sent to the Triton-hosted classifier."""

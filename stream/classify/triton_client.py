@@ -1,0 +1,127 @@
+"""Async gRPC client of the Triton `listing_classifier` model, with retries and priorities.
+
+One request per micro-batch; several requests may be in flight and Triton's dynamic batcher merges
+them. Live traffic uses priority level 1 (highest), backfill level 2."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from stream import metrics
+from stream.retry import retry_forever
+
+LIVE_PRIORITY = 1
+BACKFILL_PRIORITY = 2
+RETRYABLE_CODES = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED"}
+
+
+class TritonUnavailable(Exception):
+    """Triton could not be reached or timed out: retried."""
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    category: dict[str, Any]  # id, name, path
+    confidence: float
+    alternatives: list[dict[str, Any]]
+    tags: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    model_name: str
+    model_version: str
+    results: list[Classification]
+
+
+def _bytes_input(name: str, values: Sequence[str]) -> Any:
+    import tritonclient.grpc.aio as grpcclient
+
+    arr = np.array([[v.encode("utf-8")] for v in values], dtype=object)
+    inp = grpcclient.InferInput(name, list(arr.shape), "BYTES")
+    inp.set_data_from_numpy(arr)
+    return inp
+
+
+class TritonClassifier:
+    def __init__(
+        self,
+        url: str,
+        model_name: str,
+        *,
+        priority: int = LIVE_PRIORITY,
+        timeout_s: float = 30.0,
+        max_backoff_s: float = 5.0,
+        model_version: str = "",
+    ) -> None:
+        self.url = url
+        self.model_name = model_name
+        self.priority = priority
+        self.timeout_s = timeout_s
+        self.max_backoff_s = max_backoff_s
+        self.model_version = model_version  # "" = the version Triton's policy serves (latest)
+        self._client: Any = None
+
+    def _connect(self) -> Any:
+        import tritonclient.grpc.aio as grpcclient
+
+        if self._client is None:
+            self._client = grpcclient.InferenceServerClient(self.url)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def _infer_once(self, titles: Sequence[str], descriptions: Sequence[str], brands: Sequence[str]) -> Any:
+        import tritonclient.grpc.aio as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        client = self._connect()
+        inputs = [
+            _bytes_input("TITLE", titles),
+            _bytes_input("DESCRIPTION", descriptions),
+            _bytes_input("BRAND", brands),
+        ]
+        try:
+            return await client.infer(
+                self.model_name,
+                inputs,
+                model_version=self.model_version,
+                outputs=[grpcclient.InferRequestedOutput("RESULT")],
+                priority=self.priority,
+                client_timeout=self.timeout_s,
+            )
+        except InferenceServerException as exc:
+            if str(exc.status()) in RETRYABLE_CODES or "failed to connect" in str(exc).lower():
+                raise TritonUnavailable(str(exc)) from exc
+            # a model that is loading or unloaded also answers UNAVAILABLE-like errors
+            if "unavailable" in str(exc).lower() or "not ready" in str(exc).lower():
+                raise TritonUnavailable(str(exc)) from exc
+            raise
+
+    async def classify(self, titles: Sequence[str], descriptions: Sequence[str], brands: Sequence[str]) -> BatchResult:
+        """Classify one micro-batch; retries while Triton is unavailable (back-pressure)."""
+        start = time.perf_counter()
+        response = await retry_forever(
+            "triton infer",
+            lambda: self._infer_once(titles, descriptions, brands),
+            retryable=(TritonUnavailable,),
+            max_backoff=self.max_backoff_s,
+            on_retry=lambda _w, _e: metrics.RETRIES.labels("triton").inc(),
+        )
+        metrics.TRITON_LATENCY.observe(time.perf_counter() - start)
+        raw = response.as_numpy("RESULT").reshape(-1)
+        results = []
+        for row in raw:
+            d = orjson.loads(row)
+            results.append(Classification(d["category"], float(d["confidence"]), d["alternatives"], d["tags"]))
+        served = response.get_response()
+        return BatchResult(served.model_name, served.model_version, results)

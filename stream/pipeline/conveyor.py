@@ -1,0 +1,78 @@
+"""Several micro-batches in flight to Triton, sinks written strictly in consumption order.
+
+`submit` blocks while `max_in_flight` batches are pending: that is the back-pressure that stops
+consumption while Triton, Redis or Kafka is down. `on_done(token, stats)` runs after every sink has
+acknowledged a batch, in submit order: the caller acks / commits the batch's offsets there."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from stream import metrics
+from stream.pipeline.process import BatchStats, Pipeline, Prepared
+from stream.pipeline.records import InRecord
+
+log = logging.getLogger("listings.conveyor")
+
+Done = Callable[[Any, BatchStats], Awaitable[None]]
+
+
+class Conveyor:
+    def __init__(self, pipeline: Pipeline, max_in_flight: int, on_done: Done) -> None:
+        self.pipeline = pipeline
+        self.on_done = on_done
+        self._slots = asyncio.Semaphore(max(1, max_in_flight))
+        self._queue: asyncio.Queue[tuple[asyncio.Task[Prepared], Any] | None] = asyncio.Queue()
+        self._sink_task: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self.stats = BatchStats()
+
+    def start(self) -> None:
+        self._sink_task = asyncio.create_task(self._sink_loop(), name="listings-sinks")
+
+    async def submit(self, records: list[InRecord], token: Any) -> None:
+        if self._failure is not None:
+            raise RuntimeError("the sink stage failed") from self._failure
+        await self._slots.acquire()
+        metrics.IN_FLIGHT.inc()
+        task = asyncio.create_task(self.pipeline.prepare(records))
+        await self._queue.put((task, token))
+
+    async def _sink_loop(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            task, token = item
+            try:
+                prepared = await task
+                stats = await self.pipeline.commit_outputs(prepared)
+                self.stats.add(stats)
+                await self.on_done(token, stats)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                # nothing of this batch was acknowledged: its offsets stay uncommitted and are redelivered
+                log.exception("batch failed; stopping so its events are redelivered")
+                self._failure = exc
+                raise
+            finally:
+                metrics.IN_FLIGHT.dec()
+                self._slots.release()
+
+    async def drain(self) -> None:
+        """Wait until every submitted batch went through its sinks, then stop the sink stage."""
+        await self._queue.put(None)
+        if self._sink_task is not None:
+            await self._sink_task
+
+    async def cancel(self) -> None:
+        if self._sink_task is not None:
+            self._sink_task.cancel()
+            try:
+                await self._sink_task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass

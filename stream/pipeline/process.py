@@ -1,0 +1,203 @@
+"""One micro-batch through the pipeline.
+
+`prepare` validates and classifies (may run for several batches at once: Triton batches them);
+`commit_outputs` writes the sinks and must be called in consumption order, one batch at a time, so the
+outputs of an item keep the order of its events. Only after it returns may the batch's offsets be
+committed: every sink has acknowledged by then."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import orjson
+
+from stream import metrics
+from stream.classify.triton_client import BatchResult, TritonClassifier
+from stream.events.contract import InvalidEvent, Listing, parse_listing
+from stream.events.dlq import dlq_record
+from stream.pipeline.records import InRecord, classified_record, iso, redis_fields, tag_update_record
+from stream.settings import Settings
+from stream.sinks.kafka_out import KafkaOut, OutRecord
+from stream.sinks.redis_store import RedisStore, StoreItem
+
+log = logging.getLogger("listings.pipeline")
+
+
+@dataclass
+class Prepared:
+    records: list[InRecord]
+    valid: list[tuple[InRecord, Listing]]
+    invalid: list[tuple[InRecord, InvalidEvent]]
+    result: BatchResult | None
+
+
+@dataclass
+class BatchStats:
+    events: int = 0
+    classified: int = 0
+    dlq: int = 0
+    review: int = 0
+    stale: int = 0
+    tag_updates: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: BatchStats) -> None:
+        self.events += other.events
+        self.classified += other.classified
+        self.dlq += other.dlq
+        self.review += other.review
+        self.stale += other.stale
+        self.tag_updates += other.tag_updates
+        self.statuses.update(other.statuses)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        source: str,
+        classifier: TritonClassifier,
+        store: RedisStore,
+        out: KafkaOut,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.classifier = classifier
+        self.store = store
+        self.out = out
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, source: str, priority: int, model_version: str = "") -> Pipeline:
+        return cls(
+            settings,
+            source=source,
+            classifier=TritonClassifier(
+                settings.triton_grpc,
+                settings.model_name,
+                priority=priority,
+                timeout_s=settings.triton_timeout_s,
+                max_backoff_s=settings.retry_max_backoff_s,
+                model_version=model_version,
+            ),
+            store=RedisStore(
+                settings.redis,
+                stream=settings.updates_stream,
+                maxlen=settings.updates_maxlen,
+                max_backoff_s=settings.retry_max_backoff_s,
+            ),
+            out=KafkaOut(settings.bootstrap_servers, max_backoff_s=settings.retry_max_backoff_s),
+        )
+
+    async def start(self) -> None:
+        await self.out.start()
+
+    async def stop(self) -> None:
+        await self.out.stop()
+        await self.store.close()
+        await self.classifier.close()
+
+    async def prepare(self, records: list[InRecord]) -> Prepared:
+        metrics.EVENTS_IN.labels(self.source).inc(len(records))
+        valid: list[tuple[InRecord, Listing]] = []
+        invalid: list[tuple[InRecord, InvalidEvent]] = []
+        for rec in records:
+            try:
+                valid.append((rec, parse_listing(rec.value, rec.key)))
+            except InvalidEvent as exc:
+                invalid.append((rec, exc))
+        result = None
+        if valid:
+            metrics.BATCH_SIZE.observe(len(valid))
+            listings = [lst for _, lst in valid]
+            result = await self.classifier.classify(
+                [lst.title for lst in listings],
+                [lst.description or "" for lst in listings],
+                [lst.brand or "" for lst in listings],
+            )
+            if len(result.results) != len(listings):
+                raise RuntimeError(f"triton returned {len(result.results)} results for {len(listings)} listings")
+        return Prepared(records, valid, invalid, result)
+
+    def _dlq_records(self, prepared: Prepared) -> list[OutRecord]:
+        out = []
+        for rec, exc in prepared.invalid:
+            value = dlq_record(
+                error=exc.reason,
+                error_type=exc.error_type,
+                topic=rec.topic,
+                partition=rec.partition,
+                offset=rec.offset,
+                key=rec.key,
+                payload=rec.value,
+                source=self.source,
+            )
+            out.append(OutRecord(self.settings.topic_dlq, rec.key, value))
+            metrics.DLQ.labels(self.source, exc.error_type).inc()
+        return out
+
+    async def commit_outputs(self, prepared: Prepared) -> BatchStats:
+        """Write every sink for this batch; returns when all have acknowledged."""
+        s = self.settings
+        stats = BatchStats(events=len(prepared.records), dlq=len(prepared.invalid))
+        outputs = self._dlq_records(prepared)
+        if prepared.result is not None:
+            res = prepared.result
+            now_ms = time.time() * 1000
+            classified = []
+            items = []
+            for (rec, listing), cls_result in zip(prepared.valid, res.results, strict=True):
+                event_ms = listing.listed_at_ms if listing.listed_at_ms is not None else rec.timestamp_ms
+                record = classified_record(
+                    listing,
+                    cls_result,
+                    model_name=res.model_name,
+                    model_version=res.model_version,
+                    source=self.source,
+                    event_time_ms=event_ms,
+                    classified_at_ms=now_ms,
+                    review_threshold=s.review_threshold,
+                )
+                classified.append(record)
+                items.append(
+                    StoreItem(
+                        item_id=listing.item_id,
+                        listing_version=listing.listing_version,
+                        model_version=int(res.model_version),
+                        category_id=str(cls_result.category["id"]),
+                        tags=[t["tag"] for t in cls_result.tags],
+                        fields=redis_fields(record, listing.title),
+                    )
+                )
+            outcomes = await self.store.apply(items)
+            written_ms = time.time() * 1000
+            model = {"name": res.model_name, "version": res.model_version}
+            for (rec, _), record, outcome in zip(prepared.valid, classified, outcomes, strict=True):
+                stats.statuses[outcome.status] += 1
+                if rec.timestamp_ms is not None:
+                    metrics.E2E_LATENCY.labels(self.source).observe(max(0.0, (written_ms - rec.timestamp_ms) / 1000))
+                if outcome.status == "stale":
+                    stats.stale += 1  # a newer result is stored: this one must not reach any output
+                    continue
+                key = record["item_id"].encode()
+                value = orjson.dumps(record)
+                outputs.append(OutRecord(s.topic_classified, key, value))
+                stats.classified += 1
+                if record["needs_review"]:
+                    outputs.append(OutRecord(s.topic_review, key, value))
+                    stats.review += 1
+                if outcome.added or outcome.removed:
+                    update = tag_update_record(
+                        record["item_id"], outcome.added, outcome.removed, outcome.tags, model, iso(now_ms)
+                    )
+                    outputs.append(OutRecord(s.topic_tag_updates, key, orjson.dumps(update)))
+                    stats.tag_updates += 1
+        await self.out.send_all(outputs)
+        metrics.EVENTS_OUT.labels(self.source).inc(stats.classified)
+        metrics.REVIEW.labels(self.source).inc(stats.review)
+        metrics.STALE.labels(self.source).inc(stats.stale)
+        metrics.TAG_UPDATES.labels(self.source).inc(stats.tag_updates)
+        return stats

@@ -1,0 +1,90 @@
+"""What flows through the pipeline: raw Kafka records in, the output records of the design out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from stream.classify.triton_client import Classification
+from stream.events.contract import Listing
+
+
+@dataclass(frozen=True, slots=True)
+class InRecord:
+    """One consumed Kafka record, as the source (Faust or the backfill consumer) saw it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None
+
+
+def iso(ms: float) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def classified_record(
+    listing: Listing,
+    result: Classification,
+    *,
+    model_name: str,
+    model_version: str,
+    source: str,
+    event_time_ms: int | None,
+    classified_at_ms: float,
+    review_threshold: float,
+) -> dict[str, Any]:
+    """The `listings.classified` record of one item (also what `listings.review` carries)."""
+    return {
+        "item_id": listing.item_id,
+        "listing_version": listing.listing_version,
+        "category": result.category,
+        "confidence": result.confidence,
+        "alternatives": result.alternatives,
+        "tags": result.tags,
+        "model": {"name": model_name, "version": model_version},
+        "source": source,
+        "event_time": iso(event_time_ms) if event_time_ms is not None else None,
+        "classified_at": iso(classified_at_ms),
+        "needs_review": result.confidence < review_threshold,
+    }
+
+
+def redis_fields(record: dict[str, Any], title: str) -> dict[str, str]:
+    """The `listing:{item_id}` hash fields (strings) for a classified record."""
+    import orjson
+
+    cat = record["category"]
+    return {
+        "item_id": record["item_id"],
+        "title": title,
+        "listing_version": str(record["listing_version"]),
+        "category_id": str(cat["id"]),
+        "category_name": str(cat.get("name", "")),
+        "category_path": " > ".join(cat.get("path", [])),
+        "confidence": f"{record['confidence']:.6f}",
+        "alternatives": orjson.dumps(record["alternatives"]).decode(),
+        "tag_scores": orjson.dumps(record["tags"]).decode(),
+        "model_name": record["model"]["name"],
+        "model_version": str(record["model"]["version"]),
+        "source": record["source"],
+        "event_time": record["event_time"] or "",
+        "classified_at": record["classified_at"],
+        "needs_review": "1" if record["needs_review"] else "0",
+    }
+
+
+def tag_update_record(
+    item_id: str, added: list[str], removed: list[str], tags: list[str], model: dict[str, str], classified_at: str
+) -> dict[str, Any]:
+    return {
+        "item_id": item_id,
+        "added": added,
+        "removed": removed,
+        "tags": tags,
+        "model": model,
+        "classified_at": classified_at,
+    }

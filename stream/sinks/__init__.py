@@ -1,0 +1,1 @@
+"""Sinks: Redis (current state, indexes, update stream) and the downstream Kafka topics."""

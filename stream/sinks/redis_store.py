@@ -1,0 +1,98 @@
+"""Redis sink: one atomic Lua script per item (hash + category/tag index sets + update-stream entry),
+applied only when the result is not older than what is stored (higher `listing_version` wins, then the
+newer model version). Many items go in one pipelined round trip."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from stream import metrics
+from stream.retry import retry_forever
+
+SCRIPT = (Path(__file__).parent / "apply_result.lua").read_text()
+KEY_PREFIX = "listing:"
+CATEGORY_PREFIX = "category:"
+TAG_PREFIX = "tag:"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreItem:
+    item_id: str
+    listing_version: int
+    model_version: int
+    category_id: str
+    tags: list[str]
+    fields: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOutcome:
+    status: str  # applied | same | stale
+    tags: list[str]
+    prev_tags: list[str]
+
+    @property
+    def added(self) -> list[str]:
+        return sorted(set(self.tags) - set(self.prev_tags))
+
+    @property
+    def removed(self) -> list[str]:
+        return sorted(set(self.prev_tags) - set(self.tags))
+
+
+def _tags(raw: bytes | str) -> list[str]:
+    value = orjson.loads(raw)
+    return list(value) if isinstance(value, list) else []  # cjson encodes an empty list as {}
+
+
+class RedisStore:
+    def __init__(self, url: str, *, stream: str, maxlen: int, max_backoff_s: float = 5.0) -> None:
+        import redis.asyncio as aioredis
+
+        self._redis = aioredis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        self._script = self._redis.register_script(SCRIPT)
+        self.stream = stream
+        self.maxlen = maxlen
+        self.max_backoff_s = max_backoff_s
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def _apply_once(self, items: Sequence[StoreItem]) -> list[StoreOutcome]:
+        pipe = self._redis.pipeline(transaction=False)
+        for it in items:
+            await self._script(
+                keys=[KEY_PREFIX + it.item_id, self.stream],
+                args=[
+                    it.item_id,
+                    it.listing_version,
+                    it.model_version,
+                    it.category_id,
+                    orjson.dumps(sorted(it.tags)),
+                    orjson.dumps(it.fields),
+                    self.maxlen,
+                    CATEGORY_PREFIX,
+                    TAG_PREFIX,
+                ],
+                client=pipe,
+            )
+        replies = await pipe.execute()
+        return [StoreOutcome(r[0].decode(), _tags(r[1]), _tags(r[2])) for r in replies]
+
+    async def apply(self, items: Sequence[StoreItem]) -> list[StoreOutcome]:
+        """Apply every item; retries while Redis is down (the script is idempotent)."""
+        import redis.exceptions as rexc
+
+        if not items:
+            return []
+        return await retry_forever(
+            "redis apply",
+            lambda: self._apply_once(items),
+            retryable=(rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, OSError),
+            max_backoff=self.max_backoff_s,
+            on_retry=lambda _w, _e: metrics.RETRIES.labels("redis").inc(),
+        )

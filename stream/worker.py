@@ -1,0 +1,113 @@
+"""`listings worker`: the Faust app that classifies `listings.new` as it arrives.
+
+Every process started with this command joins one consumer group; Kafka spreads the input partitions
+over them (scale out = start more processes). Each event is validated, micro-batched
+(`stream.noack_take(max_batch, within=max_wait)`), classified by Triton and written to Redis and the
+output topics; an event is acked (so its offset may be committed) only after every sink acknowledged
+it, in consumption order, so Faust never commits past an unfinished event."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from stream import settings as settings_mod
+from stream.settings import Settings
+
+log = logging.getLogger("listings.worker")
+
+
+def make_app(settings: Settings) -> Any:
+    import faust
+
+    from stream import metrics
+    from stream.classify.triton_client import LIVE_PRIORITY
+    from stream.pipeline.conveyor import Conveyor
+    from stream.pipeline.process import BatchStats, Pipeline
+    from stream.pipeline.records import InRecord
+
+    app = faust.App(
+        settings.group_id,
+        broker=f"kafka://{settings.bootstrap_servers}",
+        store="memory://",
+        datadir=str(settings.state_dir / "faust" / "{conf.id}"),
+        web_enabled=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        broker_commit_every=max(1, settings.max_batch),
+        stream_buffer_maxsize=max(256, settings.max_batch * settings.max_in_flight * 2),
+        producer_acks=-1,
+    )
+    source = app.topic(
+        settings.topic_input, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+    next_offset: dict[tuple[str, int], int] = {}
+
+    @app.agent(source, name="classify")
+    async def classify(stream: Any) -> None:
+        pipeline = Pipeline.from_settings(settings, source="live", priority=LIVE_PRIORITY)
+        await pipeline.start()
+
+        async def done(events: list[Any], stats: BatchStats) -> None:
+            for event in events:  # in offset order: Faust commits only contiguous acked offsets
+                await stream.ack(event)
+                msg = event.message
+                next_offset[(msg.topic, msg.partition)] = msg.offset + 1
+            log.debug("batch done", extra={"fields": {"events": stats.events, "statuses": dict(stats.statuses)}})
+
+        conveyor = Conveyor(pipeline, settings.max_in_flight, done)
+        conveyor.start()
+        try:
+            async for events in stream.noack_take(settings.max_batch, within=settings.max_wait_ms / 1000):
+                records = [
+                    InRecord(
+                        topic=e.message.topic,
+                        partition=e.message.partition,
+                        offset=e.message.offset,
+                        key=e.message.key,
+                        value=e.message.value,
+                        timestamp_ms=int(e.message.timestamp * 1000) if e.message.timestamp else None,
+                    )
+                    for e in events
+                ]
+                await conveyor.submit(records, events)
+        finally:
+            await conveyor.cancel()
+            await pipeline.stop()
+
+    @app.timer(interval=5.0)
+    async def report_lag() -> None:
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            hw = consumer.highwater(tp)
+            pos = next_offset.get((tp.topic, tp.partition))
+            if hw is not None and pos is not None:
+                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, hw - pos))
+
+    return app
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-port", type=int, default=None, help="Prometheus port (default LISTINGS_METRICS_PORT)"
+    )
+    parser.add_argument("--log-level", default="INFO")
+
+
+def run(args: argparse.Namespace) -> int:
+    import faust
+
+    from stream import logs, metrics
+
+    settings = settings_mod.load()
+    logs.setup(args.log_level)
+    metrics.serve(args.metrics_port if args.metrics_port is not None else settings.metrics_port)
+    app = make_app(settings)
+    log.info("worker starting", extra={"fields": {"group": settings.group_id, "topic": settings.topic_input}})
+    worker = faust.Worker(
+        app, loglevel=args.log_level, logging_config=logs.logging_config(args.log_level), redirect_stdouts=False
+    )
+    worker.execute_from_commandline()
+    return 0
