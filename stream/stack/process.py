@@ -80,17 +80,17 @@ class Managed:
         while time.monotonic() < deadline and self.pid() is not None:
             time.sleep(0.2)
         if self.pid() is not None:
-            os.kill(pid, signal.SIGKILL)
+            _killpg(pid)
             while self.pid() is not None:
                 time.sleep(0.1)
         self.pid_file.unlink(missing_ok=True)
         return True
 
     def kill(self) -> None:
-        """SIGKILL, no grace: for fault tests."""
+        """SIGKILL the part and its process group, no grace: for fault tests."""
         pid = self.pid()
         if pid is not None:
-            os.kill(pid, signal.SIGKILL)
+            _killpg(pid)
             while self.pid() is not None:
                 time.sleep(0.05)
             self.pid_file.unlink(missing_ok=True)
@@ -100,6 +100,14 @@ class Managed:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log yet)"
+
+
+def _killpg(pid: int) -> None:
+    """SIGKILL the process and its helpers (its own session/group: we started it with a new session)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def wait_until(part: Managed, ready: Callable[[], bool], timeout: float) -> None:
