@@ -54,7 +54,8 @@ def dlq_record(
     size = None if payload is None else len(payload)
     kept = None if payload is None else payload[:MAX_DLQ_PAYLOAD_BYTES]
     record: dict[str, Any] = {
-        "error": error[:MAX_ERROR_CHARS],
+        # lone surrogates (from str(exc) of odd input) cannot be JSON: replace them
+        "error": error[:MAX_ERROR_CHARS].encode("utf-8", "replace").decode("utf-8"),
         "error_type": error_type,
         "topic": topic,
         "partition": partition,
