@@ -173,6 +173,26 @@ class _Tally:
                 self.errors.append(f"{type(exc).__name__}: {exc}")
 
 
+def _flush(producer: Any, timeout: float, attempts: int = 5) -> list[str]:
+    """Flush, retrying briefly: kafka-python's flush can raise while a failed batch is still being split or
+    aborted. Returns the errors seen; the caller counts every send not acknowledged as failed."""
+    from kafka.errors import KafkaError, KafkaTimeoutError
+
+    errors: list[str] = []
+    deadline = time.monotonic() + timeout
+    for _ in range(attempts):
+        try:
+            producer.flush(timeout=max(0.1, deadline - time.monotonic()))
+            return errors
+        except KafkaTimeoutError as exc:
+            errors.append(f"flush: {type(exc).__name__}: {exc}")
+            return errors
+        except KafkaError as exc:
+            errors.append(f"flush: {type(exc).__name__}: {exc}")
+            time.sleep(0.2)
+    return errors
+
+
 def produce_listings(
     settings: Settings,
     listings: Iterable[dict[str, Any]],
@@ -229,12 +249,12 @@ def produce_listings(
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        try:
-            producer.flush(timeout=FLUSH_TIMEOUT_S)
-        except KafkaError as exc:
-            tally.fail(exc)
+        flush_errors = _flush(producer, FLUSH_TIMEOUT_S)
         if own:
-            producer.close(timeout=10)
+            try:
+                producer.close(timeout=10)
+            except KafkaError as exc:  # already counted: every unacknowledged send is a failure below
+                flush_errors.append(f"close: {type(exc).__name__}: {exc}")
         bar.close()
     duration = time.perf_counter() - t0
     with tally.lock:
@@ -243,6 +263,7 @@ def produce_listings(
     unresolved = max(0, attempted - sent - failed)
     if unresolved:
         errors.append(f"{unresolved} sends unresolved after flush")
+    errors.extend(flush_errors)
     return {
         "topic": topic,
         "attempted": attempted,
