@@ -27,11 +27,13 @@ def make_app(settings: Settings) -> Any:
     from stream.pipeline.process import BatchStats, Pipeline
     from stream.pipeline.records import InRecord
 
+    datadir = settings.state_dir / "faust"
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.group_id,
         broker=f"kafka://{settings.bootstrap_servers}",
         store="memory://",
-        datadir=str(settings.state_dir / "faust" / "{conf.id}"),
+        datadir=str(datadir / "{conf.id}"),
         web_enabled=False,
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",

@@ -19,11 +19,14 @@ def _item(item_id: str, lv: int, mv: int, cat: str, tags: list[str]) -> StoreIte
 STREAM = f"test:updates:{uuid.uuid4().hex[:6]}"
 
 
-def _apply(stack, items: list[StoreItem]) -> list:
+def _apply(stack, items: list[StoreItem], confirm: bool = False) -> list:
     async def go() -> list:
         store = RedisStore(stack.redis, stream=STREAM, maxlen=1000)
         try:
-            return await store.apply(items)
+            out = await store.apply(items)
+            if confirm:
+                await store.confirm_outputs(items)
+            return out
         finally:
             await store.close()
 
@@ -77,14 +80,37 @@ def test_same_listing_version_newer_model_wins_older_loses(stack, r) -> None:
     assert r.hget(f"listing:{iid}", "model_version") == "3"
 
 
+def test_confirmed_outputs_make_a_replay_a_no_op(stack, r) -> None:
+    iid = f"it-{uuid.uuid4().hex[:8]}"
+    [first] = _apply(stack, [_item(iid, 1, 1, "c", ["a"])], confirm=True)
+    assert first.needs_outputs and r.hget(f"listing:{iid}", "outputs_pending") == "0"
+    [again] = _apply(stack, [_item(iid, 1, 1, "c", ["a"])])
+    assert again.status == "same" and not again.pending and not again.needs_outputs
+
+
+def test_confirm_does_not_touch_a_newer_result(stack, r) -> None:
+    iid = f"it-{uuid.uuid4().hex[:8]}"
+    old = _item(iid, 1, 1, "c", ["a"])
+    _apply(stack, [old])
+    _apply(stack, [_item(iid, 2, 1, "d", ["b"])])
+
+    async def confirm_old() -> None:
+        store = RedisStore(stack.redis, stream=STREAM, maxlen=1000)
+        await store.confirm_outputs([old])
+        await store.close()
+
+    asyncio.run(confirm_old())
+    assert r.hget(f"listing:{iid}", "outputs_pending") == "1"
+
+
 def test_redelivery_is_same_and_reports_the_last_tag_change(stack, r) -> None:
     iid = f"it-{uuid.uuid4().hex[:8]}"
     first = _apply(stack, [_item(iid, 1, 1, "c", ["a"])])[0]
     before = r.hgetall(f"listing:{iid}")
     entries = r.xlen(STREAM)
     again = _apply(stack, [_item(iid, 1, 1, "c", ["a"])])[0]
-    assert first.status == "applied" and again.status == "same"
-    # the tag change is reported again, so a crash between Redis and Kafka cannot lose a tag update
+    assert first.status == "applied" and again.status == "same" and again.pending and again.needs_outputs
+    # outputs never confirmed (a crash between Redis and Kafka): the tag change is reported again
     assert again.added == ["a"] and again.removed == []
     assert r.hgetall(f"listing:{iid}") == before
     assert r.xlen(STREAM) == entries  # no update-stream entry for a non-change

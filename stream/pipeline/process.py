@@ -41,6 +41,7 @@ class BatchStats:
     dlq: int = 0
     review: int = 0
     stale: int = 0
+    unchanged: int = 0
     tag_updates: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
 
@@ -50,6 +51,7 @@ class BatchStats:
         self.dlq += other.dlq
         self.review += other.review
         self.stale += other.stale
+        self.unchanged += other.unchanged
         self.tag_updates += other.tag_updates
         self.statuses.update(other.statuses)
 
@@ -175,13 +177,18 @@ class Pipeline:
             outcomes = await self.store.apply(items)
             written_ms = time.time() * 1000
             model = {"name": res.model_name, "version": res.model_version}
-            for (rec, _), record, outcome in zip(prepared.valid, classified, outcomes, strict=True):
+            to_confirm = []
+            for (rec, _), record, item, outcome in zip(prepared.valid, classified, items, outcomes, strict=True):
                 stats.statuses[outcome.status] += 1
                 if rec.timestamp_ms is not None:
                     metrics.E2E_LATENCY.labels(self.source).observe(max(0.0, (written_ms - rec.timestamp_ms) / 1000))
                 if outcome.status == "stale":
                     stats.stale += 1  # a newer result is stored: this one must not reach any output
                     continue
+                if not outcome.needs_outputs:
+                    stats.unchanged += 1  # already stored and published (e.g. a replay with the same model)
+                    continue
+                to_confirm.append(item)
                 key = record["item_id"].encode()
                 value = orjson.dumps(record)
                 outputs.append(OutRecord(s.topic_classified, key, value))
@@ -196,6 +203,8 @@ class Pipeline:
                     outputs.append(OutRecord(s.topic_tag_updates, key, orjson.dumps(update)))
                     stats.tag_updates += 1
         await self.out.send_all(outputs)
+        if prepared.result is not None:
+            await self.store.confirm_outputs(to_confirm)
         metrics.EVENTS_OUT.labels(self.source).inc(stats.classified)
         metrics.REVIEW.labels(self.source).inc(stats.review)
         metrics.STALE.labels(self.source).inc(stats.stale)

@@ -2,10 +2,12 @@
 -- KEYS[1] listing:{item_id}   KEYS[2] the updates stream
 -- ARGV: item_id, listing_version, model_version, category_id, tags_json (sorted list of tag names),
 --       fields_json (flat object of string fields for the hash), stream_maxlen, index_prefix_category, index_prefix_tag
--- Returns {status, tags_json, prev_tags_json}; status is
---   "applied": stored (hash, indexes, one stream entry);
---   "same":    this listing_version and model version are already stored (a redelivery): nothing written;
---              the stored tags and the tags before them come back so the caller can re-emit its outputs;
+-- Returns {status, tags_json, prev_tags_json, pending}; status is
+--   "applied": stored (hash, indexes, one stream entry), marked pending until the caller confirms that its
+--              Kafka outputs were acknowledged (confirm_outputs.lua);
+--   "same":    this listing_version and model version are already stored: nothing written. `pending` = "1"
+--              means the outputs of that write were never confirmed (a crash in between): the caller re-emits
+--              them, with the stored tags and the tags before them; "0" means nothing is left to do;
 --   "stale":   a newer listing_version, or a newer model at the same listing_version, is stored: nothing written.
 local key = KEYS[1]
 local item = ARGV[1]
@@ -13,15 +15,16 @@ local lv = tonumber(ARGV[2])
 local mv = tonumber(ARGV[3])
 local cat = ARGV[4]
 local tags_json = ARGV[5]
-local cur = redis.call('HMGET', key, 'listing_version', 'model_version', 'category_id', 'tags', 'tags_prev')
+local cur = redis.call('HMGET', key, 'listing_version', 'model_version', 'category_id', 'tags', 'tags_prev',
+  'outputs_pending')
 if cur[1] then
   local clv = tonumber(cur[1])
   local cmv = tonumber(cur[2])
   if lv < clv or (lv == clv and mv < cmv) then
-    return {'stale', cur[4] or '[]', cur[5] or '[]'}
+    return {'stale', cur[4] or '[]', cur[5] or '[]', '0'}
   end
   if lv == clv and mv == cmv then
-    return {'same', cur[4] or '[]', cur[5] or '[]'}
+    return {'same', cur[4] or '[]', cur[5] or '[]', cur[6] or '0'}
   end
 end
 local old_tags_json = cur[4] or '[]'
@@ -55,8 +58,10 @@ flat[#flat + 1] = 'tags'
 flat[#flat + 1] = tags_json
 flat[#flat + 1] = 'tags_prev'
 flat[#flat + 1] = old_tags_json
+flat[#flat + 1] = 'outputs_pending'
+flat[#flat + 1] = '1'
 redis.call('HSET', key, unpack(flat))
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*',
   'item_id', item, 'listing_version', ARGV[2], 'model_version', ARGV[3], 'category_id', cat,
   'tags', tags_json, 'source', fields['source'] or '')
-return {'applied', tags_json, old_tags_json}
+return {'applied', tags_json, old_tags_json, '1'}

@@ -4,9 +4,10 @@ newer model version). Many items go in one pipelined round trip."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import orjson
 
@@ -14,6 +15,8 @@ from stream import metrics
 from stream.retry import retry_forever
 
 SCRIPT = (Path(__file__).parent / "apply_result.lua").read_text()
+CONFIRM_SCRIPT = (Path(__file__).parent / "confirm_outputs.lua").read_text()
+T = TypeVar("T")
 KEY_PREFIX = "listing:"
 CATEGORY_PREFIX = "category:"
 TAG_PREFIX = "tag:"
@@ -34,6 +37,12 @@ class StoreOutcome:
     status: str  # applied | same | stale
     tags: list[str]
     prev_tags: list[str]
+    pending: bool  # the stored result's Kafka outputs are not confirmed yet
+
+    @property
+    def needs_outputs(self) -> bool:
+        """Applied now, or stored earlier by a run that died before its outputs were acknowledged."""
+        return self.status == "applied" or (self.status == "same" and self.pending)
 
     @property
     def added(self) -> list[str]:
@@ -55,6 +64,7 @@ class RedisStore:
 
         self._redis = aioredis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
         self._script = self._redis.register_script(SCRIPT)
+        self._confirm = self._redis.register_script(CONFIRM_SCRIPT)
         self.stream = stream
         self.maxlen = maxlen
         self.max_backoff_s = max_backoff_s
@@ -81,18 +91,34 @@ class RedisStore:
                 client=pipe,
             )
         replies = await pipe.execute()
-        return [StoreOutcome(r[0].decode(), _tags(r[1]), _tags(r[2])) for r in replies]
+        return [StoreOutcome(r[0].decode(), _tags(r[1]), _tags(r[2]), r[3] == b"1") for r in replies]
 
-    async def apply(self, items: Sequence[StoreItem]) -> list[StoreOutcome]:
-        """Apply every item; retries while Redis is down (the script is idempotent)."""
+    async def _confirm_once(self, items: Sequence[StoreItem]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for it in items:
+            await self._confirm(
+                keys=[KEY_PREFIX + it.item_id], args=[it.listing_version, it.model_version], client=pipe
+            )
+        await pipe.execute()
+
+    async def _retrying(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         import redis.exceptions as rexc
 
-        if not items:
-            return []
         return await retry_forever(
-            "redis apply",
-            lambda: self._apply_once(items),
+            what,
+            op,
             retryable=(rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, OSError),
             max_backoff=self.max_backoff_s,
             on_retry=lambda _w, _e: metrics.RETRIES.labels("redis").inc(),
         )
+
+    async def apply(self, items: Sequence[StoreItem]) -> list[StoreOutcome]:
+        """Apply every item; retries while Redis is down (the script is idempotent)."""
+        if not items:
+            return []
+        return await self._retrying("redis apply", lambda: self._apply_once(items))
+
+    async def confirm_outputs(self, items: Sequence[StoreItem]) -> None:
+        """Record that the Kafka outputs of these (applied) items were acknowledged."""
+        if items:
+            await self._retrying("redis confirm", lambda: self._confirm_once(items))

@@ -1,0 +1,229 @@
+"""`listings backfill`: replay a range of a listings topic through the same pipeline as the live worker.
+
+It runs under a consumer group of its own (derived from its arguments, so a restart with the same
+arguments resumes from the offsets it committed), resolves start offsets from a timestamp
+(`offsets_for_times`), and stops by itself at the end offsets it saw when the run was first planned (the
+plan is kept in Redis under `backfill:plan:{group}`). Its Triton requests use the lower priority level and
+its outputs carry `source: backfill`; the Redis rule keeps it from overwriting newer results."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from stream import settings as settings_mod
+from stream.settings import Settings
+
+
+def parse_time(text: str) -> int:
+    """An ISO-8601 time or epoch milliseconds, as epoch milliseconds."""
+    if text.isdigit():
+        return int(text)
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a timezone (e.g. Z) or epoch milliseconds")
+    return int(dt.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class Plan:
+    topic: str
+    start: dict[int, int]  # partition -> first offset of the range
+    end: dict[int, int]  # partition -> offset the run stops at (exclusive)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"topic": self.topic, "start": self.start, "end": self.end}, option=orjson.OPT_NON_STR_KEYS)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Plan:
+        d = orjson.loads(raw)
+        return cls(d["topic"], {int(k): v for k, v in d["start"].items()}, {int(k): v for k, v in d["end"].items()})
+
+
+@dataclass
+class Summary:
+    group: str
+    topic: str
+    events: int = 0
+    classified: int = 0
+    dlq: int = 0
+    review: int = 0
+    stale: int = 0
+    tag_updates: int = 0
+    resumed_from_committed: bool = False
+    duration_s: float = 0.0
+
+
+def default_group(args: argparse.Namespace, topic: str) -> str:
+    ident = f"{topic}|{args.since}|{args.until}|{args.from_beginning}|{args.model_version}"
+    return f"listings-backfill-{hashlib.sha256(ident.encode()).hexdigest()[:10]}"
+
+
+def make_plan(consumer: Any, topic: str, since_ms: int | None, until_ms: int | None) -> Plan:
+    from kafka import TopicPartition
+
+    parts = sorted(consumer.partitions_for_topic(topic) or [])
+    if not parts:
+        raise SystemExit(f"backfill: topic {topic!r} does not exist or has no partitions")
+    tps = [TopicPartition(topic, p) for p in parts]
+    begin = consumer.beginning_offsets(tps)
+    end = consumer.end_offsets(tps)
+
+    def at(ms: int | None, default: dict[Any, int]) -> dict[int, int]:
+        if ms is None:
+            return {tp.partition: default[tp] for tp in tps}
+        found = consumer.offsets_for_times({tp: ms for tp in tps})
+        return {tp.partition: (found[tp].offset if found.get(tp) else end[tp]) for tp in tps}
+
+    start = at(since_ms, begin)
+    stop = at(until_ms, end)
+    stop = {p: min(stop[p], end[TopicPartition(topic, p)]) for p in stop}
+    return Plan(topic, start, {p: max(stop[p], start[p]) for p in stop})
+
+
+async def backfill(settings: Settings, args: argparse.Namespace) -> Summary:
+    import redis
+    from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
+    from tqdm import tqdm
+
+    from stream.classify.triton_client import BACKFILL_PRIORITY
+    from stream.pipeline.conveyor import Conveyor
+    from stream.pipeline.process import BatchStats, Pipeline
+    from stream.pipeline.records import InRecord
+
+    topic = args.topic or settings.topic_input
+    group = args.group or default_group(args, topic)
+    since_ms = None if args.from_beginning else args.since
+    started = time.monotonic()
+    summary = Summary(group=group, topic=topic)
+
+    kafka_thread = ThreadPoolExecutor(1, thread_name_prefix="backfill-consumer")  # kafka-python is not thread-safe
+    loop = asyncio.get_running_loop()
+
+    def on_consumer(fn: Any, *a: Any, **kw: Any) -> Any:
+        return loop.run_in_executor(kafka_thread, lambda: fn(*a, **kw))
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        key_deserializer=None,
+        value_deserializer=None,
+        max_poll_records=settings.max_batch,
+    )
+    r = redis.Redis.from_url(settings.redis)
+    plan_key = f"backfill:plan:{group}"
+    raw_plan = r.get(plan_key)
+    if raw_plan is not None:
+        plan = Plan.from_json(raw_plan)
+    else:
+        plan = await on_consumer(make_plan, consumer, topic, since_ms, args.until)
+        r.set(plan_key, plan.to_json())
+    r.close()
+
+    tps = [TopicPartition(topic, p) for p in plan.start]
+    committed = {tp: await on_consumer(consumer.committed, tp) for tp in tps}
+    position = {}
+    for tp in tps:
+        c = committed[tp]
+        summary.resumed_from_committed |= c is not None and c > plan.start[tp.partition]
+        position[tp] = max(plan.start[tp.partition], c or 0)
+    consumer.assign([tp for tp in tps if position[tp] < plan.end[tp.partition]])
+    for tp in consumer.assignment():
+        consumer.seek(tp, position[tp])
+    total = sum(plan.end[tp.partition] - plan.start[tp.partition] for tp in tps)
+    done_before = sum(position[tp] - plan.start[tp.partition] for tp in tps)
+    bar = tqdm(total=total, initial=done_before, unit="ev", desc=f"backfill {topic}", disable=args.json, smoothing=0.1)
+
+    pipeline = Pipeline.from_settings(
+        settings, source="backfill", priority=BACKFILL_PRIORITY, model_version=args.model_version or ""
+    )
+    await pipeline.start()
+
+    async def done(offsets: dict[Any, int], stats: BatchStats) -> None:
+        await on_consumer(consumer.commit, {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+        bar.update(stats.events)
+
+    conveyor = Conveyor(pipeline, settings.max_in_flight, done)
+    conveyor.start()
+    remaining = set(consumer.assignment())
+    rate = args.rate or 0.0
+    sent = 0
+    pace_start = time.monotonic()
+    try:
+        while remaining:
+            polled = await on_consumer(consumer.poll, timeout_ms=500, max_records=settings.max_batch)
+            batch: list[InRecord] = []
+            offsets: dict[Any, int] = {}
+            for tp, msgs in polled.items():
+                stop = plan.end[tp.partition]
+                for m in msgs:
+                    if m.offset >= stop:
+                        break
+                    batch.append(InRecord(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp))
+                    offsets[tp] = m.offset + 1
+            for tp in list(remaining):  # past the planned end: this partition is done
+                if await on_consumer(consumer.position, tp) >= plan.end[tp.partition]:
+                    remaining.discard(tp)
+                    await on_consumer(consumer.pause, tp)
+            if not batch:
+                continue
+            if rate > 0:
+                sent += len(batch)
+                ahead = sent / rate - (time.monotonic() - pace_start)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            await conveyor.submit(batch, offsets)
+        await conveyor.drain()
+    finally:
+        await conveyor.cancel()
+        await pipeline.stop()
+        bar.close()
+        await on_consumer(consumer.close)
+        kafka_thread.shutdown()
+    st = conveyor.stats
+    summary.events, summary.classified, summary.dlq = st.events, st.classified, st.dlq
+    summary.review, summary.stale, summary.tag_updates = st.review, st.stale, st.tag_updates
+    summary.duration_s = round(time.monotonic() - started, 3)
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--since", type=parse_time, help="start at this time (ISO-8601 with zone, or epoch ms)")
+    where.add_argument("--from-beginning", action="store_true", help="start at the earliest retained offset")
+    parser.add_argument("--until", type=parse_time, default=None, help="stop at this time (default: the end now)")
+    parser.add_argument("--topic", default=None, help="topic of listing events (default: the input topic)")
+    parser.add_argument("--model-version", default=None, help="Triton model version to use (default: latest)")
+    parser.add_argument("--rate", type=float, default=0.0, help="max events/s (0 = unlimited)")
+    parser.add_argument("--group", default=None, help="consumer group (default: derived from the arguments)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON, no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from stream import logs
+
+    logs.setup("WARNING")
+    settings = settings_mod.load()
+    summary = asyncio.run(backfill(settings, args))
+    if args.json:
+        print(orjson.dumps(asdict(summary)).decode())
+    else:
+        print(
+            f"backfill {summary.topic} (group {summary.group}): {summary.events} events, "
+            f"{summary.classified} classified, {summary.dlq} to DLQ, {summary.review} to review, "
+            f"{summary.stale} not applied (newer result stored), {summary.tag_updates} tag updates, "
+            f"{summary.duration_s:.1f}s",
+            file=sys.stdout,
+        )
+    return 0
