@@ -58,6 +58,7 @@ class Summary:
     dlq: int = 0
     review: int = 0
     stale: int = 0
+    unchanged: int = 0
     tag_updates: int = 0
     resumed_from_committed: bool = False
     duration_s: float = 0.0
@@ -194,6 +195,7 @@ async def backfill(settings: Settings, args: argparse.Namespace) -> Summary:
     st = conveyor.stats
     summary.events, summary.classified, summary.dlq = st.events, st.classified, st.dlq
     summary.review, summary.stale, summary.tag_updates = st.review, st.stale, st.tag_updates
+    summary.unchanged = st.unchanged
     summary.duration_s = round(time.monotonic() - started, 3)
     return summary
 
@@ -222,7 +224,8 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"backfill {summary.topic} (group {summary.group}): {summary.events} events, "
             f"{summary.classified} classified, {summary.dlq} to DLQ, {summary.review} to review, "
-            f"{summary.stale} not applied (newer result stored), {summary.tag_updates} tag updates, "
+            f"{summary.stale} not applied (newer result stored), {summary.unchanged} unchanged, "
+            f"{summary.tag_updates} tag updates, "
             f"{summary.duration_s:.1f}s",
             file=sys.stdout,
         )
