@@ -1,5 +1,6 @@
-"""Helpers for tests that run the real worker: its own topics and group per test, the worker as a real
-process (so it can be SIGKILLed), and readers of what it wrote to Kafka and Redis."""
+"""Running the real worker from code, for the tests, the benchmarks and the demo: topics and a group of
+its own per run, the worker as a real process (so it can be SIGKILLed), and readers of what it wrote to
+Kafka and Redis."""
 
 from __future__ import annotations
 
@@ -60,17 +61,20 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
 class WorkerProcess:
     """`listings worker` as a child process, logging to a file."""
 
-    def __init__(self, settings: Settings, log_dir: Path, name: str = "worker", **extra_env: str) -> None:
+    def __init__(
+        self, settings: Settings, log_dir: Path, name: str = "worker", metrics_port: int = 0, **extra_env: str
+    ) -> None:
         self.settings = settings
         self.log_path = log_dir / f"{name}-{uuid.uuid4().hex[:4]}.log"
         self.env = env_for(settings, **extra_env)
+        self.metrics_port = metrics_port
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", "worker", "--metrics-port", "0"],
+                [sys.executable, "-m", "stream.cli", "worker", "--metrics-port", str(self.metrics_port)],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,

@@ -13,8 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.settings import Settings
-from tests.support import (
+from stream.harness import (
     WorkerProcess,
     isolated,
     listing,
@@ -23,6 +22,7 @@ from tests.support import (
     redis_items,
     wait_for,
 )
+from stream.settings import Settings
 
 pytestmark = pytest.mark.stack
 
