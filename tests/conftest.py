@@ -4,6 +4,7 @@ in a temporary state folder on test-only ports, and torn down at the end even wh
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,18 +48,42 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def make_model_repository(dest: Path) -> Path:
+    """A copy of the project's `triton_models/` without trained versions, holding one quick-trained
+    classifier version (trained once, then taken from the model cache in `cache_dir`)."""
+    from stream import settings
+    from stream.model import export
+
+    src = settings.ROOT / "triton_models"
+
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        in_classifier = Path(folder).resolve() == (src / export.MODEL_NAME).resolve()
+        return [n for n in names if n == "__pycache__" or (in_classifier and n.isdigit())]
+
+    shutil.copytree(src, dest, ignore=ignore)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     state = tmp_path_factory.mktemp("stack")
     env = {**dict(zip(PORT_VARS, map(str, free_ports(len(PORT_VARS))), strict=True)), "LISTINGS_STATE_DIR": str(state)}
+    repo = make_model_repository(tmp_path_factory.mktemp("models") / "triton_models")
+    env["LISTINGS_MODEL_REPOSITORY"] = str(repo)
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    yield env
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    from stream import settings
+    from stream.model import export
+
+    try:
+        export.ensure_model(settings.load(), quick=True)
+        yield env
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,276 @@
+"""`listings train`: fine-tune MiniLM-L6 with a category head and a tag head, score it next to the
+TF-IDF + LinearSVC baseline on the dev split, and export a new Triton model version.
+
+torch and transformers are imported inside functions so `listings --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from stream import settings as settings_mod
+from stream.model import artifact, metrics
+from stream.model import data as data_mod
+
+DEFAULTS = {"epochs": 5, "max_len": 40, "batch_size": 32, "seed": 13, "tags_per_epoch": 3000}
+QUICK = {"epochs": 1, "category_rows": 3000, "tags_per_epoch": 1000, "dev_rows": 800, "calib_rows": 500}
+LR_ENCODER = 2e-4
+LR_HEADS = 3e-3
+TAG_LOSS_WEIGHT = 0.5
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="small subset, 1 epoch (tests, smoke runs)")
+    parser.add_argument(
+        "--epochs", type=int, help=f"passes over the category training split (default {DEFAULTS['epochs']})"
+    )
+    parser.add_argument("--max-len", type=int, default=DEFAULTS["max_len"], help="tokens per title")
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="split, sampling and init seed")
+    parser.add_argument(
+        "--tags-per-epoch",
+        type=int,
+        help=f"Myntra rows (tag head) mixed into each epoch (default {DEFAULTS['tags_per_epoch']})",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--force", action="store_true", help="retrain even when a cached artifact exists")
+    parser.add_argument("--no-export", action="store_true", help="train (or reuse) only; export no model version")
+    parser.add_argument("--output-repo", type=Path, help="model repository to export into (default: settings)")
+    parser.add_argument("--gpu-config", type=Path, help="also write the GPU variant of config.pbtxt to this path")
+
+
+def options_from(args: argparse.Namespace) -> dict:
+    """The options that define a trained artifact (they are part of its cache key)."""
+    quick = bool(args.quick)
+    opts = {
+        "quick": quick,
+        "epochs": args.epochs or (QUICK["epochs"] if quick else DEFAULTS["epochs"]),
+        "max_len": args.max_len,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "tags_per_epoch": args.tags_per_epoch or (QUICK["tags_per_epoch"] if quick else DEFAULTS["tags_per_epoch"]),
+    }
+    return opts
+
+
+def default_options(quick: bool) -> dict:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return options_from(parser.parse_args(["--quick"] if quick else []))
+
+
+def train_or_reuse(
+    settings: settings_mod.Settings,
+    options: dict,
+    force: bool = False,
+    threads: int = 2,
+    echo: Callable[[str], None] = print,
+) -> Path:
+    """The artifact for these data, code and options: from the cache, or trained now and cached."""
+    key = artifact.cache_key(settings.data_dir, options)
+    path = artifact.cache_path(settings.cache_dir, key)
+    if artifact.complete(path) and not force:
+        echo(f"reusing cached model {path}")
+        return path
+    tmp = path.with_name(f"{key}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        train(settings.data_dir, options, tmp, threads, echo)
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    echo(f"cached model {path}")
+    return path
+
+
+def _batches(items: list, batch_size: int, rng: random.Random) -> list[list]:
+    """Shuffle, sort by length inside windows of 50 batches (little padding), shuffle the batches."""
+    items = items[:]
+    rng.shuffle(items)
+    window = batch_size * 50
+    batches = []
+    for start in range(0, len(items), window):
+        chunk = sorted(items[start : start + window], key=lambda it: len(it[0]))
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _init_biases(net, cat_labels: list[int], tag_labels: list[list[int]]) -> None:
+    """Start both heads at the label priors (log frequencies), so early steps learn text, not base rates."""
+    import torch
+
+    with torch.no_grad():
+        cat_counts = torch.bincount(torch.tensor(cat_labels), minlength=net.category.out_features).float() + 1.0
+        net.category.bias.copy_(torch.log(cat_counts / cat_counts.sum()))
+        pos = torch.tensor(metrics.multi_hot(tag_labels, net.tags.out_features).sum(0), dtype=torch.float) + 1.0
+        prior = pos / (len(tag_labels) + 2.0)
+        net.tags.bias.copy_(torch.log(prior / (1 - prior)))
+
+
+def train(data_dir: Path, options: dict, out: Path, threads: int = 2, echo: Callable[[str], None] = print) -> dict:
+    """Train into `out` (an artifact directory) and return its metrics."""
+    import torch
+    from torch.nn import functional as F
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    from stream.model import baseline, network
+
+    t_start = time.perf_counter()
+    torch.set_num_threads(threads)
+    seed = options["seed"]
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    prep = data_mod.prepare(data_dir, seed)
+    train_cats = prep.categories["train"]
+    dev_cats, calib_tags, dev_tags = prep.categories["dev"], prep.tags["calib"], prep.tags["dev"]
+    if options["quick"]:
+        train_cats = rng.sample(train_cats, min(QUICK["category_rows"], len(train_cats)))
+        dev_cats = rng.sample(dev_cats, min(QUICK["dev_rows"], len(dev_cats)))
+        dev_tags = rng.sample(dev_tags, min(QUICK["dev_rows"], len(dev_tags)))
+        calib_tags = rng.sample(calib_tags, min(QUICK["calib_rows"], len(calib_tags)))
+    n_cat, n_tag = len(prep.taxonomy.classes), len(prep.tag_names)
+    echo(f"data: {json.dumps(prep.stats())}; training on {len(train_cats)} category titles")
+
+    enc_dir = artifact.encoder_dir()
+    tokenizer = AutoTokenizer.from_pretrained(str(enc_dir))
+    max_len = options["max_len"]
+
+    def tokenize(texts: list[str]) -> list[list[int]]:
+        return tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]
+
+    cat_items = [
+        (ids, e.label, None) for ids, e in zip(tokenize([e.text for e in train_cats]), train_cats, strict=True)
+    ]
+    tag_pool = prep.tags["train"]
+    net = network.build(enc_dir, n_cat, n_tag)
+    _init_biases(net, [it[1] for it in cat_items], [e.labels for e in tag_pool])
+    net.encoder.embeddings.word_embeddings.weight.requires_grad_(False)  # frozen: faster steps, no drift
+    heads = list(net.category.parameters()) + list(net.tags.parameters())
+    enc_params = [p for p in net.encoder.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(
+        [{"params": enc_params, "lr": LR_ENCODER}, {"params": heads, "lr": LR_HEADS}], weight_decay=0.01
+    )
+    per_epoch = math.ceil((len(cat_items) + options["tags_per_epoch"]) / options["batch_size"])
+    total = per_epoch * options["epochs"]
+    warmup = max(1, int(0.06 * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
+    )
+    pad = tokenizer.pad_token_id or 0
+    used_tags: dict[str, data_mod.TagExample] = {}
+    t_train = time.perf_counter()
+    net.train()
+    for epoch in range(options["epochs"]):
+        sampled = rng.sample(tag_pool, min(options["tags_per_epoch"], len(tag_pool)))
+        used_tags.update((e.key, e) for e in sampled)
+        tag_items = [(ids, -100, e.labels) for ids, e in zip(tokenize([e.text for e in sampled]), sampled, strict=True)]
+        bar = tqdm(
+            _batches(cat_items + tag_items, options["batch_size"], rng),
+            desc=f"epoch {epoch + 1}/{options['epochs']}",
+            unit="batch",
+            mininterval=2.0,
+        )
+        for batch in bar:
+            width = max(len(it[0]) for it in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            tag_target = torch.zeros((len(batch), n_tag))
+            tag_rows = torch.zeros(len(batch), dtype=torch.bool)
+            for i, (ids, _, tag_labels) in enumerate(batch):
+                input_ids[i, : len(ids)] = torch.tensor(ids)
+                mask[i, : len(ids)] = 1
+                if tag_labels is not None:
+                    tag_rows[i] = True
+                    tag_target[i, tag_labels] = 1.0
+            cat_target = torch.tensor([it[1] for it in batch])
+            cat_logits, tag_logits = net(input_ids, mask)
+            loss = torch.zeros(())
+            if (cat_target >= 0).any():
+                loss = loss + F.cross_entropy(cat_logits, cat_target, ignore_index=-100)
+            if tag_rows.any():
+                bce = F.binary_cross_entropy_with_logits(tag_logits[tag_rows], tag_target[tag_rows], reduction="sum")
+                loss = loss + TAG_LOSS_WEIGHT * bce / int(tag_rows.sum())
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    train_seconds = time.perf_counter() - t_train
+
+    # the artifact, then score it through the same Predictor the Triton model uses
+    net.eval()
+    torch.save(net.state_dict(), out / "weights.pt")
+    (out / "encoder").mkdir()
+    shutil.copy2(enc_dir / "config.json", out / "encoder" / "config.json")
+    tokenizer.save_pretrained(str(out / "tokenizer"))
+    artifact.write_json(out / "labels.json", prep.taxonomy.to_json())
+    artifact.write_json(out / "tags.json", {"tags": prep.tag_names, "thresholds": [0.5] * n_tag})
+    artifact.write_json(out / "meta.json", {"max_len": max_len, "options": options, "data": prep.stats()})
+    predictor = network.Predictor(out)
+    calib_probs = predictor.predict_texts([e.text for e in calib_tags])[1]
+    thresholds = metrics.tune_thresholds(calib_probs, metrics.multi_hot([e.labels for e in calib_tags], n_tag))
+    artifact.write_json(out / "tags.json", {"tags": prep.tag_names, "thresholds": thresholds})
+
+    t_eval = time.perf_counter()
+    cat_probs = predictor.predict_texts([e.text for e in dev_cats])[0]
+    tag_probs = predictor.predict_texts([e.text for e in dev_tags])[1]
+    ours = metrics.category_metrics(
+        [e.label for e in dev_cats], [int(i) for i in cat_probs.argmax(1)], prep.taxonomy.classes
+    )
+    y_tag_pred = (tag_probs >= [thresholds]).astype("int8")
+    ours.update(metrics.tag_metrics(metrics.multi_hot([e.labels for e in dev_tags], n_tag), y_tag_pred))
+    ours["train_seconds"] = round(train_seconds, 1)
+    ours["eval_rows_per_second"] = round((len(dev_cats) + len(dev_tags)) / (time.perf_counter() - t_eval), 1)
+    dev_prep = data_mod.Prepared(prep.taxonomy, prep.tag_names, {"dev": dev_cats}, {"dev": dev_tags})
+    base = baseline.run(dev_prep, train_cats, list(used_tags.values()))
+    result = {
+        "transformer": ours,
+        "baseline_tfidf_linearsvc": base,
+        "dev": {"category_titles": len(dev_cats), "tag_titles": len(dev_tags)},
+        "train": {"category_titles": len(train_cats), "tag_titles": len(used_tags)},
+        "options": options,
+        "total_seconds": round(time.perf_counter() - t_start, 1),
+    }
+    artifact.write_json(out / "metrics.json", result)
+    echo(format_metrics(result))
+    return result
+
+
+def format_metrics(result: dict) -> str:
+    ours, base = result["transformer"], result["baseline_tfidf_linearsvc"]
+    names = ["accuracy_l1", "accuracy_l2", "accuracy_leaf", "macro_f1", "weighted_f1", "tag_micro_f1", "tag_macro_f1"]
+    lines = [f"dev split: {result['dev']['category_titles']} category titles, {result['dev']['tag_titles']} tag titles"]
+    lines.append(f"{'metric':<16}{'MiniLM-L6':>12}{'TF-IDF+SVC':>12}")
+    lines += [f"{n:<16}{ours[n]:>12.4f}{base[n]:>12.4f}" for n in names]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from stream.model import export
+
+    s = settings_mod.load()
+    options = options_from(args)
+    path = train_or_reuse(s, options, force=args.force, threads=args.threads)
+    print(format_metrics(json.loads((path / "metrics.json").read_text())))
+    if args.gpu_config:
+        export.write_gpu_config(args.gpu_config)
+        print(f"wrote GPU config {args.gpu_config}")
+    if args.no_export:
+        return 0
+    repo = args.output_repo or s.model_repository
+    version = export.export(path, repo)
+    print(f"exported {repo / export.MODEL_NAME / str(version)}")
+    return 0
