@@ -35,7 +35,7 @@ def _demo(args: argparse.Namespace) -> int:
     from stream import demo
 
     try:
-        return demo.run(settings_mod.load())
+        return demo.run(settings_mod.load(), args)
     except StackError as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     stack.set_defaults(func=_stack)
 
     demo = sub.add_parser("demo", help="the main job on the local stack (what `make demo` runs)")
+    from stream import demo as demo_mod
+
+    demo_mod.add_arguments(demo)
     demo.set_defaults(func=_demo)
 
     for name, module_name, help_text in SUBCOMMANDS:

@@ -163,3 +163,20 @@ def redis_items(settings: Settings, item_ids: Iterable[str]) -> dict[str, dict[s
     res = pipe.execute()
     r.close()
     return {iid: h for iid, h in zip(ids, res, strict=True) if h}
+
+
+def group_members(settings: Settings, group: str | None = None) -> int:
+    """Members of a consumer group once it is Stable (partitions assigned), else 0."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    try:
+        g = admin.describe_groups([group or settings.group_id])[group or settings.group_id]
+    finally:
+        admin.close()
+    return len(g["members"]) if g["group_state"] == "Stable" else 0
+
+
+def wait_group_stable(settings: Settings, members: int = 1, timeout: float = 120, group: str | None = None) -> None:
+    """Wait until `members` consumers share the group's partitions (workers started and assigned)."""
+    wait_for(lambda: group_members(settings, group) >= members, timeout, f"{members} member(s) in the group")

@@ -98,3 +98,11 @@ def up(settings: Settings) -> str:
     p.start(argv, env=server_env())
     wait_until(p, lambda: ready(settings), settings.startup_timeout)
     return f"triton started (pid {p.pid()}) serving {', '.join(models) or 'no models'} on grpc {settings.triton_grpc}"
+
+
+def load_model(settings: Settings, name: str) -> None:
+    """Ask a running Triton (explicit model control) to load or reload `name` from the repository."""
+    req = urllib.request.Request(f"http://{settings.triton_http}/v2/repository/models/{name}/load", method="POST")
+    with urllib.request.urlopen(req, timeout=300) as r:
+        if r.status != 200:
+            raise StackError(f"triton: loading {name} answered HTTP {r.status}")
