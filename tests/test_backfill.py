@@ -1,0 +1,198 @@
+"""Backfill on the real stack: time-resolved start, fixed end, its own group, resumable, model-version rule."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+
+from stream.backfill import add_arguments, backfill, default_group
+from stream.harness import (
+    WorkerProcess,
+    env_for,
+    isolated,
+    listing,
+    produce_raw,
+    read_topic,
+    redis_items,
+    wait_for,
+    wait_group_stable,
+)
+from stream.settings import ROOT, Settings
+
+pytestmark = pytest.mark.stack
+
+TITLES = [
+    "Silicone back cover for Samsung Galaxy J7",
+    "Peter England Men Party Blue Jeans",
+    "Prestige stainless steel pressure cooker 3 L",
+    "Nike Women Pink Running Shoes",
+    "Cotton printed double bedsheet with 2 pillow covers",
+]
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return p.parse_args([*argv, "--json"])
+
+
+def _run(s: Settings, *argv: str):
+    return asyncio.run(backfill(s, _args(*argv)))
+
+
+def _events(prefix: str, n: int, version: int = 0) -> list[tuple[bytes, bytes]]:
+    return [listing(f"{prefix}-{i}", TITLES[i % len(TITLES)], listing_version=version) for i in range(n)]
+
+
+def _group_offsets(s: Settings, group: str) -> dict:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=s.bootstrap_servers)
+    try:
+        return {tp: o.offset for tp, o in admin.list_group_offsets(group)[group].items()}
+    finally:
+        admin.close()
+
+
+def test_since_resolves_start_by_time_and_live_group_is_untouched(stack, tmp_path) -> None:
+    s = isolated(stack, "bf-since")
+    old = _events("old", 20)
+    produce_raw(s, old)
+    worker = WorkerProcess(s, tmp_path).start()
+    try:
+        wait_for(lambda: len(redis_items(s, [f"old-{i}" for i in range(20)])) == 20, 180, "live results")
+        live_offsets = _group_offsets(s, s.group_id)
+        assert sum(live_offsets.values()) == 20
+    finally:
+        worker.stop()
+    time.sleep(1.0)
+    since = int(time.time() * 1000)
+    time.sleep(0.2)
+    new = _events("new", 15)
+    produce_raw(s, new)
+    summary = _run(s, "--since", str(since))
+    assert summary.events == 15 and summary.classified == 15 and summary.dlq == 0
+    assert _group_offsets(s, s.group_id) == live_offsets, "the live group's offsets must not move"
+    stored = redis_items(s, [f"new-{i}" for i in range(15)])
+    assert len(stored) == 15 and {h["source"] for h in stored.values()} == {"backfill"}
+    assert {h["source"] for h in redis_items(s, [f"old-{i}" for i in range(20)]).values()} == {"live"}
+    out = [orjson.loads(m.value) for m in read_topic(s, s.topic_classified)]
+    assert {o["item_id"] for o in out if o["source"] == "backfill"} == {f"new-{i}" for i in range(15)}
+    # a second run with the same arguments resumes at the end: nothing left to do
+    again = _run(s, "--since", str(since))
+    assert again.events == 0 and again.resumed_from_committed
+
+
+def test_stops_at_the_end_offsets_seen_at_start(stack) -> None:
+    s = isolated(stack, "bf-end")
+    produce_raw(s, _events("first", 30))
+    args = ["--from-beginning", "--rate", "40"]
+
+    plan_key = f"backfill:plan:{default_group(_args(*args), s.topic_input)}"
+
+    async def run_and_feed() -> object:
+        import redis.asyncio as aioredis
+
+        r = aioredis.Redis.from_url(s.redis)
+        task = asyncio.create_task(backfill(s, _args(*args)))
+        while not await r.exists(plan_key):
+            await asyncio.sleep(0.05)
+        await r.aclose()
+        await asyncio.to_thread(produce_raw, s, _events("late", 10))  # after the plan was made
+        return await task
+
+    summary = asyncio.run(run_and_feed())
+    assert summary.events == 30
+    assert redis_items(s, [f"late-{i}" for i in range(10)]) == {}
+
+
+def test_killed_backfill_resumes_and_matches_a_clean_run(stack, tmp_path) -> None:
+    s = isolated(stack, "bf-resume")
+    n = 240
+    produce_raw(s, _events("r", n))
+    cmd = [sys.executable, "-m", "stream.cli", "backfill", "--from-beginning", "--rate", "60", "--json"]
+    env = env_for(s, LISTINGS_MAX_BATCH="8")
+    log = open(tmp_path / "bf.log", "wb")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    ids = [f"r-{i}" for i in range(n)]
+    wait_for(lambda: len(redis_items(s, ids)) >= 40, 180, "backfill progress")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    log.close()
+    part = redis_items(s, ids)
+    assert 0 < len(part) < n, "the kill must land mid-run"
+    out = subprocess.run(
+        [*cmd[:-3], "--json"], cwd=ROOT, env=env_for(s), capture_output=True, text=True, timeout=600, check=True
+    )
+    summary = orjson.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["resumed_from_committed"] and 0 < summary["events"] < n
+    final = redis_items(s, ids)
+    assert len(final) == n
+    # what the killed run wrote stayed as it was; everything else matches a clean run of the same model
+    for iid, h in part.items():
+        assert final[iid] == h
+    clean = isolated(stack, "bf-clean")
+    produce_raw(clean, _events("r", n))
+    assert _run(clean, "--from-beginning").events == n
+    for iid in ids:
+        assert final[iid]["category_id"] == redis_items(clean, [iid])[iid]["category_id"]
+        assert final[iid]["tags"] == redis_items(clean, [iid])[iid]["tags"]
+
+
+@pytest.fixture
+def two_model_versions(stack):
+    """Serve a second version of the classifier (same weights, version number + 1), removed afterwards."""
+    from stream.model import export
+    from stream.stack import triton
+
+    model_dir = stack.model_repository / stack.model_name
+    old = export.versions(stack.model_repository)[-1]
+    new_dir = model_dir / str(old + 1)
+    shutil.copytree(model_dir / str(old), new_dir)
+    triton.load_model(stack, stack.model_name)
+    yield old, old + 1
+    shutil.rmtree(new_dir)
+    triton.load_model(stack, stack.model_name)
+
+
+def test_model_version_rule(stack, tmp_path, two_model_versions) -> None:
+    older, newer = two_model_versions
+    s = isolated(stack, "bf-model")
+    n = 10
+    ids = [f"m-{i}" for i in range(n)]
+    produce_raw(s, _events("m", n, version=1))
+    # the older model classifies first (a backfill pinned to it) ...
+    first = _run(s, "--from-beginning", "--model-version", str(older))
+    assert first.classified == n
+    assert {h["model_version"] for h in redis_items(s, ids).values()} == {str(older)}
+    tag_updates_before = len(read_topic(s, s.topic_tag_updates, timeout_s=3))
+    # ... a newer model re-classifies everything; the tags did not change, so no tag update
+    second = _run(s, "--from-beginning", "--model-version", str(newer))
+    assert second.classified == n and second.stale == 0 and second.tag_updates == 0
+    assert {h["model_version"] for h in redis_items(s, ids).values()} == {str(newer)}
+    assert len(read_topic(s, s.topic_tag_updates, timeout_s=3)) == tag_updates_before
+    # an older model never overwrites the newer result
+    third = _run(s, "--from-beginning", "--model-version", str(older))
+    assert third.stale == n and third.classified == 0
+    assert {h["model_version"] for h in redis_items(s, ids).values()} == {str(newer)}
+    # a newer listing_version from the live worker wins over a newer-model backfill of the older edit
+    produce_raw(s, [listing("m-0", TITLES[2], listing_version=2)])
+    worker = WorkerProcess(s, tmp_path).start()
+    try:
+        wait_group_stable(s)
+        wait_for(lambda: redis_items(s, ["m-0"])["m-0"]["listing_version"] == "2", 120, "live edit")
+    finally:
+        worker.stop()
+    fourth = _run(s, "--from-beginning", "--model-version", str(newer), "--group", "bf-model-again")
+    assert fourth.stale >= 1
+    h = redis_items(s, ["m-0"])["m-0"]
+    assert h["listing_version"] == "2" and h["source"] == "live"

@@ -1,0 +1,257 @@
+"""The fault suite on the real stack. Each scenario streams listings while something breaks, and ends by
+checking that every produced event is in Redis with the right content and that no newer result was
+overwritten by an older one. `make test` runs the short version; `make test-long` (pytest --long) the long
+one (more events, 30 s outages)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import numpy as np
+import orjson
+import pytest
+
+from stream.harness import (
+    WorkerProcess,
+    isolated,
+    listing,
+    produce_raw,
+    read_topic,
+    redis_items,
+    wait_for,
+    wait_group_stable,
+)
+from stream.settings import Settings
+
+pytestmark = pytest.mark.stack
+
+TITLES = [
+    "Silicone back cover for Samsung Galaxy J7",
+    "Peter England Men Party Blue Jeans",
+    "Prestige stainless steel pressure cooker 3 L",
+    "Nike Women Pink Running Shoes",
+    "Cotton printed double bedsheet with 2 pillow covers",
+    "Sonata analog watch for men",
+    "Lakme eyeconic kajal 0.35 g",
+    "HP 15 inch laptop backpack black",
+]
+
+
+@pytest.fixture(scope="module")
+def long_run(request) -> bool:
+    return bool(request.config.getoption("--long"))
+
+
+def expected_categories(s: Settings, titles: list[str]) -> dict[str, str]:
+    import tritonclient.grpc as grpcclient
+
+    uniq = sorted(set(titles))
+    client = grpcclient.InferenceServerClient(s.triton_grpc)
+    arr = np.array([[t.encode()] for t in uniq], dtype=object)
+    inp = grpcclient.InferInput("TITLE", list(arr.shape), "BYTES")
+    inp.set_data_from_numpy(arr)
+    res = client.infer(s.model_name, [inp], outputs=[grpcclient.InferRequestedOutput("RESULT")])
+    return {t: orjson.loads(r)["category"]["id"] for t, r in zip(uniq, res.as_numpy("RESULT").reshape(-1), strict=True)}
+
+
+class Scenario:
+    """N listings streamed at a steady rate; a tenth of the items get a newer edit first and an older edit
+    last, so an older result overwriting a newer one would show."""
+
+    def __init__(self, s: Settings, n: int, rate: float) -> None:
+        self.s = s
+        self.tag = uuid.uuid4().hex[:6]
+        self.events: list[tuple[bytes, bytes]] = []
+        self.expected: dict[str, tuple[str, int]] = {}
+        for i in range(n):
+            iid = f"f-{self.tag}-{i}"
+            title = TITLES[i % len(TITLES)]
+            if i % 10 == 0:
+                newer = TITLES[(i + 3) % len(TITLES)]
+                self.events.append(listing(iid, newer, listing_version=5))
+                self.expected[iid] = (newer, 5)
+                self.events.append(listing(iid, title, listing_version=1))  # older edit, arrives later
+            else:
+                self.events.append(listing(iid, title, listing_version=1))
+                self.expected[iid] = (title, 1)
+        self.rate = rate
+        self._thread: threading.Thread | None = None
+
+    def stream(self) -> None:
+        def feed() -> None:
+            chunk = max(1, int(self.rate // 10))
+            for start in range(0, len(self.events), chunk):
+                produce_raw(self.s, self.events[start : start + chunk])
+                time.sleep(0.1)
+
+        self._thread = threading.Thread(target=feed, daemon=True)
+        self._thread.start()
+
+    def wait_fed(self) -> None:
+        assert self._thread is not None
+        self._thread.join(600)
+
+    def ids(self) -> list[str]:
+        return list(self.expected)
+
+    def done(self) -> int:
+        return sum(1 for iid, h in redis_items(self.s, self.ids()).items() if int(h["listing_version"]) >= 1)
+
+    def verify(self, timeout: float, log: Callable[[], str]) -> None:
+        ids = self.ids()
+
+        def complete() -> bool:
+            stored = redis_items(self.s, ids)
+            return len(stored) == len(ids) and all(
+                int(stored[i]["listing_version"]) == self.expected[i][1] for i in ids
+            )
+
+        wait_for(complete, timeout, "every event's result in Redis", log)
+        stored = redis_items(self.s, ids)
+        cats = expected_categories(self.s, [t for t, _ in self.expected.values()])
+        for iid, (title, version) in self.expected.items():
+            h = stored[iid]
+            assert h["title"] == title and h["listing_version"] == str(version), (iid, h)
+            assert h["category_id"] == cats[title], (iid, h["category_id"], cats[title])
+        latest = {}
+        for m in read_topic(self.s, self.s.topic_classified):
+            latest[m.key.decode()] = orjson.loads(m.value)
+        missing = set(ids) - set(latest)
+        assert not missing, f"{len(missing)} items never reached {self.s.topic_classified}"
+        for iid, (_, version) in self.expected.items():
+            assert latest[iid]["listing_version"] == version, "an older result reached the output after a newer one"
+
+
+def _run_with_fault(stack, tmp_path, name: str, n: int, fault: Callable[[Scenario, WorkerProcess], None]) -> None:
+    s = isolated(stack, name)
+    sc = Scenario(s, n, rate=60)
+    w = WorkerProcess(s, tmp_path, name=name).start()
+    try:
+        wait_group_stable(s)
+        sc.stream()
+        wait_for(lambda: sc.done() >= n // 10, 180, "first results", w.log_tail)
+        fault(sc, w)
+        sc.wait_fed()
+        sc.verify(300, w.log_tail)
+        assert w.alive(), w.log_tail()
+    finally:
+        w.kill()
+
+
+def test_worker_sigkill_mid_batch(stack, tmp_path, long_run) -> None:
+    n = 1500 if long_run else 300
+
+    def fault(sc: Scenario, w: WorkerProcess) -> None:
+        w.kill()
+        w.start()  # same command, same group: resumes from committed offsets
+
+    _run_with_fault(stack, tmp_path, "f-kill", n, fault)
+
+
+def test_triton_killed_and_restarted(stack, tmp_path, long_run) -> None:
+    from stream.stack import control, triton
+
+    n = 1500 if long_run else 300
+    outage = 30 if long_run else 10
+
+    def fault(sc: Scenario, w: WorkerProcess) -> None:
+        triton.part(stack).kill()
+        try:
+            time.sleep(outage)
+            assert w.alive()
+        finally:
+            control.up(stack, ["triton"])
+
+    _run_with_fault(stack, tmp_path, "f-triton", n, fault)
+
+
+def test_redis_restarted(stack, tmp_path, long_run) -> None:
+    from stream.stack import control
+
+    n = 1500 if long_run else 300
+
+    def fault(sc: Scenario, w: WorkerProcess) -> None:
+        control.down(stack, ["redis"])
+        time.sleep(10 if long_run else 3)
+        control.up(stack, ["redis"])
+
+    _run_with_fault(stack, tmp_path, "f-redis", n, fault)
+
+
+def test_kafka_broker_restarted(stack, tmp_path, long_run) -> None:
+    from stream.stack import control
+
+    n = 1500 if long_run else 300
+
+    def fault(sc: Scenario, w: WorkerProcess) -> None:
+        control.down(stack, ["kafka"])
+        time.sleep(10 if long_run else 3)
+        control.up(stack, ["kafka"])
+
+    _run_with_fault(stack, tmp_path, "f-kafka", n, fault)
+
+
+def test_backfill_during_live_traffic(stack, tmp_path, long_run) -> None:
+    import argparse
+    import asyncio
+
+    from stream.backfill import add_arguments, backfill
+
+    n = 1500 if long_run else 300
+    s = isolated(stack, "f-backfill")
+    history = Scenario(s, n // 2, rate=1000)
+    produce_raw(s, history.events)  # the catalogue to re-classify
+    live = Scenario(s, n, rate=60)
+    w = WorkerProcess(s, tmp_path, name="f-backfill").start()
+    try:
+        wait_group_stable(s)
+        history.verify(300, w.log_tail)
+        live.stream()
+        p = argparse.ArgumentParser()
+        add_arguments(p)
+        summary = asyncio.run(backfill(s, p.parse_args(["--from-beginning", "--json"])))
+        assert summary.events >= len(history.events)
+        live.wait_fed()
+        live.verify(300, w.log_tail)
+        history.verify(60, w.log_tail)  # nothing the backfill replayed overwrote a newer result
+        assert w.alive()
+    finally:
+        w.kill()
+
+
+def test_ten_thousand_malformed_events_all_dead_lettered(stack, tmp_path) -> None:
+    from stream.events.contract import InvalidEvent, parse_listing
+
+    s = isolated(stack, "f-dlq")
+    rnd = np.random.default_rng(5)
+    kinds = [
+        lambda i: rnd.bytes(int(rnd.integers(1, 40))),
+        lambda i: orjson.dumps({"item_id": f"x{i}"}),
+        lambda i: orjson.dumps({"item_id": f"x{i}", "title": "  "}),
+        lambda i: orjson.dumps({"item_id": f"x{i}", "title": "ok", "price": -int(rnd.integers(1, 99))}),
+        lambda i: orjson.dumps([i]),
+        lambda i: b"",
+        lambda i: orjson.dumps({"item_id": "", "title": "ok"}),
+        lambda i: orjson.dumps({"item_id": f"x{i}", "title": "ok", "listing_version": "7"}),
+    ]
+    bad = []
+    for i in range(10_000):
+        value = kinds[i % len(kinds)](i)
+        try:
+            parse_listing(value)
+        except InvalidEvent:
+            bad.append((f"bad-{i}".encode(), value))
+    assert len(bad) >= 9_900
+    w = WorkerProcess(s, tmp_path, name="f-dlq").start()
+    try:
+        produce_raw(s, bad)
+        wait_for(lambda: len(read_topic(s, s.topic_dlq, timeout_s=2)) >= len(bad), 300, "every DLQ record", w.log_tail)
+        records = [orjson.loads(m.value) for m in read_topic(s, s.topic_dlq, timeout_s=3)]
+        assert len({r["key"] for r in records}) == len(bad)
+        assert all(r["error"] and r["error_type"] for r in records)
+        assert w.alive(), w.log_tail()
+    finally:
+        w.kill()
