@@ -1,0 +1,244 @@
+"""`listings bench`: throughput and latency of the model, the pipeline and a naive baseline, in one run.
+
+Figures (each pipeline run on topics and a consumer group of its own, see `stream.bench_measure`):
+  (a) raw Triton: async gRPC straight to the model, batches of `max_batch`, `max_in_flight` in flight;
+  (b) the pipeline at saturation: N listings pre-produced, one worker, rate from first to last Redis write;
+  (c) naive baseline: the same pipeline and worker with LISTINGS_MAX_BATCH=1, LISTINGS_MAX_IN_FLIGHT=1,
+      i.e. one Triton request (and one Redis/Kafka round) per event;
+  (d) end-to-end latency percentiles at ~50% of (b): Redis `classified_at` - `event_time` (the send time);
+  (e) throughput of 1, 2, 4 worker processes in one group over the input topic's partitions.
+Writes `<out>/results.json` and `<out>/results.png`; worker logs go to `<out>/*.log` (git-ignored)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from stream.settings import ROOT, Settings
+
+DEFAULT_EVENTS = 3000
+QUICK = {"events": 48, "naive_events": 16, "latency_seconds": 4.0}
+NOTES = [
+    "CPU only, no GPU: Triton runs the model on KIND_CPU instances (cpu_threads from config.pbtxt).",
+    "The 2-core machine is shared with other work (training, tests) while the bench runs, and Kafka, Redis, "
+    "Triton, the worker(s) and the producer all share the same cores: figures are noisy; load averages are "
+    "recorded per phase.",
+    "Pipeline rates are (events written after the first Redis write) / (last - first classified_at).",
+]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    mem_gib = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_gib = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return {
+        "device": "CPU, no GPU",
+        "cpu_model": cpu or "unknown",
+        "cpu_count": os.cpu_count(),
+        "memory_gib": mem_gib,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "hostname": platform.node(),
+    }
+
+
+def heldout_listings(settings: Settings) -> tuple[list[dict[str, Any]], str]:
+    """Flipkart listings whose titles are in the model's held-out (dev) split, one per distinct title."""
+    from stream.produce import read_listings
+
+    listings = [x for x in read_listings(settings.data_dir / "flipkart_20k.csv") if str(x.get("title", "")).strip()]
+    try:
+        from stream.model.data import FLIPKART_SPLITS, split_of, title_key
+        from stream.model.train import DEFAULTS
+    except ImportError:  # the model package is optional here: fall back to every listing
+        return listings, "all flipkart_20k.csv rows (model split code unavailable)"
+    seen: set[str] = set()
+    out = []
+    for x in listings:
+        key = title_key(x["title"])
+        if key in seen or split_of(key, DEFAULTS["seed"], FLIPKART_SPLITS) != "dev":
+            continue
+        seen.add(key)
+        out.append(x)
+    return out, f"flipkart_20k.csv dev (held-out) split, seed {DEFAULTS['seed']}, distinct titles"
+
+
+def ensure_stack(settings: Settings) -> list[str]:
+    """Start the parts of the local stack that are not running; returns the ones this call started."""
+    from stream.stack import control
+
+    st = control.status(settings)
+    missing = [name for name, v in st.items() if not v["running"]]
+    if missing:
+        control.up(settings, missing, echo=lambda m: print(m, file=sys.stderr))
+    return missing
+
+
+def wait_model(settings: Settings, timeout_s: float) -> None:
+    import tritonclient.grpc as grpcclient
+
+    deadline = time.monotonic() + timeout_s
+    client = grpcclient.InferenceServerClient(settings.triton_grpc)
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if client.is_model_ready(settings.model_name):
+                    return
+            except Exception:  # noqa: BLE001 - not up yet
+                pass
+            time.sleep(1)
+    finally:
+        client.close()
+    raise RuntimeError(f"model {settings.model_name} not ready on {settings.triton_grpc} after {timeout_s:.0f}s")
+
+
+def _command(args: argparse.Namespace) -> str:
+    parts = ["listings", "bench", "--events", str(args.events), "--out", str(args.out), "--workers", args.workers]
+    if args.quick:
+        parts.append("--quick")
+    return " ".join(parts)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=None,
+        help=f"events per throughput run and titles for (a) (default {DEFAULT_EVENTS}; {QUICK['events']} with --quick)",
+    )
+    parser.add_argument("--naive-events", type=int, default=None, help="events for the naive baseline (c)")
+    parser.add_argument(
+        "--latency-seconds", type=float, default=None, help="length of the fixed-rate latency run (d) (default 40)"
+    )
+    parser.add_argument("--workers", default="1,2,4", help="worker-process counts for (e), comma-separated")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, e.g. the test suite)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench", help="output folder (default bench/)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from stream import settings as settings_mod
+    from stream.bench_measure import BenchError
+
+    s = settings_mod.load()
+    args.events = args.events or (QUICK["events"] if args.quick else DEFAULT_EVENTS)
+    try:
+        counts = sorted({int(x) for x in args.workers.split(",") if x.strip()})
+    except ValueError:
+        print("bench: --workers takes comma-separated integers, e.g. 1,2,4", file=sys.stderr)
+        return 2
+    if args.events < 1 or not counts or min(counts) < 1:
+        print("bench: --events and worker counts must be >= 1", file=sys.stderr)
+        return 2
+    started = ensure_stack(s)
+    try:
+        results = measure(s, args, counts)
+    except (BenchError, RuntimeError) as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if started:
+            from stream.stack import control
+
+            control.down(s, started, echo=lambda m: print(m, file=sys.stderr))
+    from stream.bench_plot import table
+
+    print(table(results))
+    print(f"wrote {args.out / 'results.json'} and {args.out / 'results.png'}")
+    return 0
+
+
+def measure(s: Settings, args: argparse.Namespace, counts: list[int]) -> dict[str, Any]:
+    from stream import bench_measure as bm
+    from stream.bench_plot import plot
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    progress = not args.no_progress
+    n = args.events
+    naive_n = args.naive_events or (QUICK["naive_events"] if args.quick else min(n, 300))
+    lat_s = args.latency_seconds or (QUICK["latency_seconds"] if args.quick else 40.0)
+    wait_model(s, s.startup_timeout)
+    listings, data_desc = heldout_listings(s)
+    model = bm.served_model(s)
+    results: dict[str, Any] = {
+        "command": _command(args),
+        "started_at": _now(),
+        "machine": machine(),
+        "model": {
+            "name": model["name"],
+            "version": max(model["versions"], key=int) if model["versions"] else "?",
+            "triton_config": {k: model[k] for k in ("max_batch_size", "dynamic_batching", "instance_group")},
+        },
+        "config": {
+            "max_batch": s.max_batch,
+            "max_in_flight": s.max_in_flight,
+            "max_wait_ms": s.max_wait_ms,
+            "input_partitions": s.input_partitions,
+            "events": n,
+            "naive_events": naive_n,
+            "latency_seconds": lat_s,
+            "workers": counts,
+        },
+        "data": {"source": data_desc, "distinct_listings": len(listings)},
+        "notes": list(NOTES),
+        "load_average": {"start": os.getloadavg()},
+        "figures": {},
+    }
+    figures: dict[str, Any] = results["figures"]
+    json_path = out / "results.json"
+
+    def save(phase: str) -> None:
+        results["load_average"][phase] = os.getloadavg()
+        json_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+
+    env = bm.Env(s, listings, out, progress, timeout_s=300 + n * 0.3)
+    titles = [listings[i % len(listings)]["title"] for i in range(n)]
+    figures["a_triton_raw"] = bm.triton_raw(s, titles, progress)
+    save("a")
+    figures["b_pipeline"] = bm.saturation_run(env, "pipeline", n)
+    save("b")
+    figures["c_naive"] = bm.saturation_run(
+        env, "naive", naive_n, worker_env={"LISTINGS_MAX_BATCH": "1", "LISTINGS_MAX_IN_FLIGHT": "1"}
+    )
+    figures["c_naive"]["method"] = (
+        "same pipeline and worker with LISTINGS_MAX_BATCH=1 LISTINGS_MAX_IN_FLIGHT=1: one Triton request, "
+        "one Redis script call and one Kafka send round per event"
+    )
+    save("c")
+    rate = max(1.0, figures["b_pipeline"]["events_per_s"] / 2)
+    figures["d_latency"] = bm.latency_run(env, rate, max(20, int(rate * lat_s)))
+    save("d")
+    figures["e_workers"] = {}
+    for k in counts:
+        figures["e_workers"][str(k)] = bm.saturation_run(env, f"scale{k}", n, workers=k, preproduce=False)
+        save(f"e{k}")
+    a = figures["a_triton_raw"]["titles_per_s"]
+    b = figures["b_pipeline"]["events_per_s"]
+    c = figures["c_naive"]["events_per_s"]
+    results["ratios"] = {"b_over_a": round(b / a, 3) if a else 0.0, "b_over_c": round(b / c, 2) if c else 0.0}
+    results["finished_at"] = _now()
+    save("end")
+    plot(results, out / "results.png")
+    return results

@@ -1,0 +1,364 @@
+"""The measurements of `listings bench`: raw Triton throughput, pipeline runs (one or more worker
+processes on an isolated topic set), and end-to-end latency at a fixed produce rate.
+
+Every pipeline run classifies events whose `item_id`s carry a tag of their own, so Redis state left by an
+earlier run can never make a result "unchanged" or "stale"; rates come from the `classified_at` field of the
+Redis hashes the worker wrote."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from stream.harness import WorkerProcess, isolated
+from stream.produce import produce_listings
+from stream.settings import Settings
+
+POLL_S = 0.5
+
+
+class BenchError(RuntimeError):
+    """A measurement could not complete (a worker died, a wait timed out)."""
+
+
+def iso_ms(text: str) -> float:
+    """Epoch ms of the pipeline's ISO-8601 (`...Z`, millisecond) timestamps."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def tagged(listings: Sequence[dict[str, Any]], n: int, tag: str) -> list[dict[str, Any]]:
+    """`n` listings (cycling through `listings`), each with an item_id unique to this run."""
+    out = []
+    for i in range(n):
+        base = listings[i % len(listings)]
+        out.append({**base, "item_id": f"bench-{tag}-{i}-{base['item_id']}"})
+    return out
+
+
+# ---------------------------------------------------------------- (a) raw Triton
+
+
+async def _triton_raw(
+    settings: Settings, titles: Sequence[str], batch: int, in_flight: int, progress: bool
+) -> dict[str, Any]:
+    import numpy as np
+    import tritonclient.grpc.aio as grpcclient
+    from tqdm import tqdm
+
+    client = grpcclient.InferenceServerClient(settings.triton_grpc)
+
+    def inputs(chunk: Sequence[str]) -> list[Any]:
+        out = []
+        for name, values in (("TITLE", chunk), ("DESCRIPTION", [""] * len(chunk)), ("BRAND", [""] * len(chunk))):
+            arr = np.array([[v.encode("utf-8")] for v in values], dtype=object)
+            inp = grpcclient.InferInput(name, list(arr.shape), "BYTES")
+            inp.set_data_from_numpy(arr)
+            out.append(inp)
+        return out
+
+    async def infer(chunk: Sequence[str]) -> Any:
+        return await client.infer(
+            settings.model_name,
+            inputs(chunk),
+            outputs=[grpcclient.InferRequestedOutput("RESULT")],
+            client_timeout=max(60.0, settings.triton_timeout_s),
+        )
+
+    chunks = [titles[i : i + batch] for i in range(0, len(titles), batch)]
+    try:
+        # warm-up (not timed): one request per slot, so every code path and buffer exists
+        await asyncio.gather(*(infer(chunks[i % len(chunks)]) for i in range(in_flight)))
+        queue: asyncio.Queue[Sequence[str]] = asyncio.Queue()
+        for c in chunks:
+            queue.put_nowait(c)
+        bar = tqdm(total=len(titles), unit="title", desc="(a) triton raw", disable=not progress, file=sys.stderr)
+        latencies: list[float] = []
+
+        async def slot() -> None:
+            while not queue.empty():
+                chunk = queue.get_nowait()
+                t = time.perf_counter()
+                res = await infer(chunk)
+                latencies.append(time.perf_counter() - t)
+                if len(res.as_numpy("RESULT").reshape(-1)) != len(chunk):
+                    raise BenchError("Triton returned a wrong number of results")
+                bar.update(len(chunk))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(slot() for _ in range(in_flight)))
+        elapsed = time.perf_counter() - t0
+        bar.close()
+    finally:
+        await client.close()
+    return {
+        "titles": len(titles),
+        "requests": len(chunks),
+        "batch_size": batch,
+        "in_flight": in_flight,
+        "duration_s": round(elapsed, 3),
+        "titles_per_s": round(len(titles) / elapsed, 1),
+        "request_latency_ms_p50": round(percentile(latencies, 50) * 1000, 1),
+    }
+
+
+def triton_raw(settings: Settings, titles: Sequence[str], progress: bool = True) -> dict[str, Any]:
+    """(a): the model alone, straight from an async gRPC client at the worker's batch size and in-flight count."""
+    return asyncio.run(_triton_raw(settings, titles, settings.max_batch, settings.max_in_flight, progress))
+
+
+def served_model(settings: Settings) -> dict[str, Any]:
+    """Name, served version(s) and batching config of the model, as Triton reports them."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(settings.triton_grpc)
+    try:
+        meta = client.get_model_metadata(settings.model_name, as_json=True)
+        cfg = client.get_model_config(settings.model_name, as_json=True)["config"]
+    finally:
+        client.close()
+    return {
+        "name": meta["name"],
+        "versions": meta.get("versions", []),
+        "max_batch_size": cfg.get("max_batch_size"),
+        "dynamic_batching": cfg.get("dynamic_batching", {}),
+        "instance_group": cfg.get("instance_group", []),
+    }
+
+
+# ---------------------------------------------------------------- pipeline runs
+
+
+def _redis(settings: Settings) -> Any:
+    import redis
+
+    return redis.Redis.from_url(settings.redis, decode_responses=True)
+
+
+def _count(r: Any, keys: Sequence[str]) -> int:
+    n = 0
+    for i in range(0, len(keys), 5000):
+        n += int(r.exists(*keys[i : i + 5000]))
+    return n
+
+
+def wait_in_redis(
+    settings: Settings,
+    item_ids: Sequence[str],
+    workers: Sequence[WorkerProcess],
+    timeout_s: float,
+    desc: str,
+    progress: bool,
+) -> float:
+    """Wait until every item has a Redis hash; returns the monotonic time it was first seen complete."""
+    from tqdm import tqdm
+
+    keys = [f"listing:{i}" for i in item_ids]
+    r = _redis(settings)
+    bar = tqdm(total=len(keys), unit="ev", desc=desc, disable=not progress, file=sys.stderr)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            n = _count(r, keys)
+            bar.update(n - bar.n)
+            if n >= len(keys):
+                return time.monotonic()
+            dead = [w for w in workers if not w.alive()]
+            if dead:
+                raise BenchError(f"worker exited during {desc}; log {dead[0].log_path}:\n{dead[0].log_tail()}")
+            if time.monotonic() > deadline:
+                tail = workers[0].log_tail() if workers else ""
+                raise BenchError(f"{desc}: {n}/{len(keys)} in Redis after {timeout_s:.0f}s\n{tail}")
+            time.sleep(POLL_S)
+    finally:
+        bar.close()
+        r.close()
+
+
+def stored(settings: Settings, item_ids: Sequence[str]) -> list[dict[str, str]]:
+    r = _redis(settings)
+    try:
+        out: list[dict[str, str]] = []
+        for i in range(0, len(item_ids), 2000):
+            pipe = r.pipeline(transaction=False)
+            for iid in item_ids[i : i + 2000]:
+                pipe.hmget(f"listing:{iid}", "classified_at", "event_time", "model_version")
+            for row in pipe.execute():
+                out.append({"classified_at": row[0], "event_time": row[1], "model_version": row[2]})
+        return out
+    finally:
+        r.close()
+
+
+def write_rate(rows: Sequence[dict[str, str]]) -> dict[str, Any]:
+    """Events/s between the first and the last Redis write: the events written after the first write's
+    millisecond, over the span to the last one (the first batch is the starting line, not counted)."""
+    times = sorted(iso_ms(r["classified_at"]) for r in rows)
+    first, last = times[0], times[-1]
+    after_first = sum(1 for t in times if t > first)
+    span_s = (last - first) / 1000
+    return {
+        "events": len(times),
+        "write_span_s": round(span_s, 3),
+        "events_per_s": round(after_first / span_s, 1) if span_s > 0 else 0.0,
+    }
+
+
+def group_members(settings: Settings) -> tuple[str, int]:
+    """(state, member count) of the run's consumer group."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10000)
+    try:
+        info = admin.describe_groups([settings.group_id])[0]
+    finally:
+        admin.close()
+    state = info.get("group_state") if isinstance(info, dict) else getattr(info, "state", "")
+    members = info.get("members") if isinstance(info, dict) else getattr(info, "members", [])
+    return str(state or ""), len(members or [])
+
+
+def wait_group(settings: Settings, workers: Sequence[WorkerProcess], timeout_s: float) -> float:
+    """Wait until all `workers` are members of a Stable group; returns the seconds it took."""
+    t0 = time.monotonic()
+    state, n = "", 0
+    while time.monotonic() - t0 < timeout_s:
+        dead = [w for w in workers if not w.alive()]
+        if dead:
+            raise BenchError(f"worker exited while joining; log {dead[0].log_path}:\n{dead[0].log_tail()}")
+        try:
+            state, n = group_members(settings)
+        except Exception:  # noqa: BLE001 - the group may not exist yet
+            state, n = "", 0
+        if state.lower() == "stable" and n == len(workers):
+            return time.monotonic() - t0
+        time.sleep(POLL_S)
+    raise BenchError(f"group {settings.group_id}: {n}/{len(workers)} members, state {state!r} after {timeout_s:.0f}s")
+
+
+@dataclasses.dataclass
+class Env:
+    """What every pipeline run shares."""
+
+    settings: Settings
+    listings: list[dict[str, Any]]
+    log_dir: Path
+    progress: bool
+    timeout_s: float
+
+
+def _start(env: Env, s: Settings, n: int, name: str, worker_env: dict[str, str]) -> list[WorkerProcess]:
+    return [WorkerProcess(s, env.log_dir, name=f"{name}-{i}", **worker_env).start() for i in range(n)]
+
+
+def _stop(workers: Sequence[WorkerProcess]) -> None:
+    for w in workers:
+        if w.proc is not None and w.alive():
+            w.proc.terminate()
+    for w in workers:
+        w.stop(timeout=20)
+
+
+def saturation_run(
+    env: Env,
+    name: str,
+    events: int,
+    *,
+    workers: int = 1,
+    preproduce: bool = True,
+    worker_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Throughput of `workers` worker processes in one group on an isolated topic set.
+
+    `preproduce`: the backlog is in the topic before the worker starts (one worker: no rebalance to wait
+    for). Otherwise the workers start on the empty topic, the run waits until the group is Stable with all
+    of them, then produces the events as fast as it can (so joins and rebalances stay out of the figure)."""
+    s = isolated(env.settings, f"bench-{name}")
+    batch = tagged(env.listings, events, uuid.uuid4().hex[:6])
+    ids = [e["item_id"] for e in batch]
+    procs: list[WorkerProcess] = []
+    extra = worker_env or {}
+    try:
+        if preproduce:
+            summary = produce_listings(s, batch, progress=env.progress)
+            if summary["failed"]:
+                raise BenchError(f"produce failed: {summary['errors']}")
+            t_start = time.monotonic()
+            procs = _start(env, s, workers, name, extra)
+            joined_s = None
+        else:
+            procs = _start(env, s, workers, name, extra)
+            joined_s = wait_group(s, procs, env.timeout_s)
+            t_start = time.monotonic()
+            summary = produce_listings(s, batch, progress=env.progress)
+            if summary["failed"]:
+                raise BenchError(f"produce failed: {summary['errors']}")
+        t_done = wait_in_redis(s, ids, procs, env.timeout_s, f"{name} ({workers}w)", env.progress)
+    finally:
+        _stop(procs)
+    rows = stored(s, ids)
+    out = write_rate(rows)
+    out.update(
+        {
+            "workers": workers,
+            "input_topic": s.topic_input,
+            "partitions": s.input_partitions,
+            "preproduced": preproduce,
+            "time_to_all_in_redis_s": round(t_done - t_start, 2),
+            "produce_rate": summary["rate"],
+            "model_versions": sorted({r["model_version"] for r in rows if r["model_version"]}),
+        }
+    )
+    if joined_s is not None:
+        out["group_join_s"] = round(joined_s, 2)
+    if extra:
+        out["worker_env"] = extra
+    return out
+
+
+def latency_run(env: Env, rate: float, events: int) -> dict[str, Any]:
+    """(d): one worker, caught up, fed `events` at `rate` events/s with `listed_at` stamped at send;
+    latency per event = Redis `classified_at` - `event_time`."""
+    s = isolated(env.settings, "bench-latency")
+    tag = uuid.uuid4().hex[:6]
+    warm = tagged(env.listings, max(8, env.settings.max_batch), f"{tag}w")
+    batch = tagged(env.listings[len(warm) :] or env.listings, events, tag)
+    ids = [e["item_id"] for e in batch]
+    procs = _start(env, s, 1, "latency", {})
+    try:
+        wait_group(s, procs, env.timeout_s)
+        produce_listings(s, warm, progress=False)
+        wait_in_redis(s, [e["item_id"] for e in warm], procs, env.timeout_s, "(d) warm-up", False)
+        summary = produce_listings(s, batch, rate=rate, progress=env.progress)
+        if summary["failed"]:
+            raise BenchError(f"produce failed: {summary['errors']}")
+        wait_in_redis(s, ids, procs, env.timeout_s, "(d) drain", env.progress)
+    finally:
+        _stop(procs)
+    rows = stored(s, ids)
+    lat = [iso_ms(r["classified_at"]) - iso_ms(r["event_time"]) for r in rows]
+    return {
+        "events": len(lat),
+        "target_rate": round(rate, 1),
+        "achieved_produce_rate": summary["rate"],
+        "p50_ms": round(percentile(lat, 50), 1),
+        "p95_ms": round(percentile(lat, 95), 1),
+        "p99_ms": round(percentile(lat, 99), 1),
+        "max_ms": round(max(lat), 1),
+        "mean_ms": round(sum(lat) / len(lat), 1),
+        "latencies_ms": [round(x, 1) for x in lat],
+    }
