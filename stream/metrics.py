@@ -14,6 +14,9 @@ DLQ = Counter("listings_dlq_total", "Events sent to the dead-letter topic", ["so
 REVIEW = Counter("listings_review_total", "Results sent to the review queue", ["source"])
 STALE = Counter("listings_stale_total", "Results not applied: Redis already held a newer one", ["source"])
 TAG_UPDATES = Counter("listings_tag_updates_total", "Tag-set changes published", ["source"])
+KEY_MISMATCH = Counter(
+    "listings_key_mismatch_total", "Events whose Kafka key differs from their item_id (item_id wins)", ["source"]
+)
 RETRIES = Counter("listings_retries_total", "Retries of a dependency call", ["dependency"])
 BATCH_SIZE = Histogram(
     "listings_batch_size", "Events per micro-batch sent to Triton", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)

@@ -108,9 +108,13 @@ class Pipeline:
         invalid: list[tuple[InRecord, InvalidEvent]] = []
         for rec in records:
             try:
-                valid.append((rec, parse_listing(rec.value, rec.key)))
+                listing = parse_listing(rec.value, rec.key)
             except InvalidEvent as exc:
                 invalid.append((rec, exc))
+                continue
+            if listing.key_mismatch:
+                metrics.KEY_MISMATCH.labels(self.source).inc()
+            valid.append((rec, listing))
         result = None
         if valid:
             metrics.BATCH_SIZE.observe(len(valid))
