@@ -119,7 +119,7 @@ def format_storage(settings: Settings, conf: Path) -> None:
         return
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     out = subprocess.run(
-        _java_cmd(settings, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(conf)),
+        _java_cmd(settings, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(conf)),
         capture_output=True,
         text=True,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import sysconfig
 import urllib.request
 from pathlib import Path
 
@@ -59,8 +60,19 @@ def server_env() -> dict[str, str]:
     base = _pytriton_dir()
     libs = base.parent / "nvidia_pytriton.libs"
     env = dict(os.environ)
+    # the stub links `libpython3.11.so.1.0`; make it load the libpython of the interpreter whose stdlib and
+    # extension modules it imports (a different 3.11 build lacks symbols they need, e.g. `_ssl`)
+    pylib = sysconfig.get_config_var("LIBDIR") or ""
+    own_libpython = pylib if pylib and (Path(pylib) / f"libpython{PY}.so.1.0").exists() else ""
     env["LD_LIBRARY_PATH"] = ":".join(
-        p for p in [str(libs), str(base / "tritonserver" / "external_libs"), env.get("LD_LIBRARY_PATH", "")] if p
+        p
+        for p in [
+            own_libpython,
+            str(libs),
+            str(base / "tritonserver" / "external_libs"),
+            env.get("LD_LIBRARY_PATH", ""),
+        ]
+        if p
     )
     # the python backend stub runs model.py with the first `python3` on PATH: ours, with numpy<2
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
