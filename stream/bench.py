@@ -24,8 +24,8 @@ import orjson
 
 from stream.settings import ROOT, Settings
 
-DEFAULT_EVENTS = 3000
-QUICK = {"events": 48, "naive_events": 16, "latency_seconds": 4.0}
+DEFAULT_EVENTS = 2000
+QUICK = {"events": 200, "naive_events": 24, "latency_seconds": 4.0}
 NOTES = [
     "CPU only, no GPU: Triton runs the model on KIND_CPU instances (cpu_threads from config.pbtxt).",
     "The 2-core machine is shared with other work (training, tests) while the bench runs, and Kafka, Redis, "
@@ -177,7 +177,7 @@ def measure(s: Settings, args: argparse.Namespace, counts: list[int]) -> dict[st
     out.mkdir(parents=True, exist_ok=True)
     progress = not args.no_progress
     n = args.events
-    naive_n = args.naive_events or (QUICK["naive_events"] if args.quick else min(n, 300))
+    naive_n = args.naive_events or (QUICK["naive_events"] if args.quick else min(n, 200))
     lat_s = args.latency_seconds or (QUICK["latency_seconds"] if args.quick else 40.0)
     wait_model(s, s.startup_timeout)
     listings, data_desc = heldout_listings(s)
