@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Each sets up what it needs first.
-.PHONY: setup demo test test-long lint stack-up stack-down clean
+.PHONY: setup demo test test-long lint train stack-up stack-down clean
 
 VENV := .venv/bin
 
@@ -18,6 +18,10 @@ test-long: setup
 
 lint: setup
 	$(VENV)/ruff check .
+
+# fine-tune the classifier (or reuse the cached run) and export a new Triton model version
+train: setup
+	$(VENV)/listings train
 
 stack-up: setup
 	$(VENV)/listings stack up

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from stream.model import tags as tags_mod
 from stream.model import taxonomy as tax_mod
-from stream.model.network import compose_text
 
 FLIPKART = "flipkart_20k.csv"
 MYNTRA = "myntra_styles_44k.csv"
@@ -69,6 +68,8 @@ class TagExample:
 
 def flipkart_examples(path: Path) -> list[CategoryExample]:
     """One example per distinct title with a non-empty `l3` (rows without a category are dropped)."""
+    from stream.model.network import compose_text  # imports torch: only when data is loaded
+
     groups: dict[str, list[dict[str, str]]] = defaultdict(list)
     for row in read_csv(path):
         if row["product_name"].strip() and tax_mod.parse_path(row["l3"]):
@@ -83,6 +84,8 @@ def flipkart_examples(path: Path) -> list[CategoryExample]:
 
 
 def myntra_examples(path: Path) -> list[TagExample]:
+    from stream.model.network import compose_text
+
     groups: dict[str, list[dict[str, str]]] = defaultdict(list)
     for row in read_csv(path):
         if row["productDisplayName"].strip():

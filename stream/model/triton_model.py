@@ -70,7 +70,7 @@ class TritonPythonModel:
             raise BadRequest(f"BRAND has {len(brands)} rows, TITLE has {len(titles)}")
         texts = []
         for i, raw in enumerate(titles):
-            title = _decode(raw, f"TITLE row {i}")[: self.network.MAX_TITLE_CHARS]
+            title = _decode(raw, f"TITLE row {i}").strip()[: self.network.MAX_TITLE_CHARS]
             if not title.strip():
                 raise BadRequest(f"TITLE row {i} is empty or blank")
             brand = _decode(brands[i], f"BRAND row {i}") if brands is not None else None
