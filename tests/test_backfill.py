@@ -70,8 +70,8 @@ def test_since_resolves_start_by_time_and_live_group_is_untouched(stack, tmp_pat
     worker = WorkerProcess(s, tmp_path).start()
     try:
         wait_for(lambda: len(redis_items(s, [f"old-{i}" for i in range(20)])) == 20, 180, "live results")
+        wait_for(lambda: sum(_group_offsets(s, s.group_id).values()) == 20, 60, "the live group's commit")
         live_offsets = _group_offsets(s, s.group_id)
-        assert sum(live_offsets.values()) == 20
     finally:
         worker.stop()
     time.sleep(1.0)
@@ -171,17 +171,17 @@ def test_model_version_rule(stack, tmp_path, two_model_versions) -> None:
     ids = [f"m-{i}" for i in range(n)]
     produce_raw(s, _events("m", n, version=1))
     # the older model classifies first (a backfill pinned to it) ...
-    first = _run(s, "--from-beginning", "--model-version", str(older))
+    first = _run(s, "--from-beginning", "--model-version", str(older), "--group", "bf-m1")
     assert first.classified == n
     assert {h["model_version"] for h in redis_items(s, ids).values()} == {str(older)}
     tag_updates_before = len(read_topic(s, s.topic_tag_updates, timeout_s=3))
     # ... a newer model re-classifies everything; the tags did not change, so no tag update
-    second = _run(s, "--from-beginning", "--model-version", str(newer))
+    second = _run(s, "--from-beginning", "--model-version", str(newer), "--group", "bf-m2")
     assert second.classified == n and second.stale == 0 and second.tag_updates == 0
     assert {h["model_version"] for h in redis_items(s, ids).values()} == {str(newer)}
     assert len(read_topic(s, s.topic_tag_updates, timeout_s=3)) == tag_updates_before
     # an older model never overwrites the newer result
-    third = _run(s, "--from-beginning", "--model-version", str(older))
+    third = _run(s, "--from-beginning", "--model-version", str(older), "--group", "bf-m3")
     assert third.stale == n and third.classified == 0
     assert {h["model_version"] for h in redis_items(s, ids).values()} == {str(newer)}
     # a newer listing_version from the live worker wins over a newer-model backfill of the older edit
@@ -192,7 +192,7 @@ def test_model_version_rule(stack, tmp_path, two_model_versions) -> None:
         wait_for(lambda: redis_items(s, ["m-0"])["m-0"]["listing_version"] == "2", 120, "live edit")
     finally:
         worker.stop()
-    fourth = _run(s, "--from-beginning", "--model-version", str(newer), "--group", "bf-model-again")
+    fourth = _run(s, "--from-beginning", "--model-version", str(newer), "--group", "bf-m4")
     assert fourth.stale >= 1
     h = redis_items(s, ["m-0"])["m-0"]
     assert h["listing_version"] == "2" and h["source"] == "live"
