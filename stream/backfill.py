@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from stream import settings as settings_mod
+from stream.pipeline.process import BatchStats
 from stream.settings import Settings
 
 
@@ -50,16 +51,11 @@ class Plan:
 
 
 @dataclass
-class Summary:
-    group: str
-    topic: str
-    events: int = 0
-    classified: int = 0
-    dlq: int = 0
-    review: int = 0
-    stale: int = 0
-    unchanged: int = 0
-    tag_updates: int = 0
+class Summary(BatchStats):
+    """The run's counts (events, classified, dlq, review, stale, unchanged, tag_updates) and where it ran."""
+
+    group: str = ""
+    topic: str = ""
     resumed_from_committed: bool = False
     duration_s: float = 0.0
 
@@ -98,7 +94,7 @@ async def backfill(settings: Settings, args: argparse.Namespace) -> Summary:
 
     from stream.classify.triton_client import BACKFILL_PRIORITY
     from stream.pipeline.conveyor import Conveyor
-    from stream.pipeline.process import BatchStats, Pipeline
+    from stream.pipeline.process import Pipeline
     from stream.pipeline.records import InRecord
 
     topic = args.topic or settings.topic_input
@@ -192,10 +188,7 @@ async def backfill(settings: Settings, args: argparse.Namespace) -> Summary:
         bar.close()
         await on_consumer(consumer.close)
         kafka_thread.shutdown()
-    st = conveyor.stats
-    summary.events, summary.classified, summary.dlq = st.events, st.classified, st.dlq
-    summary.review, summary.stale, summary.tag_updates = st.review, st.stale, st.tag_updates
-    summary.unchanged = st.unchanged
+    summary.add(conveyor.stats)
     summary.duration_s = round(time.monotonic() - started, 3)
     return summary
 
