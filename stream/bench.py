@@ -230,6 +230,11 @@ def measure(s: Settings, args: argparse.Namespace, counts: list[int]) -> dict[st
     rate = max(1.0, figures["b_pipeline"]["events_per_s"] / 2)
     figures["d_latency"] = bm.latency_run(env, rate, max(20, int(rate * lat_s)))
     save("d")
+    # the same live load while a backfill (Triton priority 2) replays, as fast as it can, a backlog the size
+    # of what the pipeline does at full speed during the live phase
+    backlog = max(20, int(figures["b_pipeline"]["events_per_s"] * lat_s))
+    figures["d_latency_with_backfill"] = bm.latency_run(env, rate, max(20, int(rate * lat_s)), backlog)
+    save("d2")
     figures["e_workers"] = {}
     for k in counts:
         figures["e_workers"][str(k)] = bm.saturation_run(env, f"scale{k}", n, workers=k, preproduce=False)

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import math
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -341,9 +342,32 @@ def saturation_run(
     return out
 
 
-def latency_run(env: Env, rate: float, events: int) -> dict[str, Any]:
+def _backfill_in_thread(env: Env, backlog: int) -> tuple[threading.Thread, dict[str, Any]]:
+    """A backfill (priority 2) over a topic of `backlog` listings, started in a thread."""
+    import argparse
+
+    from stream.backfill import add_arguments, backfill
+
+    sb = isolated(env.settings, "bench-backfill")
+    produce_listings(sb, tagged(env.listings, backlog, uuid.uuid4().hex[:6]), progress=False)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--from-beginning", "--json", "--group", f"{sb.group_id}-bf"])
+    out: dict[str, Any] = {"backlog": backlog}
+
+    def go() -> None:
+        t0 = time.monotonic()
+        summary = asyncio.run(backfill(sb, args))
+        out.update({"backfill_events": summary.events, "backfill_s": round(time.monotonic() - t0, 1)})
+
+    thread = threading.Thread(target=go, daemon=True)
+    return thread, out
+
+
+def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0) -> dict[str, Any]:
     """(d): one worker, caught up, fed `events` at `rate` events/s with `listed_at` stamped at send;
-    latency per event = Redis `classified_at` - `event_time`."""
+    latency per event = Redis `classified_at` - `event_time`. With `backfill_backlog`, a backfill of that
+    many listings (its own topics, Triton priority 2) runs during the live phase."""
     s = isolated(env.settings, "bench-latency")
     tag = uuid.uuid4().hex[:6]
     warm = tagged(env.listings, max(8, env.settings.max_batch), f"{tag}w")
@@ -354,10 +378,16 @@ def latency_run(env: Env, rate: float, events: int) -> dict[str, Any]:
         wait_group(s, procs, JOIN_TIMEOUT_S)
         produce_listings(s, warm, progress=False)
         wait_in_redis(s, [e["item_id"] for e in warm], procs, env.timeout_s, "(d) warm-up", False)
+        backfill_thread, backfill_out = (None, {})
+        if backfill_backlog:
+            backfill_thread, backfill_out = _backfill_in_thread(env, backfill_backlog)
+            backfill_thread.start()
         summary = produce_listings(s, batch, rate=rate, progress=env.progress)
         if summary["failed"]:
             raise BenchError(f"produce failed: {summary['errors']}")
         wait_in_redis(s, ids, procs, env.timeout_s, "(d) drain", env.progress)
+        if backfill_thread is not None:
+            backfill_thread.join(env.timeout_s)
     finally:
         _stop(procs)
     rows = stored(s, ids)
@@ -372,4 +402,5 @@ def latency_run(env: Env, rate: float, events: int) -> dict[str, Any]:
         "max_ms": round(max(lat), 1),
         "mean_ms": round(sum(lat) / len(lat), 1),
         "latencies_ms": [round(x, 1) for x in lat],
+        **backfill_out,
     }

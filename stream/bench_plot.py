@@ -20,6 +20,15 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"{lat['target_rate']:.0f} events/s, {lat['events']} events",
         ),
     ]
+    if "d_latency_with_backfill" in f:
+        lb = f["d_latency_with_backfill"]
+        out.append(
+            (
+                "(d') same, backfill running",
+                f"p50 {lb['p50_ms']:.0f} / p95 {lb['p95_ms']:.0f} / p99 {lb['p99_ms']:.0f} ms",
+                f"backfill of {lb.get('backlog', 0)} at priority 2 alongside",
+            )
+        )
     for k, run in sorted(f["e_workers"].items(), key=lambda kv: int(kv[0])):
         out.append((f"(e) {k} worker(s)", f"{run['events_per_s']:.1f} events/s", f"{run['partitions']} partitions"))
     r = results["ratios"]
@@ -67,14 +76,15 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     ax2.set_title("(e) Scale-out over the input partitions")
 
     lat = f["d_latency"]
-    samples = sorted(lat["latencies_ms"])
-    if samples:
-        ys = [(i + 1) / len(samples) for i in range(len(samples))]
-        ax3.plot(samples, ys, color="#dd8452")
-        for q, style in (("p50", ":"), ("p95", "--"), ("p99", "-.")):
-            v = lat[f"{q}_ms"]
-            ax3.axvline(v, color="grey", linestyle=style, label=f"{q} {v:.0f} ms")
-        ax3.legend(loc="lower right")
+    curves = [("live only", lat, "#dd8452")]
+    if "d_latency_with_backfill" in f:
+        curves.append(("with a backfill running", f["d_latency_with_backfill"], "#937860"))
+    for name, run, color in curves:
+        samples = sorted(run["latencies_ms"])
+        if samples:
+            ys = [(i + 1) / len(samples) for i in range(len(samples))]
+            ax3.plot(samples, ys, color=color, label=f"{name}: p50 {run['p50_ms']:.0f}, p99 {run['p99_ms']:.0f} ms")
+    ax3.legend(loc="lower right", fontsize=8)
     ax3.set_xlabel("end-to-end latency, ms (Redis classified_at - listed_at)")
     ax3.set_ylabel("fraction of events")
     ax3.set_title(f"(d) Latency CDF at {lat['target_rate']:.0f} events/s (~50% of (b))")

@@ -28,6 +28,8 @@ def test_bench_quick(stack, tmp_path, capsys) -> None:
     for q in ("p50_ms", "p95_ms", "p99_ms"):
         assert f["d_latency"][q] > 0
     assert f["d_latency"]["p50_ms"] <= f["d_latency"]["p95_ms"] <= f["d_latency"]["p99_ms"]
+    lb = f["d_latency_with_backfill"]
+    assert lb["p99_ms"] > 0 and lb["backfill_events"] == lb["backlog"] > 0
     assert set(f["e_workers"]) == {"1", "2"}
     assert all(run["events_per_s"] > 0 for run in f["e_workers"].values())
     assert results["ratios"]["b_over_a"] > 0 and results["ratios"]["b_over_c"] > 0
