@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from typing import Any
 
 from stream import settings as settings_mod
 from stream.settings import Settings
 
 log = logging.getLogger("listings.worker")
+EXIT_UNEXPECTED = 70  # EX_SOFTWARE
 
 
 def make_app(settings: Settings) -> Any:
@@ -75,6 +77,12 @@ def make_app(settings: Settings) -> Any:
                     for e in events
                 ]
                 await conveyor.submit(records, events)
+        except Exception:
+            # Not a down dependency (those are retried) but a bug or a broken invariant. Restarting the agent
+            # in place would go on past the failed batch's events; exiting makes a supervisor restart the
+            # worker, which resumes from the committed offsets: nothing is skipped.
+            log.critical("unexpected failure: exiting so the uncommitted events are redelivered", exc_info=True)
+            os._exit(EXIT_UNEXPECTED)
         finally:
             await conveyor.cancel()
             await pipeline.stop()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from stream import metrics
-from stream.classify.triton_client import BatchResult, TritonClassifier
+from stream.classify.triton_client import Classification, TritonClassifier
 from stream.events.contract import InvalidEvent, Listing, parse_listing
 from stream.events.dlq import dlq_record
 from stream.pipeline.records import InRecord, classified_record, iso, redis_fields, tag_update_record
@@ -26,12 +26,20 @@ from stream.sinks.redis_store import RedisStore, StoreItem
 log = logging.getLogger("listings.pipeline")
 
 
+@dataclass(frozen=True, slots=True)
+class Classified:
+    record: InRecord
+    listing: Listing
+    result: Classification
+    model_name: str
+    model_version: str
+
+
 @dataclass
 class Prepared:
     records: list[InRecord]
-    valid: list[tuple[InRecord, Listing]]
+    classified: list[Classified]
     invalid: list[tuple[InRecord, InvalidEvent]]
-    result: BatchResult | None
 
 
 @dataclass
@@ -115,18 +123,43 @@ class Pipeline:
             if listing.key_mismatch:
                 metrics.KEY_MISMATCH.labels(self.source).inc()
             valid.append((rec, listing))
-        result = None
+        classified: list[Classified] = []
         if valid:
             metrics.BATCH_SIZE.observe(len(valid))
-            listings = [lst for _, lst in valid]
-            result = await self.classifier.classify(
+            await self._classify(valid, classified, invalid)
+        return Prepared(records, classified, invalid)
+
+    async def _classify(
+        self,
+        valid: list[tuple[InRecord, Listing]],
+        classified: list[Classified],
+        invalid: list[tuple[InRecord, InvalidEvent]],
+    ) -> None:
+        """One Triton request for the batch. Should the model reject it (not a down server: those are retried),
+        halve the batch until the rejected events are alone, and dead-letter those: one poison event must
+        neither stop the worker nor take its batch-mates down with it."""
+        from tritonclient.utils import InferenceServerException
+
+        listings = [lst for _, lst in valid]
+        try:
+            res = await self.classifier.classify(
                 [lst.title for lst in listings],
                 [lst.description or "" for lst in listings],
                 [lst.brand or "" for lst in listings],
             )
-            if len(result.results) != len(listings):
-                raise RuntimeError(f"triton returned {len(result.results)} results for {len(listings)} listings")
-        return Prepared(records, valid, invalid, result)
+        except InferenceServerException as exc:
+            if len(valid) == 1:
+                log.warning("the model rejected an event", extra={"fields": {"error": str(exc)}})
+                invalid.append((valid[0][0], InvalidEvent(f"the model rejected this event: {exc}", "model_rejected")))
+                return
+            half = len(valid) // 2
+            await self._classify(valid[:half], classified, invalid)
+            await self._classify(valid[half:], classified, invalid)
+            return
+        if len(res.results) != len(listings):
+            raise RuntimeError(f"triton returned {len(res.results)} results for {len(listings)} listings")
+        for (rec, lst), one in zip(valid, res.results, strict=True):
+            classified.append(Classified(rec, lst, one, res.model_name, res.model_version))
 
     def _dlq_records(self, prepared: Prepared) -> list[OutRecord]:
         out = []
@@ -150,65 +183,61 @@ class Pipeline:
         s = self.settings
         stats = BatchStats(events=len(prepared.records), dlq=len(prepared.invalid))
         outputs = self._dlq_records(prepared)
-        if prepared.result is not None:
-            res = prepared.result
-            now_ms = time.time() * 1000
-            classified = []
-            items = []
-            for (rec, listing), cls_result in zip(prepared.valid, res.results, strict=True):
-                event_ms = listing.listed_at_ms if listing.listed_at_ms is not None else rec.timestamp_ms
-                record = classified_record(
-                    listing,
-                    cls_result,
-                    model_name=res.model_name,
-                    model_version=res.model_version,
-                    source=self.source,
-                    event_time_ms=event_ms,
-                    classified_at_ms=now_ms,
-                    review_threshold=s.review_threshold,
+        now_ms = time.time() * 1000
+        records = []
+        items = []
+        for c in prepared.classified:
+            event_ms = c.listing.listed_at_ms if c.listing.listed_at_ms is not None else c.record.timestamp_ms
+            record = classified_record(
+                c.listing,
+                c.result,
+                model_name=c.model_name,
+                model_version=c.model_version,
+                source=self.source,
+                event_time_ms=event_ms,
+                classified_at_ms=now_ms,
+                review_threshold=s.review_threshold,
+            )
+            records.append(record)
+            items.append(
+                StoreItem(
+                    item_id=c.listing.item_id,
+                    listing_version=c.listing.listing_version,
+                    model_version=int(c.model_version),
+                    category_id=str(c.result.category["id"]),
+                    tags=[t["tag"] for t in c.result.tags],
+                    fields=redis_fields(record, c.listing.title),
                 )
-                classified.append(record)
-                items.append(
-                    StoreItem(
-                        item_id=listing.item_id,
-                        listing_version=listing.listing_version,
-                        model_version=int(res.model_version),
-                        category_id=str(cls_result.category["id"]),
-                        tags=[t["tag"] for t in cls_result.tags],
-                        fields=redis_fields(record, listing.title),
-                    )
+            )
+        outcomes = await self.store.apply(items)
+        written_ms = time.time() * 1000
+        to_confirm = []
+        for c, record, item, outcome in zip(prepared.classified, records, items, outcomes, strict=True):
+            stats.statuses[outcome.status] += 1
+            if c.record.timestamp_ms is not None:
+                metrics.E2E_LATENCY.labels(self.source).observe(max(0.0, (written_ms - c.record.timestamp_ms) / 1000))
+            if outcome.status == "stale":
+                stats.stale += 1  # a newer result is stored: this one must not reach any output
+                continue
+            if not outcome.needs_outputs:
+                stats.unchanged += 1  # already stored and published (e.g. a replay with the same model)
+                continue
+            to_confirm.append(item)
+            key = record["item_id"].encode()
+            value = orjson.dumps(record)
+            outputs.append(OutRecord(s.topic_classified, key, value))
+            stats.classified += 1
+            if record["needs_review"]:
+                outputs.append(OutRecord(s.topic_review, key, value))
+                stats.review += 1
+            if outcome.added or outcome.removed:
+                update = tag_update_record(
+                    record["item_id"], outcome.added, outcome.removed, outcome.tags, record["model"], iso(now_ms)
                 )
-            outcomes = await self.store.apply(items)
-            written_ms = time.time() * 1000
-            model = {"name": res.model_name, "version": res.model_version}
-            to_confirm = []
-            for (rec, _), record, item, outcome in zip(prepared.valid, classified, items, outcomes, strict=True):
-                stats.statuses[outcome.status] += 1
-                if rec.timestamp_ms is not None:
-                    metrics.E2E_LATENCY.labels(self.source).observe(max(0.0, (written_ms - rec.timestamp_ms) / 1000))
-                if outcome.status == "stale":
-                    stats.stale += 1  # a newer result is stored: this one must not reach any output
-                    continue
-                if not outcome.needs_outputs:
-                    stats.unchanged += 1  # already stored and published (e.g. a replay with the same model)
-                    continue
-                to_confirm.append(item)
-                key = record["item_id"].encode()
-                value = orjson.dumps(record)
-                outputs.append(OutRecord(s.topic_classified, key, value))
-                stats.classified += 1
-                if record["needs_review"]:
-                    outputs.append(OutRecord(s.topic_review, key, value))
-                    stats.review += 1
-                if outcome.added or outcome.removed:
-                    update = tag_update_record(
-                        record["item_id"], outcome.added, outcome.removed, outcome.tags, model, iso(now_ms)
-                    )
-                    outputs.append(OutRecord(s.topic_tag_updates, key, orjson.dumps(update)))
-                    stats.tag_updates += 1
+                outputs.append(OutRecord(s.topic_tag_updates, key, orjson.dumps(update)))
+                stats.tag_updates += 1
         await self.out.send_all(outputs)
-        if prepared.result is not None:
-            await self.store.confirm_outputs(to_confirm)
+        await self.store.confirm_outputs(to_confirm)
         metrics.EVENTS_OUT.labels(self.source).inc(stats.classified)
         metrics.REVIEW.labels(self.source).inc(stats.review)
         metrics.STALE.labels(self.source).inc(stats.stale)

@@ -1,0 +1,46 @@
+"""Pure logic of one batch through the pipeline, with a fake classifier (no Triton behaviour is claimed)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from tritonclient.utils import InferenceServerException
+
+from stream.classify.triton_client import BatchResult, Classification
+from stream.pipeline.process import Pipeline
+from stream.pipeline.records import InRecord
+from stream.settings import Settings
+
+
+class RejectsPoison:
+    """Refuses any request that contains a title with POISON, like a model raising INVALID_ARG would."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    async def classify(self, titles: list[str], descriptions: list[str], brands: list[str]) -> BatchResult:
+        self.calls.append(len(titles))
+        if any("POISON" in t for t in titles):
+            raise InferenceServerException("refused", status="StatusCode.INVALID_ARGUMENT")
+        one = Classification({"id": "c", "name": "c", "path": ["c"]}, 0.9, [], [])
+        return BatchResult("listing_classifier", "3", [one] * len(titles))
+
+
+def _rec(i: int, title: str) -> InRecord:
+    value = orjson.dumps({"item_id": f"i{i}", "title": title})
+    return InRecord("listings.new", 0, i, f"i{i}".encode(), value, 1_000)
+
+
+def test_a_rejected_event_is_isolated_and_dead_lettered_alone() -> None:
+    fake = RejectsPoison()
+    pipeline = Pipeline(Settings(), source="live", classifier=fake, store=None, out=None)  # type: ignore[arg-type]
+    records = [_rec(i, "POISON pill" if i == 5 else f"phone case {i}") for i in range(8)] + [_rec(8, " ")]
+    prepared = asyncio.run(pipeline.prepare(records))
+    assert [c.record.offset for c in prepared.classified] == [0, 1, 2, 3, 4, 6, 7]
+    assert {c.model_version for c in prepared.classified} == {"3"}
+    by_offset = {rec.offset: exc for rec, exc in prepared.invalid}
+    assert set(by_offset) == {5, 8}
+    assert by_offset[5].error_type == "model_rejected" and "refused" in by_offset[5].reason
+    assert by_offset[8].error_type == "blank_title"
+    assert fake.calls[0] == 8 and max(fake.calls[1:]) <= 4  # halved, not retried whole
