@@ -23,12 +23,21 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-stamp=.venv/.setup-$(cat pyproject.toml | sha256sum | cut -c1-12)
+req_hash=$(sha256sum pyproject.toml | cut -c1-12)
+stamp=.venv/.setup-$req_hash
 if [ ! -e "$stamp" ]; then
   echo "setup: creating the virtual environment (.venv) and installing packages (torch is large: first run takes minutes)"
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[model,dev]'
+  # A wheelhouse outside the checkout, filled once per dependency set: later checkouts (and CI) of the same
+  # pyproject install from it without downloading torch again (the registry's answers are not HTTP-cacheable).
+  wheels=${LISTINGS_CACHE_DIR:-$HOME/.cache/listing-classifier}/wheels
+  if [ ! -e "$wheels/.complete-$req_hash" ]; then
+    mkdir -p "$wheels"
+    .venv/bin/pip download -q -d "$wheels" '.[model,dev]' 'setuptools>=68' wheel
+    touch "$wheels/.complete-$req_hash"
+  fi
+  .venv/bin/pip install -q --no-index --find-links "$wheels" -e '.[model,dev]'
   rm -f .venv/.setup-*
   touch "$stamp"
 fi
