@@ -20,7 +20,7 @@ from stream import settings as settings_mod
 from stream.model import artifact, metrics
 from stream.model import data as data_mod
 
-DEFAULTS = {"epochs": 5, "max_len": 40, "batch_size": 32, "seed": 13, "tags_per_epoch": 3000}
+DEFAULTS = {"epochs": 6, "max_len": 40, "batch_size": 32, "seed": 13, "tags_per_epoch": 2000}
 QUICK = {"epochs": 1, "category_rows": 3000, "tags_per_epoch": 1000, "dev_rows": 800, "calib_rows": 500}
 LR_ENCODER = 2e-4
 LR_HEADS = 3e-3
