@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     started = ensure_stack(s)
     try:
         results = measure(s, args, counts)
-    except (BenchError, RuntimeError) as exc:
+    except (BenchError, RuntimeError, AssertionError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from stream.harness import WorkerProcess, isolated
+from stream.harness import WorkerProcess, isolated, wait_group_stable
 from stream.produce import produce_listings
 from stream.settings import Settings
 
@@ -223,42 +223,6 @@ def write_rate(rows: Sequence[dict[str, str]]) -> dict[str, Any]:
     }
 
 
-def group_members(settings: Settings) -> tuple[str, int]:
-    """(state, member count) of the run's consumer group."""
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10000)
-    try:
-        found = admin.describe_groups([settings.group_id])
-    finally:
-        admin.close()
-    # kafka-python 3.x: {group_id: {"group_state": ..., "members": [...]}}; 2.x: a list of GroupInformation
-    info: Any = found.get(settings.group_id, {}) if isinstance(found, dict) else found[0]
-    if isinstance(info, dict):
-        return str(info.get("group_state") or ""), len(info.get("members") or [])
-    return str(getattr(info, "state", "") or ""), len(getattr(info, "members", []) or [])
-
-
-def wait_group(settings: Settings, workers: Sequence[WorkerProcess], timeout_s: float) -> float:
-    """Wait until all `workers` are members of a Stable group; returns the seconds it took."""
-    t0 = time.monotonic()
-    state, n, error = "", 0, ""
-    while time.monotonic() - t0 < timeout_s:
-        dead = [w for w in workers if not w.alive()]
-        if dead:
-            raise BenchError(f"worker exited while joining; log {dead[0].log_path}:\n{dead[0].log_tail()}")
-        try:
-            state, n = group_members(settings)
-        except Exception as exc:  # noqa: BLE001 - the group may not exist yet
-            state, n, error = "", 0, f"{type(exc).__name__}: {exc}"
-        if state.lower() == "stable" and n == len(workers):
-            return time.monotonic() - t0
-        time.sleep(POLL_S)
-    raise BenchError(
-        f"group {settings.group_id}: {n}/{len(workers)} members, state {state!r} after {timeout_s:.0f}s {error}"
-    )
-
-
 @dataclasses.dataclass
 class Env:
     """What every pipeline run shares."""
@@ -311,7 +275,7 @@ def saturation_run(
             joined_s = None
         else:
             procs = _start(env, s, workers, name, extra)
-            joined_s = wait_group(s, procs, JOIN_TIMEOUT_S)
+            joined_s = wait_group_stable(s, len(procs), JOIN_TIMEOUT_S, workers=procs)
             t_start = time.monotonic()
             summary = produce_listings(s, batch, progress=env.progress)
             if summary["failed"]:
@@ -375,7 +339,7 @@ def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0) -
     ids = [e["item_id"] for e in batch]
     procs = _start(env, s, 1, "latency", {})
     try:
-        wait_group(s, procs, JOIN_TIMEOUT_S)
+        wait_group_stable(s, len(procs), JOIN_TIMEOUT_S, workers=procs)
         produce_listings(s, warm, progress=False)
         wait_in_redis(s, [e["item_id"] for e in warm], procs, env.timeout_s, "(d) warm-up", False)
         backfill_thread, backfill_out = (None, {})

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,14 +169,34 @@ def group_members(settings: Settings, group: str | None = None) -> int:
     """Members of a consumer group once it is Stable (partitions assigned), else 0."""
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    name = group or settings.group_id
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10000)
     try:
-        g = admin.describe_groups([group or settings.group_id])[group or settings.group_id]
+        g = admin.describe_groups([name]).get(name, {})
     finally:
         admin.close()
-    return len(g["members"]) if g["group_state"] == "Stable" else 0
+    return len(g.get("members") or []) if g.get("group_state") == "Stable" else 0
 
 
-def wait_group_stable(settings: Settings, members: int = 1, timeout: float = 120, group: str | None = None) -> None:
-    """Wait until `members` consumers share the group's partitions (workers started and assigned)."""
-    wait_for(lambda: group_members(settings, group) >= members, timeout, f"{members} member(s) in the group")
+def wait_group_stable(
+    settings: Settings,
+    members: int = 1,
+    timeout: float = 120,
+    group: str | None = None,
+    workers: Sequence[WorkerProcess] = (),
+) -> float:
+    """Wait until `members` consumers share the group's partitions (workers started and assigned); fails at
+    once, with its log, if one of `workers` exits meanwhile. Returns the seconds it took."""
+    t0 = time.monotonic()
+
+    def stable() -> bool:
+        dead = [w for w in workers if not w.alive()]
+        if dead:
+            raise AssertionError(f"worker exited while joining; log {dead[0].log_path}:\n{dead[0].log_tail()}")
+        try:
+            return group_members(settings, group) >= members
+        except Exception:  # noqa: BLE001 - the group may not exist yet
+            return False
+
+    wait_for(stable, timeout, f"{members} member(s) in group {group or settings.group_id}")
+    return time.monotonic() - t0
