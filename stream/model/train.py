@@ -20,7 +20,7 @@ from stream import settings as settings_mod
 from stream.model import artifact, metrics
 from stream.model import data as data_mod
 
-DEFAULTS = {"epochs": 6, "max_len": 40, "batch_size": 32, "seed": 13, "tags_per_epoch": 2000}
+DEFAULTS = {"epochs": 10, "max_len": 40, "batch_size": 32, "seed": 13, "tags_per_epoch": 2000}
 QUICK = {"epochs": 1, "category_rows": 3000, "tags_per_epoch": 1000, "dev_rows": 800, "calib_rows": 500}
 LR_ENCODER = 2e-4
 LR_HEADS = 3e-3
@@ -179,7 +179,7 @@ def train(data_dir: Path, options: dict, out: Path, threads: int = 2, echo: Call
     tag_pool = prep.tags["train"]
     net = network.build(enc_dir, n_cat, n_tag)
     _init_biases(net, [it[1] for it in cat_items], [e.labels for e in tag_pool])
-    net.encoder.embeddings.word_embeddings.weight.requires_grad_(False)  # frozen: faster steps, no drift
+    # word embeddings train too (brand- and product-specific tokens decide many leaves), at the encoder's rate
     heads = list(net.category.parameters()) + list(net.tags.parameters())
     enc_params = [p for p in net.encoder.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(
