@@ -168,30 +168,19 @@ def test_triton_killed_and_restarted(stack, tmp_path, long_run) -> None:
     _run_with_fault(stack, tmp_path, "f-triton", n, fault)
 
 
-def test_redis_restarted(stack, tmp_path, long_run) -> None:
+@pytest.mark.parametrize("part", ["redis", "kafka"])
+def test_dependency_restarted(stack, tmp_path, long_run, part: str) -> None:
+    """Redis restarted (its AOF keeps the state), or the Kafka broker restarted, mid-stream."""
     from stream.stack import control
 
     n = 1500 if long_run else 300
 
     def fault(sc: Scenario, w: WorkerProcess) -> None:
-        control.down(stack, ["redis"])
+        control.down(stack, [part])
         time.sleep(10 if long_run else 3)
-        control.up(stack, ["redis"])
+        control.up(stack, [part])
 
-    _run_with_fault(stack, tmp_path, "f-redis", n, fault)
-
-
-def test_kafka_broker_restarted(stack, tmp_path, long_run) -> None:
-    from stream.stack import control
-
-    n = 1500 if long_run else 300
-
-    def fault(sc: Scenario, w: WorkerProcess) -> None:
-        control.down(stack, ["kafka"])
-        time.sleep(10 if long_run else 3)
-        control.up(stack, ["kafka"])
-
-    _run_with_fault(stack, tmp_path, "f-kafka", n, fault)
+    _run_with_fault(stack, tmp_path, f"f-{part}", n, fault)
 
 
 def test_backfill_during_live_traffic(stack, tmp_path, long_run) -> None:
