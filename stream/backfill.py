@@ -14,7 +14,7 @@ import hashlib
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -58,6 +58,12 @@ class Summary(BatchStats):
     topic: str = ""
     resumed_from_committed: bool = False
     duration_s: float = 0.0
+
+    def to_json(self) -> bytes:
+        # not dataclasses.asdict: it rebuilds the `statuses` Counter from (key, value) pairs, counting the pairs
+        doc = {f.name: getattr(self, f.name) for f in fields(self)}
+        doc["statuses"] = dict(self.statuses)
+        return orjson.dumps(doc)
 
 
 def default_group(args: argparse.Namespace, topic: str) -> str:
@@ -212,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_mod.load()
     summary = asyncio.run(backfill(settings, args))
     if args.json:
-        print(orjson.dumps(asdict(summary)).decode())
+        print(summary.to_json().decode())
     else:
         print(
             f"backfill {summary.topic} (group {summary.group}): {summary.events} events, "

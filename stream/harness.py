@@ -152,6 +152,12 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str, on_fail: Calla
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{on_fail()}")
 
 
+def result_fields(h: dict[str, str]) -> dict[str, str]:
+    """A stored result without its delivery bookkeeping (`outputs_pending` flips to 0 once a redelivery has
+    re-sent the outputs of a result whose first run died before Kafka acknowledged them)."""
+    return {k: v for k, v in h.items() if k != "outputs_pending"}
+
+
 def redis_items(settings: Settings, item_ids: Iterable[str]) -> dict[str, dict[str, str]]:
     import redis
 

@@ -44,3 +44,16 @@ def test_a_rejected_event_is_isolated_and_dead_lettered_alone() -> None:
     assert by_offset[5].error_type == "model_rejected" and "refused" in by_offset[5].reason
     assert by_offset[8].error_type == "blank_title"
     assert fake.calls[0] == 8 and max(fake.calls[1:]) <= 4  # halved, not retried whole
+
+
+def test_backfill_summary_json_keeps_counts() -> None:
+    from stream.backfill import Summary
+    from stream.pipeline.process import BatchStats
+
+    summary = Summary(group="g", topic="t")
+    batch = BatchStats(events=3, classified=2, dlq=1)
+    batch.statuses.update({"applied": 2})
+    summary.add(batch)
+    doc = orjson.loads(summary.to_json())
+    assert doc["events"] == 3 and doc["classified"] == 2 and doc["dlq"] == 1
+    assert doc["statuses"] == {"applied": 2} and doc["group"] == "g"
