@@ -152,6 +152,19 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str, on_fail: Calla
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{on_fail()}")
 
 
+def direct_categories(settings: Settings, titles: list[str]) -> list[str]:
+    """The category id Triton gives each title when asked directly (no Kafka, no worker): the expected result."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(settings.triton_grpc)
+    arr = np.array([[t.encode()] for t in titles], dtype=object)
+    inp = grpcclient.InferInput("TITLE", list(arr.shape), "BYTES")
+    inp.set_data_from_numpy(arr)
+    res = client.infer(settings.model_name, [inp], outputs=[grpcclient.InferRequestedOutput("RESULT")])
+    return [orjson.loads(r)["category"]["id"] for r in res.as_numpy("RESULT").reshape(-1)]
+
+
 def result_fields(h: dict[str, str]) -> dict[str, str]:
     """A stored result without its delivery bookkeeping (`outputs_pending` flips to 0 once a redelivery has
     re-sent the outputs of a result whose first run died before Kafka acknowledged them)."""

@@ -16,6 +16,7 @@ import pytest
 
 from stream.harness import (
     WorkerProcess,
+    direct_categories,
     isolated,
     listing,
     produce_raw,
@@ -43,18 +44,6 @@ TITLES = [
 @pytest.fixture(scope="module")
 def long_run(request) -> bool:
     return bool(request.config.getoption("--long"))
-
-
-def expected_categories(s: Settings, titles: list[str]) -> dict[str, str]:
-    import tritonclient.grpc as grpcclient
-
-    uniq = sorted(set(titles))
-    client = grpcclient.InferenceServerClient(s.triton_grpc)
-    arr = np.array([[t.encode()] for t in uniq], dtype=object)
-    inp = grpcclient.InferInput("TITLE", list(arr.shape), "BYTES")
-    inp.set_data_from_numpy(arr)
-    res = client.infer(s.model_name, [inp], outputs=[grpcclient.InferRequestedOutput("RESULT")])
-    return {t: orjson.loads(r)["category"]["id"] for t, r in zip(uniq, res.as_numpy("RESULT").reshape(-1), strict=True)}
 
 
 class Scenario:
@@ -111,7 +100,8 @@ class Scenario:
 
         wait_for(complete, timeout, "every event's result in Redis", log)
         stored = redis_items(self.s, ids)
-        cats = expected_categories(self.s, [t for t, _ in self.expected.values()])
+        titles = sorted({t for t, _ in self.expected.values()})
+        cats = dict(zip(titles, direct_categories(self.s, titles), strict=True))
         for iid, (title, version) in self.expected.items():
             h = stored[iid]
             assert h["title"] == title and h["listing_version"] == str(version), (iid, h)

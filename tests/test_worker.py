@@ -7,7 +7,6 @@ import random
 import time
 import uuid
 
-import numpy as np
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,6 +14,7 @@ from hypothesis import strategies as st
 
 from stream.harness import (
     WorkerProcess,
+    direct_categories,
     isolated,
     listing,
     produce_raw,
@@ -34,17 +34,6 @@ def real_titles(n: int, seed: int = 7) -> list[dict[str, str]]:
         rows = [r for r in csv.DictReader(f) if r["product_name"].strip()]
     random.Random(seed).shuffle(rows)
     return rows[:n]
-
-
-def direct_top1(settings: Settings, titles: list[str]) -> list[str]:
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(settings.triton_grpc)
-    arr = np.array([[t.encode()] for t in titles], dtype=object)
-    inp = grpcclient.InferInput("TITLE", list(arr.shape), "BYTES")
-    inp.set_data_from_numpy(arr)
-    res = client.infer(settings.model_name, [inp], outputs=[grpcclient.InferRequestedOutput("RESULT")])
-    return [orjson.loads(r)["category"]["id"] for r in res.as_numpy("RESULT").reshape(-1)]
 
 
 @pytest.fixture
@@ -79,7 +68,7 @@ def test_happy_path_real_titles(stack, worker_factory) -> None:
     stored = redis_items(s, ids)
     classified = _latest_by_key(read_topic(s, s.topic_classified))
     assert set(classified) == set(ids)
-    expected = dict(zip(ids, direct_top1(s, [r["product_name"] for r in rows]), strict=True))
+    expected = dict(zip(ids, direct_categories(s, [r["product_name"] for r in rows]), strict=True))
     for iid in ids:
         rec, h = classified[iid], stored[iid]
         assert rec["category"]["id"] == h["category_id"] == expected[iid]
