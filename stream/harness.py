@@ -126,8 +126,9 @@ def listing(item_id: str, title: str, **fields: Any) -> tuple[bytes, bytes]:
     return item_id.encode(), orjson.dumps({"item_id": item_id, "title": title, **fields})
 
 
-def read_topic(settings: Settings, topic: str, timeout_s: float = 5.0) -> list[Any]:
-    """Every record of the topic from the beginning (stops after `timeout_s` without new ones)."""
+def read_topic(settings: Settings, topic: str, timeout_s: float = 5.0, expected: int = 0) -> list[Any]:
+    """Every record of the topic from the beginning: stops after `timeout_s` without new ones, or, when
+    `expected` is given, once that many arrived (waiting up to six idle periods for them)."""
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(
@@ -138,8 +139,14 @@ def read_topic(settings: Settings, topic: str, timeout_s: float = 5.0) -> list[A
         group_id=None,
         consumer_timeout_ms=int(timeout_s * 1000),
     )
-    out = list(consumer)
-    consumer.close()
+    out: list[Any] = []
+    try:
+        for _ in range(6 if expected else 1):
+            out.extend(consumer)
+            if len(out) >= expected:
+                break
+    finally:
+        consumer.close()
     return out
 
 

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from stream.events import parse_listing
+from stream.harness import read_topic
 from stream.produce import myntra_tags, read_listings
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"  # ../shared/data of the checkout
@@ -86,28 +87,6 @@ def new_topic(settings: Any, partitions: int = 3, config: dict[str, str] | None 
     return name
 
 
-def consume_all(settings: Any, topic: str, expected: int) -> list[Any]:
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=settings.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-        consumer_timeout_ms=5000,
-    )
-    got: list[Any] = []
-    try:
-        for _ in range(6):  # stop as soon as all arrived; a few idle timeouts at most
-            got.extend(consumer)
-            if len(got) >= expected:
-                break
-    finally:
-        consumer.close()
-    return got
-
-
 @pytest.mark.stack
 def test_produce_flipkart_csv_via_cli(stack: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from stream.cli import main
@@ -120,7 +99,7 @@ def test_produce_flipkart_csv_via_cli(stack: Any, tmp_path: Path, capsys: pytest
     assert rc == 0, summary
     assert (summary["sent"], summary["failed"], summary["attempted"], summary["topic"]) == (50, 0, 50, topic)
 
-    msgs = consume_all(stack, topic, 50)
+    msgs = read_topic(stack, topic, expected=50)
     assert len(msgs) == 50
     expected = {r["uniq_id"]: r for r in rows[:50]}
     assert {m.key.decode() for m in msgs} == set(expected)
@@ -149,7 +128,7 @@ def test_produce_jsonl_keeps_fields_and_no_stamp(stack: Any, tmp_path: Path) -> 
     summary = produce_listings(stack, list(read_listings(path)), topic=topic, progress=False, stamp=False)
     assert (summary["sent"], summary["failed"]) == (12, 0), summary
 
-    msgs = consume_all(stack, topic, 12)
+    msgs = read_topic(stack, topic, expected=12)
     got = {m.key.decode(): orjson.loads(m.value) for m in msgs}
     assert got == {e["item_id"]: e for e in events}  # sent exactly as in the file
     assert {parse_listing(m.value, m.key).listed_at_ms for m in msgs} == {1_704_067_200_000}
