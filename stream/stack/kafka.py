@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import shutil
 import subprocess
 import uuid
@@ -54,12 +53,6 @@ def ensure_jars(settings: Settings) -> Path:
 
 def _pom_hash() -> str:
     return hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
-
-
-def _java_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env["KAFKA_HEAP_OPTS"] = f"-Xmx{settings.kafka_heap} -Xms{settings.kafka_heap}"
-    return env
 
 
 def _java_cmd(settings: Settings, main: str, *args: str) -> list[str]:
@@ -169,7 +162,7 @@ def up(settings: Settings) -> str:
     ensure_jars(settings)
     conf = write_config(settings)
     format_storage(settings, conf)
-    p.start(_java_cmd(settings, "kafka.Kafka", str(conf)), env=_java_env(settings))
+    p.start(_java_cmd(settings, "kafka.Kafka", str(conf)))
     wait_until(p, lambda: ready(settings), settings.startup_timeout)
     ensure_topics(settings)
     return f"kafka started (pid {p.pid()}) on {settings.bootstrap_servers}"
