@@ -23,7 +23,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-req_hash=$(sha256sum pyproject.toml | cut -c1-12)
+req_hash=$(cat pyproject.toml tools/pyproject.toml | sha256sum | cut -c1-12)
 stamp=.venv/.setup-$req_hash
 if [ ! -e "$stamp" ]; then
   echo "setup: creating the virtual environment (.venv) and installing packages (torch is large: first run takes minutes)"
@@ -34,13 +34,14 @@ if [ ! -e "$stamp" ]; then
   wheels=${LISTINGS_CACHE_DIR:-$HOME/.cache/listing-classifier}/wheels
   if [ ! -e "$wheels/.complete-$req_hash" ]; then
     mkdir -p "$wheels"
-    .venv/bin/pip download -q -d "$wheels" '.[model,dev]' 'setuptools>=68' wheel
+    .venv/bin/pip download -q -d "$wheels" '.[dev]' ./tools 'setuptools>=68' wheel
     touch "$wheels/.complete-$req_hash"
   fi
-  .venv/bin/pip install -q --no-index --find-links "$wheels" -e '.[model,dev]'
+  # the runtime (package `stream`) and, beside it, the developer tools (packages `training`, `devtools`)
+  .venv/bin/pip install -q --no-index --find-links "$wheels" -e '.[dev]' -e ./tools
   rm -f .venv/.setup-*
   touch "$stamp"
 fi
 
-.venv/bin/python -c "from stream.settings import load; from stream.stack.kafka import ensure_jars; ensure_jars(load())"
+.venv/bin/python -c "from devtools.config import load; from devtools.stack.kafka import ensure_jars; ensure_jars(load())"
 echo "setup: ready"

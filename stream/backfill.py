@@ -20,9 +20,11 @@ from typing import Any
 
 import orjson
 
-from stream import settings as settings_mod
+from stream import connections, keys
+from stream.config import Settings
 from stream.pipeline.process import BatchStats
-from stream.settings import Settings
+
+HELP = "replay a topic range through the pipeline under its own group"
 
 
 def parse_time(text: str) -> int:
@@ -33,6 +35,19 @@ def parse_time(text: str) -> int:
     if dt.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{text!r}: give a timezone (e.g. Z) or epoch milliseconds")
     return int(dt.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class BackfillOptions:
+    """What to replay and how. `since_ms`/`until_ms` are epoch ms; no `since_ms` = from the beginning."""
+
+    since_ms: int | None = None
+    until_ms: int | None = None
+    topic: str | None = None  # default: the input topic
+    model_version: str = ""  # "" = the version Triton serves
+    rate: float = 0.0  # events/s, 0 = unlimited
+    group: str | None = None  # default: derived from the options
+    progress: bool = True
 
 
 @dataclass(frozen=True)
@@ -66,8 +81,10 @@ class Summary(BatchStats):
         return orjson.dumps(doc)
 
 
-def default_group(args: argparse.Namespace, topic: str) -> str:
-    ident = f"{topic}|{args.since}|{args.until}|{args.from_beginning}|{args.model_version}"
+def default_group(options: BackfillOptions, topic: str) -> str:
+    """Same options, same group: a rerun resumes from the group's commits."""
+    since = options.since_ms if options.since_ms is not None else "beginning"
+    ident = f"{topic}|{since}|{options.until_ms}|{options.model_version}"
     return f"listings-backfill-{hashlib.sha256(ident.encode()).hexdigest()[:10]}"
 
 
@@ -93,8 +110,7 @@ def make_plan(consumer: Any, topic: str, since_ms: int | None, until_ms: int | N
     return Plan(topic, start, {p: max(stop[p], start[p]) for p in stop})
 
 
-async def backfill(settings: Settings, args: argparse.Namespace) -> Summary:
-    import redis
+async def backfill(settings: Settings, options: BackfillOptions) -> Summary:
     from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
     from tqdm import tqdm
 
@@ -103,9 +119,9 @@ async def backfill(settings: Settings, args: argparse.Namespace) -> Summary:
     from stream.pipeline.process import Pipeline
     from stream.pipeline.records import InRecord
 
-    topic = args.topic or settings.topic_input
-    group = args.group or default_group(args, topic)
-    since_ms = None if args.from_beginning else args.since
+    topic = options.topic or settings.topics.input
+    group = options.group or default_group(options, topic)
+    batch_size = settings.backfill.max_batch
     started = time.monotonic()
     summary = Summary(group=group, topic=topic)
 
@@ -116,23 +132,24 @@ async def backfill(settings: Settings, args: argparse.Namespace) -> Summary:
         return loop.run_in_executor(kafka_thread, lambda: fn(*a, **kw))
 
     consumer = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **connections.kafka(settings.kafka),
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         key_deserializer=None,
         value_deserializer=None,
-        max_poll_records=settings.max_batch,
+        max_poll_records=batch_size,
     )
-    r = redis.Redis.from_url(settings.redis)
-    plan_key = f"backfill:plan:{group}"
-    raw_plan = r.get(plan_key)
-    if raw_plan is not None:
-        plan = Plan.from_json(raw_plan)
-    else:
-        plan = await on_consumer(make_plan, consumer, topic, since_ms, args.until)
-        r.set(plan_key, plan.to_json())
-    r.close()
+    r = connections.redis_sync(settings.redis)
+    try:
+        raw_plan = r.get(keys.backfill_plan(group))
+        if raw_plan is not None:
+            plan = Plan.from_json(raw_plan)
+        else:
+            plan = await on_consumer(make_plan, consumer, topic, options.since_ms, options.until_ms)
+            r.set(keys.backfill_plan(group), plan.to_json())
+    finally:
+        r.close()
 
     tps = [TopicPartition(topic, p) for p in plan.start]
     committed = {tp: await on_consumer(consumer.committed, tp) for tp in tps}
@@ -146,10 +163,17 @@ async def backfill(settings: Settings, args: argparse.Namespace) -> Summary:
         consumer.seek(tp, position[tp])
     total = sum(plan.end[tp.partition] - plan.start[tp.partition] for tp in tps)
     done_before = sum(position[tp] - plan.start[tp.partition] for tp in tps)
-    bar = tqdm(total=total, initial=done_before, unit="ev", desc=f"backfill {topic}", disable=args.json, smoothing=0.1)
+    bar = tqdm(
+        total=total,
+        initial=done_before,
+        unit="ev",
+        desc=f"backfill {topic}",
+        disable=not options.progress,
+        smoothing=0.1,
+    )
 
     pipeline = Pipeline.from_settings(
-        settings, source="backfill", priority=BACKFILL_PRIORITY, model_version=args.model_version or ""
+        settings, source="backfill", priority=BACKFILL_PRIORITY, model_version=options.model_version
     )
     await pipeline.start()
 
@@ -157,15 +181,15 @@ async def backfill(settings: Settings, args: argparse.Namespace) -> Summary:
         await on_consumer(consumer.commit, {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
         bar.update(stats.events)
 
-    conveyor = Conveyor(pipeline, settings.max_in_flight, done)
+    conveyor = Conveyor(pipeline, settings.worker.max_in_flight, done)
     conveyor.start()
     remaining = set(consumer.assignment())
-    rate = args.rate or 0.0
+    rate = options.rate
     sent = 0
     pace_start = time.monotonic()
     try:
         while remaining:
-            polled = await on_consumer(consumer.poll, timeout_ms=500, max_records=settings.max_batch)
+            polled = await on_consumer(consumer.poll, timeout_ms=500, max_records=batch_size)
             batch: list[InRecord] = []
             offsets: dict[Any, int] = {}
             for tp, msgs in polled.items():
@@ -211,12 +235,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON, no progress bar")
 
 
-def run(args: argparse.Namespace) -> int:
+def options_from(args: argparse.Namespace) -> BackfillOptions:
+    return BackfillOptions(
+        since_ms=None if args.from_beginning else args.since,
+        until_ms=args.until,
+        topic=args.topic,
+        model_version=args.model_version or "",
+        rate=args.rate,
+        group=args.group,
+        progress=not args.json,
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
     from stream import logs
 
     logs.setup("WARNING")
-    settings = settings_mod.load()
-    summary = asyncio.run(backfill(settings, args))
+    summary = asyncio.run(backfill(settings, options_from(args)))
     if args.json:
         print(summary.to_json().decode())
     else:

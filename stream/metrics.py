@@ -36,12 +36,12 @@ CONSUMER_LAG = Gauge("listings_consumer_lag", "High watermark minus next offset 
 IN_FLIGHT = Gauge("listings_batches_in_flight", "Micro-batches between Triton request and sink acknowledgement")
 
 
-def serve(port: int) -> None:
-    """Expose /metrics on 127.0.0.1:port (0 disables)."""
+def serve(host: str, port: int) -> None:
+    """Expose /metrics on host:port (port 0 disables)."""
     if port <= 0:
         return
     try:
-        start_http_server(port, addr="127.0.0.1")
-        log.info("metrics on http://127.0.0.1:%d/metrics", port)
+        start_http_server(port, addr=host)
+        log.info("metrics on http://%s:%d/metrics", host, port)
     except OSError as exc:
         log.warning("metrics port %d unavailable (%s): metrics disabled for this process", port, exc)

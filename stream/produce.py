@@ -1,11 +1,11 @@
-"""`listings produce`: send listings from a CSV or JSONL file to `listings.new`.
+"""`listings produce`: send listings from a JSONL or CSV file to `listings.new`.
 
 Input files:
-* JSONL (`.jsonl`, `.ndjson`, `.json`): one listing object per line, sent as they are.
-* CSV: `flipkart_20k.csv` (`uniq_id`, `product_name`, `brand`, `retail_price`, ..., `l3`) and
-  `myntra_styles_44k.csv` (`id`, ..., `productDisplayName`, ...) are mapped to `item_id`/`title`/`brand`/`price`,
-  with the ground truth kept as extra fields (`true_category`, `true_tags`) so the demo can score accuracy;
-  any other CSV must already have `item_id` and `title` columns.
+* JSONL (`.jsonl`, `.ndjson`, `.json`): one listing object per line, sent as it is.
+* CSV: one listing per row. Columns become fields by name; `--map FIELD=COLUMN` takes a field from another
+  column (e.g. `--map item_id=uniq_id --map title=product_name`); after mapping, `item_id` and `title` must
+  exist. `price` becomes a number, and `listing_version`, `schema_version` and `listed_at` integers when they
+  are digits; empty cells are left out.
 
 Each event is keyed by its `item_id`, produced with acks=all and idempotence, batched (linger); the summary
 counts only broker-acknowledged sends, and the command exits non-zero when any send failed.
@@ -20,17 +20,21 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from stream.settings import Settings
+from stream import connections
+from stream.config import Settings
 
 JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
 FLUSH_TIMEOUT_S = 120.0
 MAX_ERROR_SAMPLES = 5
+INT_FIELDS = ("listing_version", "schema_version", "listed_at")
+
+HELP = "send listings from a JSONL/CSV file to listings.new"
 
 
 # ---------------------------------------------------------------- reading
@@ -44,61 +48,28 @@ def _price(text: str | None) -> float | None:
     return p if p is not None and math.isfinite(p) and p >= 0 else None
 
 
-def _slug(text: str) -> str:
-    return "-".join(text.strip().lower().split())
-
-
-def myntra_tags(row: dict[str, str]) -> list[str]:
-    """The clean Myntra tag targets as `kind:value` tags, e.g. `gender:men`, `colour:navy-blue`."""
-    pairs = (("gender", "gender"), ("colour", "baseColour"), ("season", "season"), ("usage", "usage"))
-    return [f"{kind}:{_slug(row[col])}" for kind, col in pairs if (row.get(col) or "").strip()]
-
-
-def _from_flipkart(row: dict[str, str]) -> dict[str, Any]:
-    return {
-        "item_id": row["uniq_id"],
-        "title": row["product_name"],
-        "brand": (row.get("brand") or "").strip() or None,
-        "price": _price(row.get("retail_price")),
-        "currency": "INR",
-        "true_category": row.get("l3") or None,
-        "true_path": row.get("cat_path") or None,
-    }
-
-
-def _from_myntra(row: dict[str, str]) -> dict[str, Any]:
-    return {
-        "item_id": row["id"],
-        "title": row["productDisplayName"],
-        "true_category": row.get("category_path") or None,
-        "true_tags": myntra_tags(row),
-    }
-
-
-def _from_generic(row: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {k: v for k, v in row.items() if k is not None and v not in (None, "")}
+def csv_listing(row: Mapping[str | None, str | None], mapping: Mapping[str, str]) -> dict[str, Any]:
+    """One CSV row as a listing object: mapped fields first, then every other non-empty column by name."""
+    taken = set(mapping.values())
+    out: dict[str, Any] = {k: v for k, v in row.items() if k is not None and k not in taken and v not in (None, "")}
+    for field, column in mapping.items():
+        value = row.get(column)
+        if value not in (None, ""):
+            out[field] = value
     if "price" in out:
         out["price"] = _price(out["price"])
-    for name in ("listing_version", "schema_version", "listed_at"):
+    for name in INT_FIELDS:
         if name in out and str(out[name]).isdigit():
             out[name] = int(out[name])
     return out
 
 
-def _csv_mapper(columns: list[str], path: Path) -> Any:
-    cols = set(columns)
-    if {"uniq_id", "product_name"} <= cols:
-        return _from_flipkart
-    if {"id", "productDisplayName"} <= cols:
-        return _from_myntra
-    if {"item_id", "title"} <= cols:
-        return _from_generic
-    raise ValueError(f"{path}: unknown CSV layout (columns {columns[:12]}); need item_id and title")
-
-
-def read_listings(path: str | Path, limit: int | None = None) -> Iterator[dict[str, Any]]:
+def read_listings(
+    path: str | Path, limit: int | None = None, mapping: Mapping[str, str] | None = None
+) -> Iterator[dict[str, Any]]:
     """Listing objects from a JSONL or CSV file, at most `limit` of them. Raises ValueError on a bad file."""
     path = Path(path)
+    mapping = dict(mapping or {})
     if limit is not None and limit <= 0:
         return
     n = 0
@@ -120,9 +91,18 @@ def read_listings(path: str | Path, limit: int | None = None) -> Iterator[dict[s
         return
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        mapper = _csv_mapper(list(reader.fieldnames or []), path)
+        columns = list(reader.fieldnames or [])
+        missing = [c for c in mapping.values() if c not in columns]
+        if missing:
+            raise ValueError(f"{path}: no column {missing[0]!r} (columns: {', '.join(columns[:12])})")
+        have = (set(columns) - set(mapping.values())) | set(mapping)
+        if not {"item_id", "title"} <= have:
+            raise ValueError(
+                f"{path}: needs item_id and title columns, or --map item_id=COLUMN --map title=COLUMN "
+                f"(columns: {', '.join(columns[:12])})"
+            )
         for row in reader:
-            yield mapper(row)
+            yield csv_listing(row, mapping)
             n += 1
             if limit is not None and n >= limit:
                 return
@@ -143,7 +123,7 @@ def make_producer(settings: Settings) -> Any:
     from kafka import KafkaProducer
 
     return KafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **connections.kafka(settings.kafka),
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
@@ -173,23 +153,30 @@ class _Tally:
                 self.errors.append(f"{type(exc).__name__}: {exc}")
 
 
-def _flush(producer: Any, timeout: float, attempts: int = 5) -> list[str]:
+def _flush(producer: Any, timeout: float) -> list[str]:
     """Flush, retrying briefly: kafka-python's flush can raise while a failed batch is still being split or
     aborted. Returns the errors seen; the caller counts every send not acknowledged as failed."""
     from kafka.errors import KafkaError, KafkaTimeoutError
 
+    from stream.retry import poll
+
     errors: list[str] = []
     deadline = time.monotonic() + timeout
-    for _ in range(attempts):
+
+    def flushed() -> bool:
         try:
             producer.flush(timeout=max(0.1, deadline - time.monotonic()))
-            return errors
-        except KafkaTimeoutError as exc:
+        except KafkaTimeoutError as exc:  # out of time: what is unacknowledged now stays so
             errors.append(f"flush: {type(exc).__name__}: {exc}")
-            return errors
         except KafkaError as exc:
             errors.append(f"flush: {type(exc).__name__}: {exc}")
-            time.sleep(0.2)
+            return False
+        return True
+
+    try:
+        poll(flushed, timeout, "the producer to flush", interval=0.2)
+    except TimeoutError as exc:
+        errors.append(str(exc))
     return errors
 
 
@@ -213,7 +200,7 @@ def produce_listings(
     from kafka.errors import KafkaError
     from tqdm import tqdm
 
-    topic = topic or settings.topic_input
+    topic = topic or settings.topics.input
     total = len(listings) if hasattr(listings, "__len__") else None  # type: ignore[arg-type]
     own = producer is None
     producer = producer or make_producer(settings)
@@ -280,7 +267,14 @@ def produce_listings(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--file", required=True, type=Path, help="JSONL of listing objects, or a Flipkart/Myntra CSV")
+    parser.add_argument("--file", required=True, type=Path, help="JSONL of listing objects, or a CSV of listings")
+    parser.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="FIELD=COLUMN",
+        help="CSV: take FIELD from COLUMN (repeatable), e.g. --map item_id=uniq_id --map title=product_name",
+    )
     parser.add_argument("--limit", type=int, default=None, help="send at most N listings")
     parser.add_argument("--rate", type=float, default=0.0, help="events per second (0: as fast as possible)")
     parser.add_argument("--topic", default=None, help="target topic (default: LISTINGS_TOPIC_INPUT)")
@@ -295,17 +289,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
-def run(args: argparse.Namespace) -> int:
+def parse_map(pairs: Iterable[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        field, sep, column = pair.partition("=")
+        if not sep or not field.strip() or not column.strip():
+            raise ValueError(f"--map takes FIELD=COLUMN, got {pair!r}")
+        out[field.strip()] = column.strip()
+    return out
+
+
+def run(args: argparse.Namespace, s: Settings) -> int:
     from kafka.errors import KafkaError
 
-    from stream import settings as settings_mod
-
-    s = settings_mod.load()
     if args.rate < 0 or (args.limit is not None and args.limit < 0):
         print("produce: --rate and --limit must be >= 0", file=sys.stderr)
         return 2
     try:
-        listings = list(read_listings(args.file, args.limit))
+        listings = list(read_listings(args.file, args.limit, parse_map(args.map)))
     except (OSError, ValueError) as exc:
         print(f"produce: cannot read {args.file}: {exc}", file=sys.stderr)
         return 2
@@ -320,7 +321,7 @@ def run(args: argparse.Namespace) -> int:
             listing_version=args.listing_version,
         )
     except KafkaError as exc:
-        print(f"produce: Kafka at {s.bootstrap_servers} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"produce: Kafka at {s.kafka.bootstrap} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(summary))

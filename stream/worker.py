@@ -13,39 +13,45 @@ import logging
 import os
 from typing import Any
 
-from stream import settings as settings_mod
-from stream.settings import Settings
+from stream.config import Settings
 
 log = logging.getLogger("listings.worker")
 EXIT_UNEXPECTED = 70  # EX_SOFTWARE
+
+HELP = "run the streaming worker (Faust) on listings.new"
 
 
 def make_app(settings: Settings) -> Any:
     import faust
 
-    from stream import metrics
+    from stream import connections, metrics
     from stream.classify.triton_client import LIVE_PRIORITY
     from stream.pipeline.conveyor import Conveyor
     from stream.pipeline.process import BatchStats, Pipeline
     from stream.pipeline.records import InRecord
 
-    datadir = settings.state_dir / "faust"
+    w = settings.worker
+    datadir = w.state_dir / "faust"
     datadir.mkdir(parents=True, exist_ok=True)
+    brokers, credentials = connections.faust_broker(settings.kafka)
     app = faust.App(
-        settings.group_id,
-        broker=f"kafka://{settings.bootstrap_servers}",
+        w.group_id,
+        broker=brokers,
+        broker_credentials=credentials,
+        broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
+        broker_heartbeat_interval=settings.kafka.heartbeat_interval_ms / 1000,
         store="memory://",
         datadir=str(datadir / "{conf.id}"),
         web_enabled=False,
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
-        broker_commit_every=max(1, settings.max_batch),
-        stream_buffer_maxsize=max(256, settings.max_batch * settings.max_in_flight * 2),
+        broker_commit_every=max(1, w.max_batch),
+        stream_buffer_maxsize=max(256, w.max_batch * w.max_in_flight * 2),
         producer_acks=-1,
     )
     source = app.topic(
-        settings.topic_input, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        settings.topics.input, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )
     next_offset: dict[tuple[str, int], int] = {}
 
@@ -61,10 +67,10 @@ def make_app(settings: Settings) -> Any:
                 next_offset[(msg.topic, msg.partition)] = msg.offset + 1
             log.debug("batch done", extra={"fields": {"events": stats.events, "statuses": dict(stats.statuses)}})
 
-        conveyor = Conveyor(pipeline, settings.max_in_flight, done)
+        conveyor = Conveyor(pipeline, w.max_in_flight, done)
         conveyor.start()
         try:
-            async for events in stream.noack_take(settings.max_batch, within=settings.max_wait_ms / 1000):
+            async for events in stream.noack_take(w.max_batch, within=w.max_wait_ms / 1000):
                 records = [
                     InRecord(
                         topic=e.message.topic,
@@ -106,16 +112,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
     import faust
 
     from stream import logs, metrics
 
-    settings = settings_mod.load()
+    if args.metrics_port is not None:
+        settings = settings.replace(worker={"metrics_port": args.metrics_port})
     logs.setup(args.log_level)
-    metrics.serve(args.metrics_port if args.metrics_port is not None else settings.metrics_port)
+    metrics.serve(settings.worker.metrics_host, settings.worker.metrics_port)
     app = make_app(settings)
-    log.info("worker starting", extra={"fields": {"group": settings.group_id, "topic": settings.topic_input}})
+    fields = {"group": settings.worker.group_id, "topic": settings.topics.input}
+    log.info("worker starting", extra={"fields": fields})
     worker = faust.Worker(
         app, loglevel=args.log_level, logging_config=logs.logging_config(args.log_level), redirect_stdouts=False
     )

@@ -1,5 +1,8 @@
-"""Shared fixtures. Tests marked `stack` run against a real local stack started from nothing
-in a temporary state folder on test-only ports, and torn down at the end even when tests fail."""
+"""Shared fixtures. Tests marked `stack` run against a real local stack started from nothing in a temporary
+state folder on test-only ports, and torn down at the end even when tests fail.
+
+`local` is the stack's own settings (ports, state folder, model repository); `stack` is the runtime
+settings pointed at it (what a worker started by a test reads from its environment)."""
 
 from __future__ import annotations
 
@@ -49,15 +52,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def make_model_repository(dest: Path) -> Path:
-    """A copy of the project's `triton_models/` without trained versions, holding one quick-trained
-    classifier version (trained once, then taken from the model cache in `cache_dir`)."""
-    from stream import settings
-    from stream.model import export
+    """A copy of the project's `triton_models/` without trained versions; `ensure_model` then puts one
+    quick-trained classifier version in it (trained once, then taken from the model cache)."""
+    from training.config import MODEL_NAME, REPO
 
-    src = settings.ROOT / "triton_models"
+    src = REPO / "triton_models"
 
     def ignore(folder: str, names: list[str]) -> list[str]:
-        in_classifier = Path(folder).resolve() == (src / export.MODEL_NAME).resolve()
+        in_classifier = Path(folder).resolve() == (src / MODEL_NAME).resolve()
         return [n for n in names if n == "__pycache__" or (in_classifier and n.isdigit())]
 
     shutil.copytree(src, dest, ignore=ignore)
@@ -66,17 +68,27 @@ def make_model_repository(dest: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    from devtools import config as stack_config
+
     state = tmp_path_factory.mktemp("stack")
     env = {**dict(zip(PORT_VARS, map(str, free_ports(len(PORT_VARS))), strict=True)), "LISTINGS_STATE_DIR": str(state)}
     repo = make_model_repository(tmp_path_factory.mktemp("models") / "triton_models")
     env["LISTINGS_MODEL_REPOSITORY"] = str(repo)
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    from stream import settings
-    from stream.model import export
+    local = stack_config.load()
+    # the runtime's endpoints: every client (and every worker a test starts) talks to this stack
+    client_env = {
+        "LISTINGS_KAFKA_BOOTSTRAP": local.bootstrap_servers,
+        "LISTINGS_REDIS_URL": local.redis,
+        "LISTINGS_TRITON_URL": local.triton_grpc,
+    }
+    old.update({k: os.environ.get(k) for k in client_env})
+    os.environ.update(client_env)
+    from training.release import ensure_model
 
     try:
-        export.ensure_model(settings.load(), quick=True)
+        ensure_model(local, quick=True)
         yield env
     finally:
         for k, v in old.items():
@@ -87,15 +99,23 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
 
 
 @pytest.fixture(scope="session")
-def stack(stack_env: dict[str, str]) -> Iterator[object]:
-    """The whole local stack, up from an empty state folder; always torn down."""
-    from stream import settings
-    from stream.stack import control
+def local(stack_env: dict[str, str]) -> Iterator[object]:
+    """The whole local stack, up from an empty state folder; always torn down. Yields its StackSettings."""
+    from devtools import config as stack_config
+    from devtools.stack import control
 
-    s = settings.load()
+    s = stack_config.load()
     assert not any(Path(s.state_dir).iterdir()), "the test stack must start from nothing"
     try:
         control.up(s)
         yield s
     finally:
         control.down(s)
+
+
+@pytest.fixture(scope="session")
+def stack(local) -> object:
+    """The runtime settings pointed at the test stack."""
+    from stream import config
+
+    return local.runtime(config.load())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import shutil
@@ -14,20 +13,11 @@ import time
 import orjson
 import pytest
 
-from stream.backfill import add_arguments, backfill, default_group
-from stream.harness import (
-    WorkerProcess,
-    env_for,
-    isolated,
-    listing,
-    produce_raw,
-    read_topic,
-    redis_items,
-    result_fields,
-    wait_for,
-    wait_group_stable,
-)
-from stream.settings import ROOT, Settings
+from devtools.workers import WorkerProcess, isolated, produce_raw, wait_group_stable
+from stream import connections, keys
+from stream.backfill import BackfillOptions, backfill, default_group
+from stream.config import Settings
+from support import listing, read_topic, redis_items, result_fields, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -40,14 +30,12 @@ TITLES = [
 ]
 
 
-def _args(*argv: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    return p.parse_args([*argv, "--json"])
+def _opts(**options) -> BackfillOptions:
+    return BackfillOptions(progress=False, **options)
 
 
-def _run(s: Settings, *argv: str):
-    return asyncio.run(backfill(s, _args(*argv)))
+def _run(s: Settings, **options):
+    return asyncio.run(backfill(s, _opts(**options)))
 
 
 def _events(prefix: str, n: int, version: int = 0) -> list[tuple[bytes, bytes]]:
@@ -57,7 +45,7 @@ def _events(prefix: str, n: int, version: int = 0) -> list[tuple[bytes, bytes]]:
 def _group_offsets(s: Settings, group: str) -> dict:
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=s.bootstrap_servers)
+    admin = KafkaAdminClient(**connections.kafka(s.kafka))
     try:
         return {tp: o.offset for tp, o in admin.list_group_offsets(group)[group].items()}
     finally:
@@ -71,8 +59,8 @@ def test_since_resolves_start_by_time_and_live_group_is_untouched(stack, tmp_pat
     worker = WorkerProcess(s, tmp_path).start()
     try:
         wait_for(lambda: len(redis_items(s, [f"old-{i}" for i in range(20)])) == 20, 180, "live results")
-        wait_for(lambda: sum(_group_offsets(s, s.group_id).values()) == 20, 60, "the live group's commit")
-        live_offsets = _group_offsets(s, s.group_id)
+        wait_for(lambda: sum(_group_offsets(s, s.worker.group_id).values()) == 20, 60, "the live group's commit")
+        live_offsets = _group_offsets(s, s.worker.group_id)
     finally:
         worker.stop()
     time.sleep(1.0)
@@ -80,31 +68,28 @@ def test_since_resolves_start_by_time_and_live_group_is_untouched(stack, tmp_pat
     time.sleep(0.2)
     new = _events("new", 15)
     produce_raw(s, new)
-    summary = _run(s, "--since", str(since))
+    summary = _run(s, since_ms=since)
     assert summary.events == 15 and summary.classified == 15 and summary.dlq == 0
-    assert _group_offsets(s, s.group_id) == live_offsets, "the live group's offsets must not move"
+    assert _group_offsets(s, s.worker.group_id) == live_offsets, "the live group's offsets must not move"
     stored = redis_items(s, [f"new-{i}" for i in range(15)])
     assert len(stored) == 15 and {h["source"] for h in stored.values()} == {"backfill"}
     assert {h["source"] for h in redis_items(s, [f"old-{i}" for i in range(20)]).values()} == {"live"}
-    out = [orjson.loads(m.value) for m in read_topic(s, s.topic_classified)]
+    out = [orjson.loads(m.value) for m in read_topic(s, s.topics.classified)]
     assert {o["item_id"] for o in out if o["source"] == "backfill"} == {f"new-{i}" for i in range(15)}
     # a second run with the same arguments resumes at the end: nothing left to do
-    again = _run(s, "--since", str(since))
+    again = _run(s, since_ms=since)
     assert again.events == 0 and again.resumed_from_committed
 
 
 def test_stops_at_the_end_offsets_seen_at_start(stack) -> None:
     s = isolated(stack, "bf-end")
     produce_raw(s, _events("first", 30))
-    args = ["--from-beginning", "--rate", "40"]
-
-    plan_key = f"backfill:plan:{default_group(_args(*args), s.topic_input)}"
+    options = _opts(rate=40)
+    plan_key = keys.backfill_plan(default_group(options, s.topics.input))
 
     async def run_and_feed() -> object:
-        import redis.asyncio as aioredis
-
-        r = aioredis.Redis.from_url(s.redis)
-        task = asyncio.create_task(backfill(s, _args(*args)))
+        r = connections.redis_async(s.redis)
+        task = asyncio.create_task(backfill(s, options))
         while not await r.exists(plan_key):
             await asyncio.sleep(0.05)
         await r.aclose()
@@ -120,10 +105,16 @@ def test_killed_backfill_resumes_and_matches_a_clean_run(stack, tmp_path) -> Non
     s = isolated(stack, "bf-resume")
     n = 240
     produce_raw(s, _events("r", n))
-    cmd = [sys.executable, "-m", "stream.cli", "backfill", "--from-beginning", "--rate", "60", "--json"]
-    env = env_for(s, LISTINGS_MAX_BATCH="8")
+    cmd = [sys.executable, "-m", "stream", "backfill", "--from-beginning", "--rate", "60", "--json"]
+    env = {**os.environ, **s.to_env()}
     log = open(tmp_path / "bf.log", "wb")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        env={**env, "LISTINGS_BACKFILL_MAX_BATCH": "8"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     ids = [f"r-{i}" for i in range(n)]
     wait_for(lambda: len(redis_items(s, ids)) >= 40, 180, "backfill progress")
     os.killpg(proc.pid, signal.SIGKILL)
@@ -131,7 +122,7 @@ def test_killed_backfill_resumes_and_matches_a_clean_run(stack, tmp_path) -> Non
     log.close()
     part = redis_items(s, ids)
     assert 0 < len(part) < n, "the kill must land mid-run"
-    out = subprocess.run([*cmd[:-3], "--json"], cwd=ROOT, env=env_for(s), capture_output=True, text=True, timeout=600)
+    out = subprocess.run([*cmd[:-3], "--json"], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = orjson.loads(out.stdout.strip().splitlines()[-1])
     assert summary["resumed_from_committed"] and 0 < summary["events"] < n
@@ -142,26 +133,26 @@ def test_killed_backfill_resumes_and_matches_a_clean_run(stack, tmp_path) -> Non
         assert result_fields(final[iid]) == result_fields(h)
     clean = isolated(stack, "bf-clean")
     produce_raw(clean, _events("r", n))
-    assert _run(clean, "--from-beginning").events == n
+    assert _run(clean).events == n
     for iid in ids:
         assert final[iid]["category_id"] == redis_items(clean, [iid])[iid]["category_id"]
         assert final[iid]["tags"] == redis_items(clean, [iid])[iid]["tags"]
 
 
 @pytest.fixture
-def two_model_versions(stack):
+def two_model_versions(local, stack):
     """Serve a second version of the classifier (same weights, version number + 1), removed afterwards."""
-    from stream.model import export
-    from stream.stack import triton
+    from devtools.stack import triton
+    from training import export
 
-    model_dir = stack.model_repository / stack.model_name
-    old = export.versions(stack.model_repository)[-1]
+    model_dir = local.model_repository / stack.triton.model_name
+    old = export.versions(local.model_repository)[-1]
     new_dir = model_dir / str(old + 1)
     shutil.copytree(model_dir / str(old), new_dir)
-    triton.load_model(stack, stack.model_name)
+    triton.load_model(local, stack.triton.model_name)
     yield old, old + 1
     shutil.rmtree(new_dir)
-    triton.load_model(stack, stack.model_name)
+    triton.load_model(local, stack.triton.model_name)
 
 
 def test_model_version_rule(stack, tmp_path, two_model_versions) -> None:
@@ -171,28 +162,28 @@ def test_model_version_rule(stack, tmp_path, two_model_versions) -> None:
     ids = [f"m-{i}" for i in range(n)]
     produce_raw(s, _events("m", n, version=1))
     # the older model classifies first (a backfill pinned to it) ...
-    first = _run(s, "--from-beginning", "--model-version", str(older), "--group", "bf-m1")
+    first = _run(s, model_version=str(older), group="bf-m1")
     assert first.classified == n
     assert {h["model_version"] for h in redis_items(s, ids).values()} == {str(older)}
-    tag_updates_before = len(read_topic(s, s.topic_tag_updates, timeout_s=3))
+    tag_updates_before = len(read_topic(s, s.topics.tag_updates, timeout_s=3))
     # ... a newer model re-classifies everything; the tags did not change, so no tag update
-    second = _run(s, "--from-beginning", "--model-version", str(newer), "--group", "bf-m2")
+    second = _run(s, model_version=str(newer), group="bf-m2")
     assert second.classified == n and second.stale == 0 and second.tag_updates == 0
     assert {h["model_version"] for h in redis_items(s, ids).values()} == {str(newer)}
-    assert len(read_topic(s, s.topic_tag_updates, timeout_s=3)) == tag_updates_before
+    assert len(read_topic(s, s.topics.tag_updates, timeout_s=3)) == tag_updates_before
     # an older model never overwrites the newer result
-    third = _run(s, "--from-beginning", "--model-version", str(older), "--group", "bf-m3")
+    third = _run(s, model_version=str(older), group="bf-m3")
     assert third.stale == n and third.classified == 0
     assert {h["model_version"] for h in redis_items(s, ids).values()} == {str(newer)}
     # a newer listing_version from the live worker wins over a newer-model backfill of the older edit
     produce_raw(s, [listing("m-0", TITLES[2], listing_version=2)])
     worker = WorkerProcess(s, tmp_path).start()
     try:
-        wait_group_stable(s)
+        wait_group_stable(s, workers=[worker])
         wait_for(lambda: redis_items(s, ["m-0"])["m-0"]["listing_version"] == "2", 120, "live edit")
     finally:
         worker.stop()
-    fourth = _run(s, "--from-beginning", "--model-version", str(newer), "--group", "bf-m4")
+    fourth = _run(s, model_version=str(newer), group="bf-m4")
     assert fourth.stale >= 1
     h = redis_items(s, ["m-0"])["m-0"]
     assert h["listing_version"] == "2" and h["source"] == "live"

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream import settings as settings_mod
-from stream.model import data, export, tags, taxonomy
+from training import data, export, serving, tags, taxonomy
+from training.artifact import REQUIRED
+from training.config import MODEL_NAME, REPO, SERVING_DIR, TrainingSettings
 
-DATA_DIR = settings_mod.load().data_dir
+DATA_DIR = TrainingSettings().data_dir
 PHONE_CASES = ["Spigen Back Cover for Apple iPhone 6", "Kasemantra Back Cover for Samsung Galaxy J7"]
 
 
@@ -99,8 +100,8 @@ def test_tag_vocabulary(prepared: data.Prepared) -> None:
 
 
 def test_gpu_config_is_the_cpu_config_on_gpu() -> None:
-    cpu = (export.TRACKED_MODEL_DIR / "config.pbtxt").read_text()
-    shipped = (settings_mod.ROOT / "deploy" / "triton" / "listing_classifier.gpu.pbtxt").read_text()
+    cpu = (SERVING_DIR / "config.pbtxt").read_text()
+    shipped = (REPO / "deploy" / "triton" / "listing_classifier.gpu.pbtxt").read_text()
     assert shipped == export.gpu_config_text(cpu)
     assert "KIND_GPU" in shipped and "KIND_CPU" not in shipped
 
@@ -108,7 +109,7 @@ def test_gpu_config_is_the_cpu_config_on_gpu() -> None:
 def test_export_numbers_versions(tmp_path: Path) -> None:
     art = tmp_path / "artifact"
     art.mkdir()
-    for name in export.ARTIFACT_FILES:
+    for name in REQUIRED:
         if name in ("tokenizer", "encoder"):
             (art / name).mkdir()
             (art / name / "x.json").write_text("{}")
@@ -117,7 +118,7 @@ def test_export_numbers_versions(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     assert export.export(art, repo) == 1
     assert export.export(art, repo) == 2
-    model = repo / export.MODEL_NAME
+    model = repo / MODEL_NAME
     assert (model / "config.pbtxt").exists()
     assert sorted(p.name for p in model.iterdir() if p.is_dir()) == ["1", "2"]
     assert (model / "2" / "model.py").exists() and (model / "2" / "network.py").exists()
@@ -126,9 +127,9 @@ def test_export_numbers_versions(tmp_path: Path) -> None:
 # --- the real Triton model --------------------------------------------------------------------------------
 
 
-def _served_version(stack) -> Path:
-    version = export.versions(stack.model_repository)[-1]
-    return stack.model_repository / export.MODEL_NAME / str(version)
+def _served_version(local) -> Path:
+    version = export.versions(local.model_repository)[-1]
+    return local.model_repository / MODEL_NAME / str(version)
 
 
 def _infer(client, titles: list, brands: list | None = None, priority: int = 0):
@@ -141,27 +142,27 @@ def _infer(client, titles: list, brands: list | None = None, priority: int = 0):
         return t
 
     inputs = [tensor("TITLE", titles)] + ([tensor("BRAND", brands)] if brands else [])
-    return client.infer(export.MODEL_NAME, inputs, priority=priority)
+    return client.infer(MODEL_NAME, inputs, priority=priority)
 
 
-def _stats(stack) -> dict:
-    url = f"http://{stack.triton_http}/v2/models/{export.MODEL_NAME}/stats"
+def _stats(local) -> dict:
+    url = f"http://{local.triton_http}/v2/models/{MODEL_NAME}/stats"
     with urllib.request.urlopen(url, timeout=10) as r:
         return json.load(r)["model_stats"][0]
 
 
 @pytest.mark.stack
-def test_triton_matches_training_predictions_on_dev_titles(stack, prepared: data.Prepared) -> None:
+def test_triton_matches_training_predictions_on_dev_titles(local, prepared: data.Prepared) -> None:
     import tritonclient.grpc as grpcclient
 
-    from stream.model.network import Predictor
+    Predictor = serving.network().Predictor
 
-    version_dir = _served_version(stack)
+    version_dir = _served_version(local)
     predictor = Predictor(version_dir)  # the training code's own predictor, on the served files
     dev = prepared.categories["dev"][:96]
     titles = [e.text for e in dev] + PHONE_CASES
-    client = grpcclient.InferenceServerClient(stack.triton_grpc)
-    assert client.is_model_ready(export.MODEL_NAME)
+    client = grpcclient.InferenceServerClient(local.triton_grpc)
+    assert client.is_model_ready(MODEL_NAME)
     res = _infer(client, titles)
     assert res.get_response().model_version == version_dir.name
     ids, scores = res.as_numpy("CATEGORY_IDS"), res.as_numpy("CATEGORY_SCORES")
@@ -189,12 +190,12 @@ def test_triton_matches_training_predictions_on_dev_titles(stack, prepared: data
 
 
 @pytest.mark.stack
-def test_concurrent_requests_are_batched(stack, prepared: data.Prepared) -> None:
+def test_concurrent_requests_are_batched(local, prepared: data.Prepared) -> None:
     import tritonclient.grpc as grpcclient
 
     titles = [e.text for e in prepared.categories["dev"][:64]]
-    before = _stats(stack)
-    client = grpcclient.InferenceServerClient(stack.triton_grpc)
+    before = _stats(local)
+    client = grpcclient.InferenceServerClient(local.triton_grpc)
     errors: list[BaseException] = []
     done = threading.Semaphore(0)
 
@@ -207,11 +208,11 @@ def test_concurrent_requests_are_batched(stack, prepared: data.Prepared) -> None
         arr = np.array([[t.encode()]], dtype=object)
         inp = grpcclient.InferInput("TITLE", [1, 1], "BYTES")
         inp.set_data_from_numpy(arr)
-        client.async_infer(export.MODEL_NAME, [inp], callback)
+        client.async_infer(MODEL_NAME, [inp], callback)
     for _ in titles:
         assert done.acquire(timeout=120)
     assert not errors, errors[:3]
-    after = _stats(stack)
+    after = _stats(local)
     inferences = int(after["inference_count"]) - int(before["inference_count"])
     executions = int(after["execution_count"]) - int(before["execution_count"])
     print(f"batching: {inferences} inferences in {executions} executions")
@@ -220,11 +221,11 @@ def test_concurrent_requests_are_batched(stack, prepared: data.Prepared) -> None
 
 
 @pytest.mark.stack
-def test_bad_input_gets_a_clear_error_or_a_defined_result(stack) -> None:
+def test_bad_input_gets_a_clear_error_or_a_defined_result(local) -> None:
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    client = grpcclient.InferenceServerClient(stack.triton_grpc)
+    client = grpcclient.InferenceServerClient(local.triton_grpc)
     with pytest.raises(InferenceServerException, match="empty or blank"):
         _infer(client, [""])
     with pytest.raises(InferenceServerException, match="not valid UTF-8"):
@@ -256,6 +257,6 @@ def test_bad_input_gets_a_clear_error_or_a_defined_result(stack) -> None:
         assert isinstance(out, InferenceServerException) == (title == b"\xc3\x28"), (title, out)
     assert len(outcomes) == len(threads)
     # the stub survived: the model is still ready and serves, with and without BRAND, at backfill priority
-    assert client.is_model_ready(export.MODEL_NAME)
+    assert client.is_model_ready(MODEL_NAME)
     ok = _infer(client, PHONE_CASES, brands=["Spigen", "Kasemantra"], priority=2)
     assert ok.as_numpy("RESULT").shape == (2, 1)

@@ -14,18 +14,9 @@ import numpy as np
 import orjson
 import pytest
 
-from stream.harness import (
-    WorkerProcess,
-    direct_categories,
-    isolated,
-    listing,
-    produce_raw,
-    read_topic,
-    redis_items,
-    wait_for,
-    wait_group_stable,
-)
-from stream.settings import Settings
+from devtools.workers import WorkerProcess, isolated, produce_raw, wait_group_stable
+from stream.config import Settings
+from support import direct_categories, listing, read_topic, redis_items, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -107,10 +98,10 @@ class Scenario:
             assert h["title"] == title and h["listing_version"] == str(version), (iid, h)
             assert h["category_id"] == cats[title], (iid, h["category_id"], cats[title])
         latest = {}
-        for m in read_topic(self.s, self.s.topic_classified):
+        for m in read_topic(self.s, self.s.topics.classified):
             latest[m.key.decode()] = orjson.loads(m.value)
         missing = set(ids) - set(latest)
-        assert not missing, f"{len(missing)} items never reached {self.s.topic_classified}"
+        assert not missing, f"{len(missing)} items never reached {self.s.topics.classified}"
         for iid, (_, version) in self.expected.items():
             assert latest[iid]["listing_version"] == version, "an older result reached the output after a newer one"
 
@@ -120,7 +111,7 @@ def _run_with_fault(stack, tmp_path, name: str, n: int, fault: Callable[[Scenari
     sc = Scenario(s, n, rate=60)
     w = WorkerProcess(s, tmp_path, name=name).start()
     try:
-        wait_group_stable(s)
+        wait_group_stable(s, workers=[w])
         sc.stream()
         wait_for(lambda: sc.done() >= n // 10, 180, "first results", w.log_tail)
         fault(sc, w)
@@ -141,43 +132,42 @@ def test_worker_sigkill_mid_batch(stack, tmp_path, long_run) -> None:
     _run_with_fault(stack, tmp_path, "f-kill", n, fault)
 
 
-def test_triton_killed_and_restarted(stack, tmp_path, long_run) -> None:
-    from stream.stack import control, triton
+def test_triton_killed_and_restarted(local, stack, tmp_path, long_run) -> None:
+    from devtools.stack import control, triton
 
     n = 1500 if long_run else 300
     outage = 30 if long_run else 10
 
     def fault(sc: Scenario, w: WorkerProcess) -> None:
-        triton.part(stack).kill()
+        triton.part(local).kill()
         try:
             time.sleep(outage)
             assert w.alive()
         finally:
-            control.up(stack, ["triton"])
+            control.up(local, ["triton"])
 
     _run_with_fault(stack, tmp_path, "f-triton", n, fault)
 
 
 @pytest.mark.parametrize("part", ["redis", "kafka"])
-def test_dependency_restarted(stack, tmp_path, long_run, part: str) -> None:
+def test_dependency_restarted(local, stack, tmp_path, long_run, part: str) -> None:
     """Redis restarted (its AOF keeps the state), or the Kafka broker restarted, mid-stream."""
-    from stream.stack import control
+    from devtools.stack import control
 
     n = 1500 if long_run else 300
 
     def fault(sc: Scenario, w: WorkerProcess) -> None:
-        control.down(stack, [part])
+        control.down(local, [part])
         time.sleep(10 if long_run else 3)
-        control.up(stack, [part])
+        control.up(local, [part])
 
     _run_with_fault(stack, tmp_path, f"f-{part}", n, fault)
 
 
 def test_backfill_during_live_traffic(stack, tmp_path, long_run) -> None:
-    import argparse
     import asyncio
 
-    from stream.backfill import add_arguments, backfill
+    from stream.backfill import BackfillOptions, backfill
 
     n = 1500 if long_run else 300
     s = isolated(stack, "f-backfill")
@@ -186,12 +176,10 @@ def test_backfill_during_live_traffic(stack, tmp_path, long_run) -> None:
     live = Scenario(s, n, rate=60)
     w = WorkerProcess(s, tmp_path, name="f-backfill").start()
     try:
-        wait_group_stable(s)
+        wait_group_stable(s, workers=[w])
         history.verify(300, w.log_tail)
         live.stream()
-        p = argparse.ArgumentParser()
-        add_arguments(p)
-        summary = asyncio.run(backfill(s, p.parse_args(["--from-beginning", "--json"])))
+        summary = asyncio.run(backfill(s, BackfillOptions(progress=False)))
         assert summary.events >= len(history.events)
         live.wait_fed()
         live.verify(300, w.log_tail)
@@ -227,8 +215,8 @@ def test_ten_thousand_malformed_events_all_dead_lettered(stack, tmp_path) -> Non
     w = WorkerProcess(s, tmp_path, name="f-dlq").start()
     try:
         produce_raw(s, bad)
-        wait_for(lambda: len(read_topic(s, s.topic_dlq, timeout_s=2)) >= len(bad), 300, "every DLQ record", w.log_tail)
-        records = [orjson.loads(m.value) for m in read_topic(s, s.topic_dlq, timeout_s=3)]
+        wait_for(lambda: len(read_topic(s, s.topics.dlq, timeout_s=2)) >= len(bad), 300, "every DLQ record", w.log_tail)
+        records = [orjson.loads(m.value) for m in read_topic(s, s.topics.dlq, timeout_s=3)]
         assert len({r["key"] for r in records}) == len(bad)
         assert all(r["error"] and r["error_type"] for r in records)
         assert w.alive(), w.log_tail()

@@ -8,9 +8,9 @@ import orjson
 from tritonclient.utils import InferenceServerException
 
 from stream.classify.triton_client import BatchResult, Classification
+from stream.config import Settings
 from stream.pipeline.process import Pipeline
 from stream.pipeline.records import InRecord
-from stream.settings import Settings
 
 
 class RejectsPoison:
@@ -57,3 +57,28 @@ def test_backfill_summary_json_keeps_counts() -> None:
     doc = orjson.loads(summary.to_json())
     assert doc["events"] == 3 and doc["classified"] == 2 and doc["dlq"] == 1
     assert doc["statuses"] == {"applied": 2} and doc["group"] == "g"
+
+
+def test_retry_forever_retries_until_success_and_counts() -> None:
+    from stream.retry import retry_forever
+
+    calls: list[int] = []
+    retried: list[str] = []
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("down")
+        return "ok"
+
+    out = asyncio.run(
+        retry_forever(
+            "flaky",
+            flaky,
+            retryable=(ConnectionError,),
+            first_backoff=0.001,
+            max_backoff=0.01,
+            on_retry=lambda what, exc: retried.append(what),
+        )
+    )
+    assert out == "ok" and len(calls) == 3 and retried == ["flaky", "flaky"]

@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from stream.events import parse_listing
-from stream.harness import read_topic
-from stream.produce import myntra_tags, read_listings
+from stream.produce import read_listings
+from support import read_topic
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"  # ../shared/data of the checkout
 FLIPKART = DATA / "flipkart_20k.csv"
@@ -35,28 +35,34 @@ def sample_csv(src: Path, dst: Path, n: int) -> list[dict[str, str]]:
 # ---------------------------------------------------------------- reading files (no Kafka)
 
 
-def test_read_flipkart_csv_maps_columns(tmp_path: Path) -> None:
+FLIPKART_MAP = ["--map", "item_id=uniq_id", "--map", "title=product_name", "--map", "price=retail_price"]
+
+
+def test_read_csv_maps_columns(tmp_path: Path) -> None:
     rows = sample_csv(FLIPKART, tmp_path / "f.csv", 20)
-    got = list(read_listings(tmp_path / "f.csv"))
+    mapping = {"item_id": "uniq_id", "title": "product_name", "price": "retail_price", "true_category": "l3"}
+    got = list(read_listings(tmp_path / "f.csv", mapping=mapping))
     assert [g["item_id"] for g in got] == [r["uniq_id"] for r in rows]
     assert [g["title"] for g in got] == [r["product_name"] for r in rows]
-    assert [g["true_category"] for g in got] == [r["l3"] or None for r in rows]
+    assert [g.get("true_category") for g in got] == [r["l3"] or None for r in rows]
     first = got[0]
     assert first["brand"] == rows[0]["brand"] and first["price"] == float(rows[0]["retail_price"])
+    assert "uniq_id" not in first and "product_name" not in first  # mapped columns are not kept twice
+    assert first["cat_path"] == rows[0]["cat_path"]  # other columns ride along by name
     assert all(parse_listing(orjson.dumps(g)).item_id == g["item_id"] for g in got)
-    assert len(list(read_listings(tmp_path / "f.csv", limit=7))) == 7
+    assert len(list(read_listings(tmp_path / "f.csv", limit=7, mapping=mapping))) == 7
 
 
-def test_read_myntra_csv_maps_columns_and_tags(tmp_path: Path) -> None:
+def test_read_csv_with_item_id_and_title_columns(tmp_path: Path) -> None:
     rows = sample_csv(MYNTRA, tmp_path / "m.csv", 10)
-    got = list(read_listings(tmp_path / "m.csv"))
+    got = list(read_listings(tmp_path / "m.csv", mapping={"item_id": "id", "title": "productDisplayName"}))
     assert [g["item_id"] for g in got] == [r["id"] for r in rows]
     assert [g["title"] for g in got] == [r["productDisplayName"] for r in rows]
-    assert got[0]["true_tags"] == myntra_tags(rows[0])
-    assert myntra_tags({"gender": "Men", "baseColour": "Navy Blue", "season": "", "usage": "Smart Casual"}) == [
-        "gender:men",
-        "colour:navy-blue",
-        "usage:smart-casual",
+    assert got[0]["gender"] == rows[0]["gender"]
+    (tmp_path / "ok.csv").write_text("item_id,title,listing_version,price\na,Phone case,3,9.5\nb,Mug,,\n")
+    assert list(read_listings(tmp_path / "ok.csv")) == [
+        {"item_id": "a", "title": "Phone case", "listing_version": 3, "price": 9.5},
+        {"item_id": "b", "title": "Mug"},
     ]
 
 
@@ -68,8 +74,10 @@ def test_read_jsonl_and_bad_files(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=":2: not a JSON object"):
         list(read_listings(tmp_path / "bad.jsonl"))
     (tmp_path / "bad.csv").write_text("foo,bar\n1,2\n")
-    with pytest.raises(ValueError, match="unknown CSV layout"):
+    with pytest.raises(ValueError, match="needs item_id and title columns"):
         list(read_listings(tmp_path / "bad.csv"))
+    with pytest.raises(ValueError, match="no column 'nope'"):
+        list(read_listings(tmp_path / "bad.csv", mapping={"item_id": "foo", "title": "nope"}))
 
 
 # ---------------------------------------------------------------- producing to the real Kafka
@@ -79,7 +87,7 @@ def new_topic(settings: Any, partitions: int = 3, config: dict[str, str] | None 
     from kafka.admin import KafkaAdminClient, NewTopic
 
     name = f"test-produce-{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
     try:
         admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config or {})])
     finally:
@@ -94,6 +102,7 @@ def test_produce_flipkart_csv_via_cli(stack: Any, tmp_path: Path, capsys: pytest
     rows = sample_csv(FLIPKART, tmp_path / "flipkart.csv", 80)
     topic = new_topic(stack)
     args = ["--limit", "50", "--topic", topic, "--rate", "500", "--listing-version", "2", "--json", "--no-progress"]
+    args += [*FLIPKART_MAP, "--map", "true_category=l3"]
     rc = main(["produce", "--file", str(tmp_path / "flipkart.csv"), *args])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rc == 0, summary
@@ -111,7 +120,7 @@ def test_produce_flipkart_csv_via_cli(stack: Any, tmp_path: Path, capsys: pytest
         assert listing.title == row["product_name"].strip()
         assert listing.listing_version == 2
         assert listing.listed_at_ms is not None and abs(listing.listed_at_ms - m.timestamp) < 60_000
-        assert listing.raw["true_category"] == (row["l3"] or None)
+        assert listing.raw.get("true_category") == (row["l3"] or None)
 
 
 @pytest.mark.stack

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from stream import keys
 from stream.sinks.redis_store import RedisStore, StoreItem
 
 pytestmark = pytest.mark.stack
@@ -19,9 +20,13 @@ def _item(item_id: str, lv: int, mv: int, cat: str, tags: list[str]) -> StoreIte
 STREAM = f"test:updates:{uuid.uuid4().hex[:6]}"
 
 
+def _store(stack) -> RedisStore:
+    return RedisStore(stack.redis.model_copy(update={"updates_stream": STREAM, "updates_maxlen": 1000}))
+
+
 def _apply(stack, items: list[StoreItem], confirm: bool = False) -> list:
     async def go() -> list:
-        store = RedisStore(stack.redis, stream=STREAM, maxlen=1000)
+        store = _store(stack)
         try:
             out = await store.apply(items)
             if confirm:
@@ -37,7 +42,7 @@ def _apply(stack, items: list[StoreItem], confirm: bool = False) -> list:
 def r(stack):
     import redis
 
-    client = redis.Redis.from_url(stack.redis, decode_responses=True)
+    client = redis.Redis.from_url(stack.redis.url, decode_responses=True)
     yield client
     client.close()
 
@@ -46,7 +51,7 @@ def test_first_write_sets_hash_indexes_and_stream(stack, r) -> None:
     iid = f"it-{uuid.uuid4().hex[:8]}"
     [out] = _apply(stack, [_item(iid, 1, 1, "c1", ["gender:men", "colour:blue"])])
     assert out.status == "applied" and out.added == ["colour:blue", "gender:men"] and out.removed == []
-    h = r.hgetall(f"listing:{iid}")
+    h = r.hgetall(keys.listing(iid))
     assert h["category_id"] == "c1" and h["listing_version"] == "1" and h["model_version"] == "1"
     assert iid in r.smembers("category:c1")
     assert iid in r.smembers("tag:gender:men") and iid in r.smembers("tag:colour:blue")
@@ -66,7 +71,7 @@ def test_lower_listing_version_never_overwrites(stack, r) -> None:
     _apply(stack, [_item(iid, 5, 1, "new", ["x"])])
     [out] = _apply(stack, [_item(iid, 4, 9, "old", ["y"])])  # even with a newer model
     assert out.status == "stale"
-    assert r.hget(f"listing:{iid}", "category_id") == "new"
+    assert r.hget(keys.listing(iid), "category_id") == "new"
     assert iid not in r.smembers("category:old") and iid not in r.smembers("tag:y")
 
 
@@ -74,16 +79,16 @@ def test_same_listing_version_newer_model_wins_older_loses(stack, r) -> None:
     iid = f"it-{uuid.uuid4().hex[:8]}"
     _apply(stack, [_item(iid, 1, 2, "m2", ["x"])])
     [older] = _apply(stack, [_item(iid, 1, 1, "m1", ["y"])])
-    assert older.status == "stale" and r.hget(f"listing:{iid}", "category_id") == "m2"
+    assert older.status == "stale" and r.hget(keys.listing(iid), "category_id") == "m2"
     [newer] = _apply(stack, [_item(iid, 1, 3, "m3", ["y"])])
     assert newer.status == "applied" and newer.added == ["y"] and newer.removed == ["x"]
-    assert r.hget(f"listing:{iid}", "model_version") == "3"
+    assert r.hget(keys.listing(iid), "model_version") == "3"
 
 
 def test_confirmed_outputs_make_a_replay_a_no_op(stack, r) -> None:
     iid = f"it-{uuid.uuid4().hex[:8]}"
     [first] = _apply(stack, [_item(iid, 1, 1, "c", ["a"])], confirm=True)
-    assert first.needs_outputs and r.hget(f"listing:{iid}", "outputs_pending") == "0"
+    assert first.needs_outputs and r.hget(keys.listing(iid), "outputs_pending") == "0"
     [again] = _apply(stack, [_item(iid, 1, 1, "c", ["a"])])
     assert again.status == "same" and not again.pending and not again.needs_outputs
 
@@ -95,24 +100,24 @@ def test_confirm_does_not_touch_a_newer_result(stack, r) -> None:
     _apply(stack, [_item(iid, 2, 1, "d", ["b"])])
 
     async def confirm_old() -> None:
-        store = RedisStore(stack.redis, stream=STREAM, maxlen=1000)
+        store = _store(stack)
         await store.confirm_outputs([old])
         await store.close()
 
     asyncio.run(confirm_old())
-    assert r.hget(f"listing:{iid}", "outputs_pending") == "1"
+    assert r.hget(keys.listing(iid), "outputs_pending") == "1"
 
 
 def test_redelivery_is_same_and_reports_the_last_tag_change(stack, r) -> None:
     iid = f"it-{uuid.uuid4().hex[:8]}"
     first = _apply(stack, [_item(iid, 1, 1, "c", ["a"])])[0]
-    before = r.hgetall(f"listing:{iid}")
+    before = r.hgetall(keys.listing(iid))
     entries = r.xlen(STREAM)
     again = _apply(stack, [_item(iid, 1, 1, "c", ["a"])])[0]
     assert first.status == "applied" and again.status == "same" and again.pending and again.needs_outputs
     # outputs never confirmed (a crash between Redis and Kafka): the tag change is reported again
     assert again.added == ["a"] and again.removed == []
-    assert r.hgetall(f"listing:{iid}") == before
+    assert r.hgetall(keys.listing(iid)) == before
     assert r.xlen(STREAM) == entries  # no update-stream entry for a non-change
     last = r.xrevrange(STREAM, count=1)[0][1]
     assert last["item_id"] == iid and last["category_id"] == "c"
@@ -122,5 +127,5 @@ def test_batch_in_one_round_trip_keeps_order_per_item(stack, r) -> None:
     iid = f"it-{uuid.uuid4().hex[:8]}"
     outs = _apply(stack, [_item(iid, 1, 1, "v1", ["a"]), _item(iid, 2, 1, "v2", ["b"]), _item(iid, 1, 1, "v1", [])])
     assert [o.status for o in outs] == ["applied", "applied", "stale"]
-    assert r.hget(f"listing:{iid}", "category_id") == "v2"
+    assert r.hget(keys.listing(iid), "category_id") == "v2"
     assert r.smembers("tag:a") & {iid} == set()

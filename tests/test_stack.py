@@ -10,28 +10,28 @@ import pytest
 pytestmark = pytest.mark.stack
 
 
-def test_stack_up_is_ready_and_idempotent(stack) -> None:
-    from stream.stack import control
+def test_stack_up_is_ready_and_idempotent(local) -> None:
+    from devtools.stack import control
 
-    st = control.status(stack)
+    st = control.status(local)
     assert all(v["ready"] for v in st.values()), st
     lines: list[str] = []
-    control.up(stack, echo=lines.append)
+    control.up(local, echo=lines.append)
     assert len(lines) == 3 and all("already running" in line for line in lines), lines
     # same pids after the second `up`
-    assert control.status(stack) == st
+    assert control.status(local) == st
 
 
 def test_topics_created_with_partitions_and_compaction(stack) -> None:
     from kafka import KafkaAdminClient
     from kafka.admin import ConfigResource, ConfigResourceType
 
-    admin = KafkaAdminClient(bootstrap_servers=stack.bootstrap_servers)
+    admin = KafkaAdminClient(bootstrap_servers=stack.kafka.bootstrap)
     try:
         meta = {t["name"]: t for t in admin.describe_topics()}
-        assert len(meta[stack.topic_input]["partitions"]) >= 4
-        res = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, stack.topic_classified)])
-        assert res["topic"][stack.topic_classified]["cleanup.policy"]["value"] == "compact"
+        assert len(meta[stack.topics.input]["partitions"]) >= 4
+        res = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, stack.topics.classified)])
+        assert res["topic"][stack.topics.classified]["cleanup.policy"]["value"] == "compact"
     finally:
         admin.close()
 
@@ -41,12 +41,12 @@ def test_kafka_message_round_trip(stack) -> None:
 
     topic = f"smoke-{uuid.uuid4().hex[:8]}"
     value = uuid.uuid4().bytes
-    producer = KafkaProducer(bootstrap_servers=stack.bootstrap_servers, acks="all")
+    producer = KafkaProducer(bootstrap_servers=stack.kafka.bootstrap, acks="all")
     producer.send(topic, key=b"k1", value=value).get(timeout=30)
     producer.close()
     consumer = KafkaConsumer(
         topic,
-        bootstrap_servers=stack.bootstrap_servers,
+        bootstrap_servers=stack.kafka.bootstrap,
         auto_offset_reset="earliest",
         consumer_timeout_ms=15000,
         group_id=None,
@@ -56,28 +56,28 @@ def test_kafka_message_round_trip(stack) -> None:
     assert got == [(b"k1", value)]
 
 
-def test_redis_survives_restart(stack) -> None:
+def test_redis_survives_restart(local, stack) -> None:
     import redis as redis_lib
 
-    from stream.stack import control
-    from stream.stack import redis as redis_part
+    from devtools.stack import control
+    from devtools.stack import redis as redis_part
 
-    client = redis_lib.Redis.from_url(stack.redis)
+    client = redis_lib.Redis.from_url(stack.redis.url)
     token = uuid.uuid4().hex
     client.hset("smoke:restart", mapping={"token": token})
-    old_pid = redis_part.part(stack).pid()
-    control.down(stack, ["redis"])
-    assert not redis_part.part(stack).running()
-    control.up(stack, ["redis"])
-    assert redis_part.part(stack).pid() != old_pid
-    client = redis_lib.Redis.from_url(stack.redis)
+    old_pid = redis_part.part(local).pid()
+    control.down(local, ["redis"])
+    assert not redis_part.part(local).running()
+    control.up(local, ["redis"])
+    assert redis_part.part(local).pid() != old_pid
+    client = redis_lib.Redis.from_url(stack.redis.url)
     assert client.hget("smoke:restart", "token") == token.encode()
 
 
 def test_triton_serves_trivial_model(stack) -> None:
     import tritonclient.grpc as grpcclient
 
-    client = grpcclient.InferenceServerClient(stack.triton_grpc)
+    client = grpcclient.InferenceServerClient(stack.triton.url)
     assert client.is_model_ready("text_length")
     texts = np.array([["héllo".encode()], [b""], [b"x" * 1000]], dtype=object)
     inp = grpcclient.InferInput("TEXT", list(texts.shape), "BYTES")
@@ -86,11 +86,11 @@ def test_triton_serves_trivial_model(stack) -> None:
     assert out.reshape(-1).tolist() == [5, 0, 1000]
 
 
-def test_status_reports_a_stopped_part_and_down_only_stops_ours(stack) -> None:
-    from stream.stack import control
+def test_status_reports_a_stopped_part_and_down_only_stops_ours(local) -> None:
+    from devtools.stack import control
 
-    control.down(stack, ["triton"])
-    st = control.status(stack)
+    control.down(local, ["triton"])
+    st = control.status(local)
     assert st["triton"]["running"] is False and st["kafka"]["ready"] is True
-    control.up(stack, ["triton"])
-    assert control.status(stack)["triton"]["ready"] is True
+    control.up(local, ["triton"])
+    assert control.status(local)["triton"]["ready"] is True

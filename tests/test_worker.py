@@ -12,24 +12,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.harness import (
-    WorkerProcess,
-    direct_categories,
-    isolated,
-    listing,
-    produce_raw,
-    read_topic,
-    redis_items,
-    result_fields,
-    wait_for,
-)
-from stream.settings import Settings
+from devtools.workers import WorkerProcess, isolated, produce_raw
+from stream.config import Settings
+from support import direct_categories, listing, read_topic, redis_items, result_fields, wait_for
 
 pytestmark = pytest.mark.stack
 
 
 def real_titles(n: int, seed: int = 7) -> list[dict[str, str]]:
-    path = Settings().data_dir / "flipkart_20k.csv"
+    from training.config import TrainingSettings
+
+    path = TrainingSettings().data_dir / "flipkart_20k.csv"
     with open(path, newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if r["product_name"].strip()]
     random.Random(seed).shuffle(rows)
@@ -66,7 +59,7 @@ def test_happy_path_real_titles(stack, worker_factory) -> None:
     wait_for(lambda: len(redis_items(s, ids)) == len(ids), 180, "all items in Redis", w.log_tail)
 
     stored = redis_items(s, ids)
-    classified = _latest_by_key(read_topic(s, s.topic_classified))
+    classified = _latest_by_key(read_topic(s, s.topics.classified))
     assert set(classified) == set(ids)
     expected = dict(zip(ids, direct_categories(s, [r["product_name"] for r in rows]), strict=True))
     for iid in ids:
@@ -77,8 +70,8 @@ def test_happy_path_real_titles(stack, worker_factory) -> None:
         assert rec["model"]["version"].isdigit()
         assert rec["source"] == "live" and rec["listing_version"] == 0
         assert 0.0 <= rec["confidence"] <= 1.0
-        assert rec["needs_review"] == (rec["confidence"] < s.review_threshold)
-    review = {m.key.decode() for m in read_topic(s, s.topic_review, timeout_s=3)}
+        assert rec["needs_review"] == (rec["confidence"] < s.worker.review_threshold)
+    review = {m.key.decode() for m in read_topic(s, s.topics.review, timeout_s=3)}
     assert review == {i for i in ids if classified[i]["needs_review"]}
     assert w.alive()
 
@@ -126,12 +119,12 @@ def test_malformed_events_all_land_in_dlq(dlq_worker, bad: list[bytes]) -> None:
     keys = [f"bad-{marker}-{i}".encode() for i in range(len(bad))]
     produce_raw(s, [*zip(keys, bad, strict=True), listing(good_id, "Silicone back cover for mobile phone")])
     wait_for(lambda: bool(redis_items(s, [good_id])), 120, "the valid event after the bad ones", w.log_tail)
-    dlq = [orjson.loads(m.value) for m in read_topic(s, s.topic_dlq, timeout_s=3)]
+    dlq = [orjson.loads(m.value) for m in read_topic(s, s.topics.dlq, timeout_s=3)]
     mine = {d["key"]: d for d in dlq if d["key"] and d["key"].startswith(f"bad-{marker}")}
     assert len(mine) == len(bad)
     for key, value in zip(keys, bad, strict=True):
         d = mine[key.decode()]
-        assert d["error"] and d["error_type"] and d["topic"] == s.topic_input
+        assert d["error"] and d["error_type"] and d["topic"] == s.topics.input
         assert isinstance(d["partition"], int) and isinstance(d["offset"], int) and d["failed_at"]
         assert decode_dlq_payload(d) == value
     assert w.alive()
@@ -153,21 +146,21 @@ def test_sigkill_mid_stream_loses_nothing(stack, worker_factory) -> None:
     # redelivered events left what they had written identical
     for iid, h in done_before.items():
         assert result_fields(after[iid]) == result_fields(h)
-    classified = _latest_by_key(read_topic(s, s.topic_classified))
+    classified = _latest_by_key(read_topic(s, s.topics.classified))
     assert set(classified) == set(ids)
     for iid in ids:
         assert classified[iid]["category"]["id"] == after[iid]["category_id"]
 
 
-def test_triton_down_then_back_loses_nothing(stack, worker_factory) -> None:
-    from stream.stack import control
+def test_triton_down_then_back_loses_nothing(local, stack, worker_factory) -> None:
+    from devtools.stack import control
 
     s = isolated(stack, "tdown")
     w = worker_factory(s)
     first = [f"td-a-{i}" for i in range(20)]
     produce_raw(s, [listing(i, "Cotton printed women's kurta") for i in first])
     wait_for(lambda: len(redis_items(s, first)) == len(first), 180, "results before the outage", w.log_tail)
-    control.down(stack, ["triton"])
+    control.down(local, ["triton"])
     try:
         second = [f"td-b-{i}" for i in range(30)]
         produce_raw(s, [listing(i, "Stainless steel pressure cooker 5 L") for i in second])
@@ -175,7 +168,7 @@ def test_triton_down_then_back_loses_nothing(stack, worker_factory) -> None:
         assert w.alive(), w.log_tail()
         assert redis_items(s, second) == {}, "nothing can be classified while Triton is down"
     finally:
-        control.up(stack, ["triton"])
+        control.up(local, ["triton"])
     wait_for(lambda: len(redis_items(s, second)) == len(second), 180, "results after Triton came back", w.log_tail)
     assert w.alive()
 
@@ -199,9 +192,9 @@ def test_lower_listing_version_never_overwrites_and_tag_updates_only_on_change(s
     )
     h = redis_items(s, [iid])[iid]
     assert h["listing_version"] == "3" and h["title"] == "Peter England Men Party Blue Jeans"
-    classified = [orjson.loads(m.value) for m in read_topic(s, s.topic_classified) if m.key.decode() == iid]
+    classified = [orjson.loads(m.value) for m in read_topic(s, s.topics.classified) if m.key.decode() == iid]
     assert [c["listing_version"] for c in classified] == [3], "a stale result must not reach the output topic"
-    updates = [orjson.loads(m.value) for m in read_topic(s, s.topic_tag_updates, timeout_s=3)]
+    updates = [orjson.loads(m.value) for m in read_topic(s, s.topics.tag_updates, timeout_s=3)]
     mine = [u for u in updates if u["item_id"] == other]
     stored_tags = orjson.loads(redis_items(s, [other])[other]["tags"])
     # the second edit did not change the tag set: at most the first one produced an update

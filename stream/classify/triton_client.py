@@ -40,13 +40,16 @@ class BatchResult:
     results: list[Classification]
 
 
-def _bytes_input(name: str, values: Sequence[str]) -> Any:
-    import tritonclient.grpc.aio as grpcclient
-
-    arr = np.array([[v.encode("utf-8")] for v in values], dtype=object)
-    inp = grpcclient.InferInput(name, list(arr.shape), "BYTES")
-    inp.set_data_from_numpy(arr)
-    return inp
+def text_inputs(client_module: Any, **columns: Sequence[str | bytes]) -> list[Any]:
+    """One `[n, 1]` BYTES input per named column (`TITLE=[...]`, `BRAND=[...]`), for either tritonclient
+    flavour (`tritonclient.grpc` or `tritonclient.grpc.aio`, passed as `client_module`)."""
+    out = []
+    for name, values in columns.items():
+        arr = np.array([[v if isinstance(v, bytes) else v.encode("utf-8")] for v in values], dtype=object)
+        inp = client_module.InferInput(name, list(arr.shape), "BYTES")
+        inp.set_data_from_numpy(arr)
+        out.append(inp)
+    return out
 
 
 class TritonClassifier:
@@ -85,11 +88,7 @@ class TritonClassifier:
         from tritonclient.utils import InferenceServerException
 
         client = self._connect()
-        inputs = [
-            _bytes_input("TITLE", titles),
-            _bytes_input("DESCRIPTION", descriptions),
-            _bytes_input("BRAND", brands),
-        ]
+        inputs = text_inputs(grpcclient, TITLE=titles, DESCRIPTION=descriptions, BRAND=brands)
         try:
             return await client.infer(
                 self.model_name,

@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from stream.timefmt import now_iso
+
 MAX_DLQ_PAYLOAD_BYTES = 512 * 1024
 MAX_ERROR_CHARS = 1_000
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _encode_key(key: bytes | None) -> tuple[str | None, str | None]:
@@ -65,7 +62,7 @@ def dlq_record(
         "payload": None if kept is None else base64.b64encode(kept).decode("ascii"),
         "payload_size": size,
         "payload_truncated": size is not None and size > MAX_DLQ_PAYLOAD_BYTES,
-        "failed_at": _now_iso(),
+        "failed_at": now_iso(),
         "source": source,
     }
     return orjson.dumps(record)

@@ -16,12 +16,13 @@ import orjson
 
 from stream import metrics
 from stream.classify.triton_client import Classification, TritonClassifier
+from stream.config import Settings
 from stream.events.contract import InvalidEvent, Listing, parse_listing
 from stream.events.dlq import dlq_record
-from stream.pipeline.records import InRecord, classified_record, iso, redis_fields, tag_update_record
-from stream.settings import Settings
+from stream.pipeline.records import InRecord, classified_record, redis_fields, tag_update_record
 from stream.sinks.kafka_out import KafkaOut, OutRecord
 from stream.sinks.redis_store import RedisStore, StoreItem
+from stream.timefmt import iso
 
 log = logging.getLogger("listings.pipeline")
 
@@ -82,24 +83,20 @@ class Pipeline:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, source: str, priority: int, model_version: str = "") -> Pipeline:
+        backoff = settings.worker.retry_max_backoff_s
         return cls(
             settings,
             source=source,
             classifier=TritonClassifier(
-                settings.triton_grpc,
-                settings.model_name,
+                settings.triton.url,
+                settings.triton.model_name,
                 priority=priority,
-                timeout_s=settings.triton_timeout_s,
-                max_backoff_s=settings.retry_max_backoff_s,
+                timeout_s=settings.triton.timeout_s,
+                max_backoff_s=backoff,
                 model_version=model_version,
             ),
-            store=RedisStore(
-                settings.redis,
-                stream=settings.updates_stream,
-                maxlen=settings.updates_maxlen,
-                max_backoff_s=settings.retry_max_backoff_s,
-            ),
-            out=KafkaOut(settings.bootstrap_servers, max_backoff_s=settings.retry_max_backoff_s),
+            store=RedisStore(settings.redis, max_backoff_s=backoff),
+            out=KafkaOut(settings.kafka, max_backoff_s=backoff),
         )
 
     async def start(self) -> None:
@@ -174,13 +171,13 @@ class Pipeline:
                 payload=rec.value,
                 source=self.source,
             )
-            out.append(OutRecord(self.settings.topic_dlq, rec.key, value))
+            out.append(OutRecord(self.settings.topics.dlq, rec.key, value))
             metrics.DLQ.labels(self.source, exc.error_type).inc()
         return out
 
     async def commit_outputs(self, prepared: Prepared) -> BatchStats:
         """Write every sink for this batch; returns when all have acknowledged."""
-        s = self.settings
+        topics = self.settings.topics
         stats = BatchStats(events=len(prepared.records), dlq=len(prepared.invalid))
         outputs = self._dlq_records(prepared)
         now_ms = time.time() * 1000
@@ -196,7 +193,7 @@ class Pipeline:
                 source=self.source,
                 event_time_ms=event_ms,
                 classified_at_ms=now_ms,
-                review_threshold=s.review_threshold,
+                review_threshold=self.settings.worker.review_threshold,
             )
             records.append(record)
             items.append(
@@ -225,16 +222,16 @@ class Pipeline:
             to_confirm.append(item)
             key = record["item_id"].encode()
             value = orjson.dumps(record)
-            outputs.append(OutRecord(s.topic_classified, key, value))
+            outputs.append(OutRecord(topics.classified, key, value))
             stats.classified += 1
             if record["needs_review"]:
-                outputs.append(OutRecord(s.topic_review, key, value))
+                outputs.append(OutRecord(topics.review, key, value))
                 stats.review += 1
             if outcome.added or outcome.removed:
                 update = tag_update_record(
                     record["item_id"], outcome.added, outcome.removed, outcome.tags, record["model"], iso(now_ms)
                 )
-                outputs.append(OutRecord(s.topic_tag_updates, key, orjson.dumps(update)))
+                outputs.append(OutRecord(topics.tag_updates, key, orjson.dumps(update)))
                 stats.tag_updates += 1
         await self.out.send_all(outputs)
         await self.store.confirm_outputs(to_confirm)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from stream.classify.triton_client import Classification
 from stream.events.contract import Listing
+from stream.timefmt import iso
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,10 +22,6 @@ class InRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int | None
-
-
-def iso(ms: float) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def classified_record(
@@ -55,8 +53,6 @@ def classified_record(
 
 def redis_fields(record: dict[str, Any], title: str) -> dict[str, str]:
     """The `listing:{item_id}` hash fields (strings) for a classified record."""
-    import orjson
-
     cat = record["category"]
     return {
         "item_id": record["item_id"],

@@ -7,7 +7,8 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stream import metrics
+from stream import connections, metrics
+from stream.config import KafkaSettings
 from stream.retry import retry_forever
 
 
@@ -19,8 +20,8 @@ class OutRecord:
 
 
 class KafkaOut:
-    def __init__(self, bootstrap: str, *, max_backoff_s: float = 5.0, client_id: str = "listings-out") -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, settings: KafkaSettings, *, max_backoff_s: float = 5.0, client_id: str = "listings-out") -> None:
+        self.settings = settings
         self.max_backoff_s = max_backoff_s
         self.client_id = client_id
         self._producer = None
@@ -30,7 +31,7 @@ class KafkaOut:
 
         async def _start() -> None:
             producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap,
+                **connections.kafka(self.settings),
                 client_id=self.client_id,
                 acks="all",
                 enable_idempotence=True,

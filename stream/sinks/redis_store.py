@@ -6,20 +6,21 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
 from typing import TypeVar
 
 import orjson
 
-from stream import metrics
+from stream import connections, keys, metrics
+from stream.config import RedisSettings
 from stream.retry import retry_forever
 
-SCRIPT = (Path(__file__).parent / "apply_result.lua").read_text()
-CONFIRM_SCRIPT = (Path(__file__).parent / "confirm_outputs.lua").read_text()
 T = TypeVar("T")
-KEY_PREFIX = "listing:"
-CATEGORY_PREFIX = "category:"
-TAG_PREFIX = "tag:"
+
+
+def lua(name: str) -> str:
+    """A Lua script shipped with the package (declared as package data)."""
+    return resources.files("stream.sinks").joinpath("lua", name).read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +60,12 @@ def _tags(raw: bytes | str) -> list[str]:
 
 
 class RedisStore:
-    def __init__(self, url: str, *, stream: str, maxlen: int, max_backoff_s: float = 5.0) -> None:
-        import redis.asyncio as aioredis
-
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
-        self._script = self._redis.register_script(SCRIPT)
-        self._confirm = self._redis.register_script(CONFIRM_SCRIPT)
-        self.stream = stream
-        self.maxlen = maxlen
+    def __init__(self, settings: RedisSettings, *, max_backoff_s: float = 5.0) -> None:
+        self._redis = connections.redis_async(settings)
+        self._script = self._redis.register_script(lua("apply_result.lua"))
+        self._confirm = self._redis.register_script(lua("confirm_outputs.lua"))
+        self.stream = settings.updates_stream
+        self.maxlen = settings.updates_maxlen
         self.max_backoff_s = max_backoff_s
 
     async def close(self) -> None:
@@ -76,7 +75,7 @@ class RedisStore:
         pipe = self._redis.pipeline(transaction=False)
         for it in items:
             await self._script(
-                keys=[KEY_PREFIX + it.item_id, self.stream],
+                keys=[keys.listing(it.item_id), self.stream],
                 args=[
                     it.item_id,
                     it.listing_version,
@@ -85,8 +84,8 @@ class RedisStore:
                     orjson.dumps(sorted(it.tags)),
                     orjson.dumps(it.fields),
                     self.maxlen,
-                    CATEGORY_PREFIX,
-                    TAG_PREFIX,
+                    keys.CATEGORY,
+                    keys.TAG,
                 ],
                 client=pipe,
             )
@@ -97,7 +96,7 @@ class RedisStore:
         pipe = self._redis.pipeline(transaction=False)
         for it in items:
             await self._confirm(
-                keys=[KEY_PREFIX + it.item_id], args=[it.listing_version, it.model_version], client=pipe
+                keys=[keys.listing(it.item_id)], args=[it.listing_version, it.model_version], client=pipe
             )
         await pipe.execute()
 

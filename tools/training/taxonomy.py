@@ -74,7 +74,3 @@ def build(paths: Iterable[tuple[str, ...]], min_count: int) -> Taxonomy:
     classes = sorted(set(target.values()))
     index = {c: i for i, c in enumerate(classes)}
     return Taxonomy(classes, {p: index[t] for p, t in target.items()}, min_count)
-
-
-def truncate(path: tuple[str, ...] | list[str], level: int) -> tuple[str, ...]:
-    return tuple(path[:level])

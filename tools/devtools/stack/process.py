@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from stream.retry import poll
 
 
 class StackError(RuntimeError):
@@ -61,9 +62,10 @@ class Managed:
                 start_new_session=True,  # outlives the CLI; `stack down` stops it
             )
         # between fork and exec the child still shows our own command line: wait for the exec
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and proc.poll() is None and not self._is_ours(proc.pid):
-            time.sleep(0.01)
+        try:
+            poll(lambda: proc.poll() is not None or self._is_ours(proc.pid), 10, f"{self.name} to exec", interval=0.01)
+        except TimeoutError:
+            pass  # the pid file is written anyway; `pid()` checks the marker again
         self.pid_file.write_text(str(proc.pid))
         return proc.pid
 
@@ -76,13 +78,10 @@ class Managed:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.pid() is not None:
-            time.sleep(0.2)
-        if self.pid() is not None:
-            _killpg(pid)
-            while self.pid() is not None:
-                time.sleep(0.1)
+        try:
+            poll(lambda: self.pid() is None, timeout, f"{self.name} to stop", interval=0.2)
+        except TimeoutError:
+            self.kill()
         self.pid_file.unlink(missing_ok=True)
         return True
 
@@ -91,8 +90,7 @@ class Managed:
         pid = self.pid()
         if pid is not None:
             _killpg(pid)
-            while self.pid() is not None:
-                time.sleep(0.05)
+            poll(lambda: self.pid() is None, 60, f"{self.name} to die", interval=0.05)
             self.pid_file.unlink(missing_ok=True)
 
     def log_tail(self, lines: int = 20) -> str:
@@ -112,14 +110,18 @@ def _killpg(pid: int) -> None:
 
 def wait_until(part: Managed, ready: Callable[[], bool], timeout: float) -> None:
     """Poll `ready` until true; fail naming the part and its log if it dies or times out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def check() -> bool:
         if not part.running():
             raise StackError(f"{part.name} exited during start-up; see its log {part.log_file}:\n{part.log_tail()}")
         try:
-            if ready() and part.running():
-                return
+            return bool(ready()) and part.running()
         except Exception:  # noqa: BLE001 - any failure of a probe means "not ready yet"
-            pass
-        time.sleep(0.5)
-    raise StackError(f"{part.name} not ready after {timeout:.0f}s; see its log {part.log_file}:\n{part.log_tail()}")
+            return False
+
+    try:
+        poll(check, timeout, f"{part.name} to be ready")
+    except TimeoutError:
+        raise StackError(
+            f"{part.name} not ready after {timeout:.0f}s; see its log {part.log_file}:\n{part.log_tail()}"
+        ) from None

@@ -9,13 +9,13 @@ import sysconfig
 import urllib.request
 from pathlib import Path
 
-from stream.settings import Settings
-from stream.stack.process import Managed, StackError, wait_until
+from devtools.config import StackSettings
+from devtools.stack.process import Managed, StackError, wait_until
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
-def part(settings: Settings) -> Managed:
+def part(settings: StackSettings) -> Managed:
     return Managed(
         "triton",
         settings.state_dir / "run" / "triton.pid",
@@ -32,7 +32,7 @@ def _pytriton_dir() -> Path:
     return Path(pytriton.__file__).resolve().parent
 
 
-def backend_dir(settings: Settings) -> Path:
+def backend_dir(settings: StackSettings) -> Path:
     """A backend folder holding the python backend and the stub built for this Python."""
     src = _pytriton_dir() / "tritonserver"
     dest = settings.state_dir / "triton-backends" / "python"
@@ -79,12 +79,12 @@ def server_env() -> dict[str, str]:
     return env
 
 
-def ready(settings: Settings) -> bool:
+def ready(settings: StackSettings) -> bool:
     with urllib.request.urlopen(f"http://{settings.triton_http}/v2/health/ready", timeout=2) as r:
         return r.status == 200
 
 
-def up(settings: Settings) -> str:
+def up(settings: StackSettings) -> str:
     p = part(settings)
     if p.running():
         return f"triton already running (pid {p.pid()}) on grpc {settings.triton_grpc}, http {settings.triton_http}"
@@ -112,7 +112,7 @@ def up(settings: Settings) -> str:
     return f"triton started (pid {p.pid()}) serving {', '.join(models) or 'no models'} on grpc {settings.triton_grpc}"
 
 
-def load_model(settings: Settings, name: str) -> None:
+def load_model(settings: StackSettings, name: str) -> None:
     """Ask a running Triton (explicit model control) to load or reload `name` from the repository."""
     req = urllib.request.Request(f"http://{settings.triton_http}/v2/repository/models/{name}/load", method="POST")
     with urllib.request.urlopen(req, timeout=300) as r:

@@ -8,52 +8,35 @@ it prints where to look and stops what it started."""
 from __future__ import annotations
 
 import argparse
-import random
 import threading
 import time
 import urllib.request
 from collections import deque
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from stream.settings import Settings
-from stream.stack import control
+from devtools.config import StackSettings
+from devtools.stack import control
+from devtools.stats import percentile
+from stream import connections, keys
+from stream.config import Settings
+from stream.timefmt import iso_ms
+
+HELP = "the main job on the local stack (what `make demo` runs)"
 
 
-def held_out_listings(settings: Settings, n: int, seed: int = 1) -> list[dict[str, Any]]:
-    """Flipkart listings whose titles fall in the classifier's dev split (never seen in training)."""
-    from stream.model.data import FLIPKART, FLIPKART_SPLITS, split_of, title_key
-    from stream.model.train import DEFAULTS
-    from stream.produce import read_listings
-
-    seen: set[str] = set()
-    rows = []
-    for row in read_listings(settings.data_dir / FLIPKART):
-        key = title_key(row["title"])
-        if key in seen or split_of(key, DEFAULTS["seed"], FLIPKART_SPLITS) != "dev":
-            continue
-        seen.add(key)
-        rows.append(row)
-    random.Random(seed).shuffle(rows)
-    return rows[:n]
+@dataclass(frozen=True)
+class DemoOptions:
+    events: int = 3000  # held-out listings to stream
+    rate: float = 0.0  # produce rate, events/s (0 = as fast as possible)
+    quick: bool = False  # use the quick-trained model if none exists
 
 
 def malformed_events(n: int) -> list[bytes]:
     samples = [b"{not json", b"[]", b'{"item_id": "x"}', b'{"item_id": "y", "title": "   "}', b"\xff\xfe"]
     return [samples[i % len(samples)] for i in range(n)]
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
-
-def _iso_ms(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000
 
 
 def _scrape(port: int) -> dict[str, float]:
@@ -76,9 +59,7 @@ class Progress:
     """What the live view shows, read from Redis (results) and the worker's metrics."""
 
     def __init__(self, settings: Settings, rows: list[dict[str, Any]], version: int, metrics_port: int) -> None:
-        import redis
-
-        self.r = redis.Redis.from_url(settings.redis, decode_responses=True)
+        self.r = connections.redis_sync(settings.redis, decode_responses=True)
         self.rows = {row["item_id"]: row for row in rows}
         self.version = str(version)
         self.metrics_port = metrics_port
@@ -92,14 +73,14 @@ class Progress:
         fields = ["listing_version", "classified_at", "event_time", "category_path", "confidence", "tags", "title"]
         pipe = self.r.pipeline(transaction=False)
         for iid in pending:
-            pipe.hmget(f"listing:{iid}", fields)
+            pipe.hmget(keys.listing(iid), fields)
         for iid, vals in zip(pending, pipe.execute(), strict=True):
             h = dict(zip(fields, vals, strict=True))
             if h["listing_version"] != self.version:
                 continue
             self.done[iid] = h
             if h["event_time"] and h["classified_at"]:
-                self.latencies.append(_iso_ms(h["classified_at"]) - _iso_ms(h["event_time"]))
+                self.latencies.append(iso_ms(h["classified_at"]) - iso_ms(h["event_time"]))
             self.examples.append((iid, h))
         self.history.append((time.monotonic(), len(self.done)))
 
@@ -110,7 +91,7 @@ class Progress:
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
 
     def accuracy(self) -> tuple[float, float, int]:
-        from stream.model.taxonomy import parse_path
+        from training.taxonomy import parse_path
 
         top = leaf = scored = 0
         for iid, h in self.done.items():
@@ -139,7 +120,7 @@ class Progress:
         stats.add_row("dead-lettered", f"{m.get('listings_dlq_total', 0):.0f}")
         stats.add_row("sent to review", f"{m.get('listings_review_total', 0):.0f}")
         stats.add_row("Triton batches", f"{batches:.0f}  mean size {mean_batch:.1f}")
-        pct = "  ".join(f"p{int(q * 100)} {_percentile(lat, q):.0f} ms" for q in (0.5, 0.95, 0.99))
+        pct = "  ".join(f"p{q} {percentile(lat, q):.0f} ms" for q in (50, 95, 99))
         stats.add_row("latency produce→Redis", pct)
         stats.add_row("accuracy so far", f"top level {top:.1%}  leaf (3 levels) {leaf:.1%}  of {scored}")
         ex = Table(title="latest classifications", expand=False)
@@ -151,30 +132,32 @@ class Progress:
         return Group(stats, ex)
 
 
-def run(settings: Settings, args: argparse.Namespace | None = None) -> int:
+def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from stream.harness import WorkerProcess, produce_raw, wait_group_stable
-    from stream.model import export
+    from devtools.heldout import held_out_listings
+    from devtools.stack import triton
+    from devtools.workers import WorkerProcess, produce_raw, wait_group_stable
     from stream.produce import produce_listings
-    from stream.stack import triton
+    from training.release import ensure_model
 
-    events = getattr(args, "events", 3000)
-    rate = getattr(args, "rate", 0.0)
+    settings = stack.runtime(base)
+    events, rate = options.events, options.rate
     console = Console()
-    started = control.status(settings)
-    version = export.ensure_model(settings, quick=getattr(args, "quick", False))
-    control.up(settings, echo=console.print)
+    started = control.status(stack)
+    version = ensure_model(stack, quick=options.quick)
+    control.up(stack, echo=console.print)
     if started["triton"]["running"]:
-        triton.load_model(settings, settings.model_name)  # a Triton that was already up picks the model up
+        triton.load_model(stack, settings.triton.model_name)  # a Triton that was already up picks the model up
     listing_version = int(time.time())  # each demo run is a newer edit of the same listings
-    rows = held_out_listings(settings, events)
+    rows = held_out_listings(stack.data_dir, events)
     console.print(f"streaming {len(rows)} held-out Flipkart listings (listing_version {listing_version}) + malformed")
-    worker = WorkerProcess(settings, settings.log_dir, name="demo-worker", metrics_port=settings.metrics_port)
+    metrics_port = settings.worker.metrics_port
+    worker = WorkerProcess(settings, stack.log_dir, name="demo-worker", metrics_port=metrics_port)
     worker.start()
-    wait_group_stable(settings)
-    progress = Progress(settings, rows, listing_version, settings.metrics_port)
+    wait_group_stable(settings, workers=[worker])
+    progress = Progress(settings, rows, listing_version, metrics_port)
     produced = {"n": 0}
 
     def feed() -> None:
@@ -203,28 +186,39 @@ def run(settings: Settings, args: argparse.Namespace | None = None) -> int:
         console.print(
             f"\n{len(progress.done)} listings classified in {elapsed:.1f}s "
             f"({len(progress.done) / elapsed:.0f}/s overall); accuracy top level {top:.1%}, leaf {leaf:.1%} "
-            f"on {scored}; model {settings.model_name} v{version}"
+            f"on {scored}; model {settings.triton.model_name} v{version}"
         )
         some = next(iter(progress.done))
         console.print(
             "\nWhere to look:\n"
-            f"  Redis ({settings.redis}):  HGETALL listing:{some}   SMEMBERS category:<id>   SMEMBERS tag:<tag>"
-            f"   XREVRANGE {settings.updates_stream} + - COUNT 5\n"
-            f"  Kafka ({settings.bootstrap_servers}): {settings.topic_classified}, {settings.topic_tag_updates}, "
-            f"{settings.topic_review}, {settings.topic_dlq}\n"
-            f"  Worker metrics: http://127.0.0.1:{settings.metrics_port}/metrics  (while a worker runs)\n"
-            f"  Triton metrics: http://127.0.0.1:{settings.triton_metrics_port}/metrics\n"
-            f"  Logs: {settings.log_dir}"
+            f"  Redis ({settings.redis.url}):  HGETALL {keys.listing(some)}   SMEMBERS {keys.category('<id>')}"
+            f"   SMEMBERS {keys.tag('<tag>')}   XREVRANGE {settings.redis.updates_stream} + - COUNT 5\n"
+            f"  Kafka ({settings.kafka.bootstrap}): {settings.topics.classified}, {settings.topics.tag_updates}, "
+            f"{settings.topics.review}, {settings.topics.dlq}\n"
+            f"  Worker metrics: http://127.0.0.1:{metrics_port}/metrics  (while a worker runs)\n"
+            f"  Triton metrics: http://127.0.0.1:{stack.triton_metrics_port}/metrics\n"
+            f"  Logs: {stack.log_dir}"
         )
         return 0
     finally:
         worker.stop()
         mine = [name for name, st in started.items() if not st["running"]]
         if mine:
-            control.down(settings, mine, echo=console.print)
+            control.down(stack, mine, echo=console.print)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int, default=3000, help="held-out listings to stream (default 3000)")
     parser.add_argument("--rate", type=float, default=0.0, help="produce rate in events/s (0 = as fast as possible)")
     parser.add_argument("--quick", action="store_true", help="use the quick-trained model if none exists")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from devtools import config
+    from devtools.stack.process import StackError
+
+    try:
+        return demo(config.load(), settings, DemoOptions(args.events, args.rate, args.quick))
+    except StackError as exc:
+        print(f"demo failed: {exc}")
+        return 1

@@ -14,8 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stream.model import tags as tags_mod
-from stream.model import taxonomy as tax_mod
+from training import serving
+from training import tags as tags_mod
+from training import taxonomy as tax_mod
 
 FLIPKART = "flipkart_20k.csv"
 MYNTRA = "myntra_styles_44k.csv"
@@ -68,7 +69,7 @@ class TagExample:
 
 def flipkart_examples(path: Path) -> list[CategoryExample]:
     """One example per distinct title with a non-empty `l3` (rows without a category are dropped)."""
-    from stream.model.network import compose_text  # imports torch: only when data is loaded
+    compose_text = serving.network().compose_text  # imports torch: only when data is loaded
 
     groups: dict[str, list[dict[str, str]]] = defaultdict(list)
     for row in read_csv(path):
@@ -84,7 +85,7 @@ def flipkart_examples(path: Path) -> list[CategoryExample]:
 
 
 def myntra_examples(path: Path) -> list[TagExample]:
-    from stream.model.network import compose_text
+    compose_text = serving.network().compose_text
 
     groups: dict[str, list[dict[str, str]]] = defaultdict(list)
     for row in read_csv(path):

@@ -15,14 +15,19 @@ import argparse
 import os
 import platform
 import sys
-import time
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from stream.settings import ROOT, Settings
+from devtools.config import StackSettings
+from stream.config import Settings
+from stream.retry import poll
+from stream.timefmt import now_iso
+from training.config import REPO
+
+HELP = "measure Triton, pipeline and baseline throughput and latency"
 
 DEFAULT_EVENTS = 2000
 QUICK = {"events": 200, "naive_events": 24, "latency_seconds": 4.0}
@@ -33,10 +38,6 @@ NOTES = [
     "recorded per phase.",
     "Pipeline rates are (events written after the first Redis write) / (last - first classified_at).",
 ]
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def machine() -> dict[str, Any]:
@@ -63,30 +64,9 @@ def machine() -> dict[str, Any]:
     }
 
 
-def heldout_listings(settings: Settings) -> tuple[list[dict[str, Any]], str]:
-    """Flipkart listings whose titles are in the model's held-out (dev) split, one per distinct title."""
-    from stream.produce import read_listings
-
-    listings = [x for x in read_listings(settings.data_dir / "flipkart_20k.csv") if str(x.get("title", "")).strip()]
-    try:
-        from stream.model.data import FLIPKART_SPLITS, split_of, title_key
-        from stream.model.train import DEFAULTS
-    except ImportError:  # the model package is optional here: fall back to every listing
-        return listings, "all flipkart_20k.csv rows (model split code unavailable)"
-    seen: set[str] = set()
-    out = []
-    for x in listings:
-        key = title_key(x["title"])
-        if key in seen or split_of(key, DEFAULTS["seed"], FLIPKART_SPLITS) != "dev":
-            continue
-        seen.add(key)
-        out.append(x)
-    return out, f"flipkart_20k.csv dev (held-out) split, seed {DEFAULTS['seed']}, distinct titles"
-
-
-def ensure_stack(settings: Settings) -> list[str]:
+def ensure_stack(settings: StackSettings) -> list[str]:
     """Start the parts of the local stack that are not running; returns the ones this call started."""
-    from stream.stack import control
+    from devtools.stack import control
 
     st = control.status(settings)
     missing = [name for name, v in st.items() if not v["running"]]
@@ -97,27 +77,36 @@ def ensure_stack(settings: Settings) -> list[str]:
 
 def wait_model(settings: Settings, timeout_s: float) -> None:
     import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
 
-    deadline = time.monotonic() + timeout_s
-    client = grpcclient.InferenceServerClient(settings.triton_grpc)
+    client = grpcclient.InferenceServerClient(settings.triton.url)
     try:
-        while time.monotonic() < deadline:
-            try:
-                if client.is_model_ready(settings.model_name):
-                    return
-            except Exception:  # noqa: BLE001 - not up yet
-                pass
-            time.sleep(1)
+        poll(
+            lambda: client.is_model_ready(settings.triton.model_name),
+            timeout_s,
+            f"model {settings.triton.model_name} ready on {settings.triton.url}",
+            interval=1.0,
+            tolerate=(InferenceServerException,),
+        )
     finally:
         client.close()
-    raise RuntimeError(f"model {settings.model_name} not ready on {settings.triton_grpc} after {timeout_s:.0f}s")
 
 
-def _command(args: argparse.Namespace) -> str:
-    parts = ["listings", "bench", "--events", str(args.events), "--out", str(args.out), "--workers", args.workers]
-    if args.quick:
-        parts.append("--quick")
-    return " ".join(parts)
+@dataclass(frozen=True)
+class BenchOptions:
+    events: int = DEFAULT_EVENTS  # events per throughput run, titles for (a)
+    naive_events: int = 200
+    latency_seconds: float = 40.0
+    workers: tuple[int, ...] = (1, 2, 4)
+    out: Path = REPO / "bench"
+    progress: bool = True
+    quick: bool = False
+
+    @property
+    def command(self) -> str:
+        workers = ",".join(map(str, self.workers))
+        parts = ["listings", "bench", "--events", str(self.events), "--out", str(self.out), "--workers", workers]
+        return " ".join([*parts, "--quick"] if self.quick else parts)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -133,58 +122,75 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--workers", default="1,2,4", help="worker-process counts for (e), comma-separated")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, e.g. the test suite)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench", help="output folder (default bench/)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench", help="output folder (default bench/)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def run(args: argparse.Namespace) -> int:
-    from stream import settings as settings_mod
-    from stream.bench_measure import BenchError
-
-    s = settings_mod.load()
-    args.events = args.events or (QUICK["events"] if args.quick else DEFAULT_EVENTS)
+def options_from(args: argparse.Namespace) -> BenchOptions:
+    """The bench's options; raises ValueError on a bad one."""
+    events = args.events or (QUICK["events"] if args.quick else DEFAULT_EVENTS)
     try:
-        counts = sorted({int(x) for x in args.workers.split(",") if x.strip()})
+        counts = tuple(sorted({int(x) for x in args.workers.split(",") if x.strip()}))
     except ValueError:
-        print("bench: --workers takes comma-separated integers, e.g. 1,2,4", file=sys.stderr)
-        return 2
-    if args.events < 1 or not counts or min(counts) < 1:
-        print("bench: --events and worker counts must be >= 1", file=sys.stderr)
-        return 2
-    started = ensure_stack(s)
+        raise ValueError("--workers takes comma-separated integers, e.g. 1,2,4") from None
+    if events < 1 or not counts or min(counts) < 1:
+        raise ValueError("--events and worker counts must be >= 1")
+    return BenchOptions(
+        events=events,
+        naive_events=args.naive_events or (QUICK["naive_events"] if args.quick else min(events, 200)),
+        latency_seconds=args.latency_seconds or (QUICK["latency_seconds"] if args.quick else 40.0),
+        workers=counts,
+        out=args.out,
+        progress=not args.no_progress,
+        quick=args.quick,
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from devtools import config
+    from devtools.bench.measure import BenchError
+    from devtools.bench.plot import table
+    from devtools.stack import control
+
     try:
-        results = measure(s, args, counts)
-    except (BenchError, RuntimeError, AssertionError) as exc:
+        options = options_from(args)
+    except ValueError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    stack = config.load()
+    started = ensure_stack(stack)
+    try:
+        results = measure(stack, stack.runtime(settings), options)
+    except (BenchError, RuntimeError, TimeoutError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
     finally:
         if started:
-            from stream.stack import control
-
-            control.down(s, started, echo=lambda m: print(m, file=sys.stderr))
-    from stream.bench_plot import table
-
+            control.down(stack, started, echo=lambda m: print(m, file=sys.stderr))
     print(table(results))
-    print(f"wrote {args.out / 'results.json'} and {args.out / 'results.png'}")
+    print(f"wrote {options.out / 'results.json'} and {options.out / 'results.png'}")
     return 0
 
 
-def measure(s: Settings, args: argparse.Namespace, counts: list[int]) -> dict[str, Any]:
-    from stream import bench_measure as bm
-    from stream.bench_plot import plot
+def measure(stack: StackSettings, s: Settings, options: BenchOptions) -> dict[str, Any]:
+    from devtools.bench import measure as bm
+    from devtools.bench.plot import plot
+    from devtools.heldout import held_out_listings
 
-    out: Path = args.out
+    out = options.out
     out.mkdir(parents=True, exist_ok=True)
-    progress = not args.no_progress
-    n = args.events
-    naive_n = args.naive_events or (QUICK["naive_events"] if args.quick else min(n, 200))
-    lat_s = args.latency_seconds or (QUICK["latency_seconds"] if args.quick else 40.0)
-    wait_model(s, s.startup_timeout)
-    listings, data_desc = heldout_listings(s)
+    progress = options.progress
+    n = options.events
+    naive_n = options.naive_events
+    lat_s = options.latency_seconds
+    counts = list(options.workers)
+    wait_model(s, stack.startup_timeout)
+    listings = held_out_listings(stack.data_dir)
+    data_desc = "flipkart_20k.csv held-out split of the default model, distinct titles"
     model = bm.served_model(s)
     results: dict[str, Any] = {
-        "command": _command(args),
-        "started_at": _now(),
+        "command": options.command,
+        "started_at": now_iso(),
         "machine": machine(),
         "model": {
             "name": model["name"],
@@ -192,10 +198,10 @@ def measure(s: Settings, args: argparse.Namespace, counts: list[int]) -> dict[st
             "triton_config": {k: model[k] for k in ("max_batch_size", "dynamic_batching", "instance_group")},
         },
         "config": {
-            "max_batch": s.max_batch,
-            "max_in_flight": s.max_in_flight,
-            "max_wait_ms": s.max_wait_ms,
-            "input_partitions": s.input_partitions,
+            "max_batch": s.worker.max_batch,
+            "max_in_flight": s.worker.max_in_flight,
+            "max_wait_ms": s.worker.max_wait_ms,
+            "input_partitions": s.topics.partitions,
             "events": n,
             "naive_events": naive_n,
             "latency_seconds": lat_s,
@@ -243,7 +249,7 @@ def measure(s: Settings, args: argparse.Namespace, counts: list[int]) -> dict[st
     b = figures["b_pipeline"]["events_per_s"]
     c = figures["c_naive"]["events_per_s"]
     results["ratios"] = {"b_over_a": round(b / a, 3) if a else 0.0, "b_over_c": round(b / c, 2) if c else 0.0}
-    results["finished_at"] = _now()
+    results["finished_at"] = now_iso()
     save("end")
     plot(results, out / "results.png")
     return results

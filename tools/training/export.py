@@ -1,4 +1,4 @@
-"""Export a trained artifact as a new numbered version of the Triton model, and `ensure_model`."""
+"""Export a trained artifact as a new numbered version of the Triton model."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import shutil
 import time
 from pathlib import Path
 
-from stream.settings import ROOT, Settings
+from training.artifact import REQUIRED
+from training.config import MODEL_NAME, SERVING_DIR
 
-MODEL_NAME = "listing_classifier"
-HERE = Path(__file__).resolve().parent
-TRACKED_MODEL_DIR = ROOT / "triton_models" / MODEL_NAME  # config.pbtxt lives here, in git
-ARTIFACT_FILES = ["weights.pt", "labels.json", "tags.json", "meta.json", "metrics.json", "tokenizer", "encoder"]
+# the serving code, copied from the model repository's source into each version
+SERVING_FILES = ["model.py", "network.py"]
 
 
 def versions(repo: Path, name: str = MODEL_NAME) -> list[int]:
@@ -32,38 +31,26 @@ def gpu_config_text(cpu_text: str) -> str:
 
 def write_gpu_config(path: Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(gpu_config_text((TRACKED_MODEL_DIR / "config.pbtxt").read_text()))
+    Path(path).write_text(gpu_config_text((SERVING_DIR / "config.pbtxt").read_text()))
 
 
 def export(artifact: Path, repo: Path, name: str = MODEL_NAME) -> int:
-    """Copy the artifact, network.py and the Triton model.py into `<repo>/<name>/<n>/`, n = highest + 1."""
+    """Copy the artifact and the serving code into `<repo>/<name>/<n>/`, n = highest + 1."""
     model_dir = Path(repo) / name
     model_dir.mkdir(parents=True, exist_ok=True)
     if not (model_dir / "config.pbtxt").exists():
-        shutil.copy2(TRACKED_MODEL_DIR / "config.pbtxt", model_dir / "config.pbtxt")
+        shutil.copy2(SERVING_DIR / "config.pbtxt", model_dir / "config.pbtxt")
     version = max(versions(repo, name), default=0) + 1
     tmp = model_dir / f".export-{version}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    for item in ARTIFACT_FILES:
+    for item in REQUIRED:
         src = Path(artifact) / item
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / item)
-    shutil.copy2(HERE / "network.py", tmp / "network.py")
-    shutil.copy2(HERE / "triton_model.py", tmp / "model.py")
+    for item in SERVING_FILES:
+        shutil.copy2(SERVING_DIR / item, tmp / item)
     (tmp / "export.json").write_text(
         json.dumps({"artifact": Path(artifact).name, "version": version, "exported_at": time.time()}, indent=2)
     )
     tmp.rename(model_dir / str(version))
     return version
-
-
-def ensure_model(settings: Settings, quick: bool = False) -> int:
-    """The version Triton will serve: the highest one in the repository, or a new one trained (or taken
-    from the model cache) and exported when the repository has none yet."""
-    existing = versions(settings.model_repository)
-    if existing:
-        return existing[-1]
-    from stream.model import train
-
-    artifact = train.train_or_reuse(settings, train.default_options(quick))
-    return export(artifact, settings.model_repository)

@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 
-from stream.model import metrics
-from stream.model.data import Prepared
+from training import metrics
+from training.data import Prepared
 
 
 def _vectorizer():

@@ -9,15 +9,16 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from stream.settings import ROOT, Settings
-from stream.stack.process import Managed, StackError, wait_until
-from stream.topics import topic_specs
+from devtools.config import StackSettings
+from devtools.stack.process import Managed, StackError, wait_until
+from stream import topics
+from training.config import REPO as ROOT
 
 POM = ROOT / "deploy" / "pom.xml"
 LOG4J = ROOT / "deploy" / "kafka-log4j.properties"
 
 
-def part(settings: Settings) -> Managed:
+def part(settings: StackSettings) -> Managed:
     return Managed(
         "kafka",
         settings.state_dir / "run" / "kafka.pid",
@@ -26,11 +27,11 @@ def part(settings: Settings) -> Managed:
     )
 
 
-def jar_dir(settings: Settings) -> Path:
+def jar_dir(settings: StackSettings) -> Path:
     return settings.cache_dir / "kafka-jars"
 
 
-def ensure_jars(settings: Settings) -> Path:
+def ensure_jars(settings: StackSettings) -> Path:
     """Resolve the broker's jars with Maven (cached in ~/.m2 and in the state folder)."""
     jars = jar_dir(settings)
     stamp = jars / f".pom-{_pom_hash()}"
@@ -55,7 +56,7 @@ def _pom_hash() -> str:
     return hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
 
 
-def _java_cmd(settings: Settings, main: str, *args: str) -> list[str]:
+def _java_cmd(settings: StackSettings, main: str, *args: str) -> list[str]:
     return [
         "java",
         f"-Xmx{settings.kafka_heap}",
@@ -72,7 +73,7 @@ def _java_cmd(settings: Settings, main: str, *args: str) -> list[str]:
     ]
 
 
-def write_config(settings: Settings) -> Path:
+def write_config(settings: StackSettings) -> Path:
     data = settings.state_dir / "kafka-data"
     conf = settings.state_dir / "kafka.properties"
     conf.write_text(
@@ -87,7 +88,7 @@ def write_config(settings: Settings) -> Path:
                 "inter.broker.listener.name=PLAINTEXT",
                 "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
                 f"log.dirs={data}",
-                f"num.partitions={settings.input_partitions}",
+                f"num.partitions={settings.runtime().topics.partitions}",
                 "offsets.topic.replication.factor=1",
                 "offsets.topic.num.partitions=4",
                 "transaction.state.log.replication.factor=1",
@@ -106,7 +107,7 @@ def write_config(settings: Settings) -> Path:
     return conf
 
 
-def format_storage(settings: Settings, conf: Path) -> None:
+def format_storage(settings: StackSettings, conf: Path) -> None:
     data = settings.state_dir / "kafka-data"
     if (data / "meta.properties").exists():
         return
@@ -120,7 +121,7 @@ def format_storage(settings: Settings, conf: Path) -> None:
         raise StackError(f"kafka: formatting storage failed:\n{out.stdout}{out.stderr}")
 
 
-def ready(settings: Settings) -> bool:
+def ready(settings: StackSettings) -> bool:
     from kafka import KafkaAdminClient
 
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=3000)
@@ -130,31 +131,12 @@ def ready(settings: Settings) -> bool:
         admin.close()
 
 
-def ensure_topics(settings: Settings) -> list[str]:
-    """Create the design's topics that do not exist yet; returns the names created."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10000)
-    try:
-        existing = set(admin.list_topics())
-        new = [
-            NewTopic(t.name, num_partitions=t.partitions, replication_factor=1, topic_configs=t.config)
-            for t in topic_specs(settings)
-            if t.name not in existing
-        ]
-        if new:
-            try:
-                admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
-        return [t.name for t in new]
-    finally:
-        admin.close()
+def ensure_topics(settings: StackSettings) -> list[str]:
+    """Create the design's topics that do not exist yet on this stack's broker; returns the names created."""
+    return topics.ensure(settings.runtime())
 
 
-def up(settings: Settings) -> str:
+def up(settings: StackSettings) -> str:
     p = part(settings)
     if p.running():
         ensure_topics(settings)

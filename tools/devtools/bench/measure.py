@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import math
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from stream.harness import WorkerProcess, isolated, wait_group_stable
+from devtools.stats import percentile
+from devtools.workers import WorkerProcess, isolated, wait_group_stable
+from stream import connections, keys
+from stream.classify.triton_client import text_inputs
+from stream.config import Settings
 from stream.produce import produce_listings
-from stream.settings import Settings
+from stream.retry import poll
+from stream.timefmt import iso_ms
 
 POLL_S = 0.5
 JOIN_TIMEOUT_S = 180.0
@@ -30,18 +33,6 @@ MIN_WRITES = 3  # distinct write times needed for a first-to-last-write rate
 
 class BenchError(RuntimeError):
     """A measurement could not complete (a worker died, a wait timed out)."""
-
-
-def iso_ms(text: str) -> float:
-    """Epoch ms of the pipeline's ISO-8601 (`...Z`, millisecond) timestamps."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def tagged(listings: Sequence[dict[str, Any]], n: int, tag: str) -> list[dict[str, Any]]:
@@ -59,27 +50,21 @@ def tagged(listings: Sequence[dict[str, Any]], n: int, tag: str) -> list[dict[st
 async def _triton_raw(
     settings: Settings, titles: Sequence[str], batch: int, in_flight: int, progress: bool
 ) -> dict[str, Any]:
-    import numpy as np
     import tritonclient.grpc.aio as grpcclient
     from tqdm import tqdm
 
-    client = grpcclient.InferenceServerClient(settings.triton_grpc)
+    client = grpcclient.InferenceServerClient(settings.triton.url)
 
     def inputs(chunk: Sequence[str]) -> list[Any]:
-        out = []
-        for name, values in (("TITLE", chunk), ("DESCRIPTION", [""] * len(chunk)), ("BRAND", [""] * len(chunk))):
-            arr = np.array([[v.encode("utf-8")] for v in values], dtype=object)
-            inp = grpcclient.InferInput(name, list(arr.shape), "BYTES")
-            inp.set_data_from_numpy(arr)
-            out.append(inp)
-        return out
+        blank = [""] * len(chunk)
+        return text_inputs(grpcclient, TITLE=chunk, DESCRIPTION=blank, BRAND=blank)
 
     async def infer(chunk: Sequence[str]) -> Any:
         return await client.infer(
-            settings.model_name,
+            settings.triton.model_name,
             inputs(chunk),
             outputs=[grpcclient.InferRequestedOutput("RESULT")],
-            client_timeout=max(60.0, settings.triton_timeout_s),
+            client_timeout=max(60.0, settings.triton.timeout_s),
         )
 
     chunks = [titles[i : i + batch] for i in range(0, len(titles), batch)]
@@ -121,17 +106,18 @@ async def _triton_raw(
 
 def triton_raw(settings: Settings, titles: Sequence[str], progress: bool = True) -> dict[str, Any]:
     """(a): the model alone, straight from an async gRPC client at the worker's batch size and in-flight count."""
-    return asyncio.run(_triton_raw(settings, titles, settings.max_batch, settings.max_in_flight, progress))
+    w = settings.worker
+    return asyncio.run(_triton_raw(settings, titles, w.max_batch, w.max_in_flight, progress))
 
 
 def served_model(settings: Settings) -> dict[str, Any]:
     """Name, served version(s) and batching config of the model, as Triton reports them."""
     import tritonclient.grpc as grpcclient
 
-    client = grpcclient.InferenceServerClient(settings.triton_grpc)
+    client = grpcclient.InferenceServerClient(settings.triton.url)
     try:
-        meta = client.get_model_metadata(settings.model_name, as_json=True)
-        cfg = client.get_model_config(settings.model_name, as_json=True)["config"]
+        meta = client.get_model_metadata(settings.triton.model_name, as_json=True)
+        cfg = client.get_model_config(settings.triton.model_name, as_json=True)["config"]
     finally:
         client.close()
     return {
@@ -147,15 +133,13 @@ def served_model(settings: Settings) -> dict[str, Any]:
 
 
 def _redis(settings: Settings) -> Any:
-    import redis
-
-    return redis.Redis.from_url(settings.redis, decode_responses=True)
+    return connections.redis_sync(settings.redis, decode_responses=True)
 
 
-def _count(r: Any, keys: Sequence[str]) -> int:
+def _count(r: Any, names: Sequence[str]) -> int:
     n = 0
-    for i in range(0, len(keys), 5000):
-        n += int(r.exists(*keys[i : i + 5000]))
+    for i in range(0, len(names), 5000):
+        n += int(r.exists(*names[i : i + 5000]))
     return n
 
 
@@ -170,23 +154,29 @@ def wait_in_redis(
     """Wait until every item has a Redis hash; returns the monotonic time it was first seen complete."""
     from tqdm import tqdm
 
-    keys = [f"listing:{i}" for i in item_ids]
+    names = [keys.listing(i) for i in item_ids]
     r = _redis(settings)
-    bar = tqdm(total=len(keys), unit="ev", desc=desc, disable=not progress, file=sys.stderr)
-    deadline = time.monotonic() + timeout_s
+    bar = tqdm(total=len(names), unit="ev", desc=desc, disable=not progress, file=sys.stderr)
+
+    def complete() -> bool:
+        n = _count(r, names)
+        bar.update(n - bar.n)
+        dead = [w for w in workers if not w.alive()]
+        if dead:
+            raise BenchError(f"worker exited during {desc}; log {dead[0].log_path}:\n{dead[0].log_tail()}")
+        return n >= len(names)
+
     try:
-        while True:
-            n = _count(r, keys)
-            bar.update(n - bar.n)
-            if n >= len(keys):
-                return time.monotonic()
-            dead = [w for w in workers if not w.alive()]
-            if dead:
-                raise BenchError(f"worker exited during {desc}; log {dead[0].log_path}:\n{dead[0].log_tail()}")
-            if time.monotonic() > deadline:
-                tail = workers[0].log_tail() if workers else ""
-                raise BenchError(f"{desc}: {n}/{len(keys)} in Redis after {timeout_s:.0f}s\n{tail}")
-            time.sleep(POLL_S)
+        poll(
+            complete,
+            timeout_s,
+            f"{desc}: every event in Redis",
+            interval=POLL_S,
+            detail=lambda: workers[0].log_tail() if workers else "",
+        )
+        return time.monotonic()
+    except TimeoutError as exc:
+        raise BenchError(str(exc)) from None
     finally:
         bar.close()
         r.close()
@@ -199,7 +189,7 @@ def stored(settings: Settings, item_ids: Sequence[str]) -> list[dict[str, str]]:
         for i in range(0, len(item_ids), 2000):
             pipe = r.pipeline(transaction=False)
             for iid in item_ids[i : i + 2000]:
-                pipe.hmget(f"listing:{iid}", "classified_at", "event_time", "model_version")
+                pipe.hmget(keys.listing(iid), "classified_at", "event_time", "model_version")
             for row in pipe.execute():
                 out.append({"classified_at": row[0], "event_time": row[1], "model_version": row[2]})
         return out
@@ -291,8 +281,8 @@ def saturation_run(
     out.update(
         {
             "workers": workers,
-            "input_topic": s.topic_input,
-            "partitions": s.input_partitions,
+            "input_topic": s.topics.input,
+            "partitions": s.topics.partitions,
             "preproduced": preproduce,
             "time_to_all_in_redis_s": round(t_done - t_start, 2),
             "produce_rate": summary["rate"],
@@ -308,20 +298,16 @@ def saturation_run(
 
 def _backfill_in_thread(env: Env, backlog: int) -> tuple[threading.Thread, dict[str, Any]]:
     """A backfill (priority 2) over a topic of `backlog` listings, started in a thread."""
-    import argparse
-
-    from stream.backfill import add_arguments, backfill
+    from stream.backfill import BackfillOptions, backfill
 
     sb = isolated(env.settings, "bench-backfill")
     produce_listings(sb, tagged(env.listings, backlog, uuid.uuid4().hex[:6]), progress=False)
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["--from-beginning", "--json", "--group", f"{sb.group_id}-bf"])
+    options = BackfillOptions(group=f"{sb.worker.group_id}-bf", progress=False)
     out: dict[str, Any] = {"backlog": backlog}
 
     def go() -> None:
         t0 = time.monotonic()
-        summary = asyncio.run(backfill(sb, args))
+        summary = asyncio.run(backfill(sb, options))
         out.update({"backfill_events": summary.events, "backfill_s": round(time.monotonic() - t0, 1)})
 
     thread = threading.Thread(target=go, daemon=True)
@@ -334,7 +320,7 @@ def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0) -
     many listings (its own topics, Triton priority 2) runs during the live phase."""
     s = isolated(env.settings, "bench-latency")
     tag = uuid.uuid4().hex[:6]
-    warm = tagged(env.listings, max(8, env.settings.max_batch), f"{tag}w")
+    warm = tagged(env.listings, max(8, env.settings.worker.max_batch), f"{tag}w")
     batch = tagged(env.listings[len(warm) :] or env.listings, events, tag)
     ids = [e["item_id"] for e in batch]
     procs = _start(env, s, 1, "latency", {})

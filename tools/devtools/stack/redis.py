@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import shutil
 
-from stream.settings import Settings
-from stream.stack.process import Managed, StackError, wait_until
+from devtools.config import StackSettings
+from devtools.stack.process import Managed, StackError, wait_until
 
 
-def part(settings: Settings) -> Managed:
+def part(settings: StackSettings) -> Managed:
     return Managed(
         "redis",
         settings.state_dir / "run" / "redis.pid",
@@ -17,7 +17,7 @@ def part(settings: Settings) -> Managed:
     )
 
 
-def ready(settings: Settings) -> bool:
+def ready(settings: StackSettings) -> bool:
     import redis
 
     client = redis.Redis.from_url(settings.redis, socket_timeout=2)
@@ -27,7 +27,7 @@ def ready(settings: Settings) -> bool:
         client.close()
 
 
-def up(settings: Settings) -> str:
+def up(settings: StackSettings) -> str:
     p = part(settings)
     if p.running():
         return f"redis already running (pid {p.pid()}) on {settings.redis}"

@@ -47,6 +47,17 @@ class ListingNet(nn.Module):
         return self.category(pooled), self.tags(pooled)
 
 
+def pad_batch(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id rows as a right-padded `input_ids` tensor and its attention mask, both [len(rows), longest]."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, r in enumerate(rows):
+        input_ids[j, : len(r)] = torch.tensor(r)
+        mask[j, : len(r)] = 1
+    return input_ids, mask
+
+
 def build(encoder_dir: Path, n_categories: int, n_tags: int) -> ListingNet:
     from transformers import AutoConfig, AutoModel
 
@@ -98,12 +109,7 @@ class Predictor:
         pad = self.tokenizer.pad_token_id or 0
         for start in range(0, n, self.sub_batch):
             rows = order[start : start + self.sub_batch]
-            width = max(len(ids[i]) for i in rows)
-            input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for j, i in enumerate(rows):
-                input_ids[j, : len(ids[i])] = torch.tensor(ids[i])
-                mask[j, : len(ids[i])] = 1
+            input_ids, mask = pad_batch([ids[i] for i in rows], pad)
             cat_logits, tag_logits = self.net(input_ids.to(self.device), mask.to(self.device))
             cats[rows] = torch.softmax(cat_logits.float(), -1).cpu().numpy()
             tags[rows] = torch.sigmoid(tag_logits.float()).cpu().numpy()

@@ -6,7 +6,6 @@ torch and transformers are imported inside functions so `listings --help` stays 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -14,11 +13,12 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from stream import settings as settings_mod
-from stream.model import artifact, metrics
-from stream.model import data as data_mod
+from training import artifact, metrics, serving
+from training import data as data_mod
+from training.config import TrainingSettings
 
 DEFAULTS = {"epochs": 10, "max_len": 40, "batch_size": 32, "seed": 13, "tags_per_epoch": 2000}
 QUICK = {"epochs": 1, "category_rows": 3000, "tags_per_epoch": 1000, "dev_rows": 800, "calib_rows": 500}
@@ -27,55 +27,36 @@ LR_HEADS = 3e-3
 TAG_LOSS_WEIGHT = 0.5
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="small subset, 1 epoch (tests, smoke runs)")
-    parser.add_argument(
-        "--epochs", type=int, help=f"passes over the category training split (default {DEFAULTS['epochs']})"
-    )
-    parser.add_argument("--max-len", type=int, default=DEFAULTS["max_len"], help="tokens per title")
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="split, sampling and init seed")
-    parser.add_argument(
-        "--tags-per-epoch",
-        type=int,
-        help=f"Myntra rows (tag head) mixed into each epoch (default {DEFAULTS['tags_per_epoch']})",
-    )
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--force", action="store_true", help="retrain even when a cached artifact exists")
-    parser.add_argument("--no-export", action="store_true", help="train (or reuse) only; export no model version")
-    parser.add_argument("--output-repo", type=Path, help="model repository to export into (default: settings)")
-    parser.add_argument("--gpu-config", type=Path, help="also write the GPU variant of config.pbtxt to this path")
+@dataclass(frozen=True)
+class TrainOptions:
+    """What defines a trained artifact (all of it is part of the cache key)."""
 
+    quick: bool = False
+    epochs: int = DEFAULTS["epochs"]
+    max_len: int = DEFAULTS["max_len"]
+    batch_size: int = DEFAULTS["batch_size"]
+    seed: int = DEFAULTS["seed"]
+    tags_per_epoch: int = DEFAULTS["tags_per_epoch"]
 
-def options_from(args: argparse.Namespace) -> dict:
-    """The options that define a trained artifact (they are part of its cache key)."""
-    quick = bool(args.quick)
-    opts = {
-        "quick": quick,
-        "epochs": args.epochs or (QUICK["epochs"] if quick else DEFAULTS["epochs"]),
-        "max_len": args.max_len,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-        "tags_per_epoch": args.tags_per_epoch or (QUICK["tags_per_epoch"] if quick else DEFAULTS["tags_per_epoch"]),
-    }
-    return opts
+    @classmethod
+    def defaults(cls, quick: bool = False, **overrides: int | None) -> TrainOptions:
+        base = {**DEFAULTS, **({"epochs": QUICK["epochs"], "tags_per_epoch": QUICK["tags_per_epoch"]} if quick else {})}
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(quick=quick, **base)
 
-
-def default_options(quick: bool) -> dict:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return options_from(parser.parse_args(["--quick"] if quick else []))
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 def train_or_reuse(
-    settings: settings_mod.Settings,
-    options: dict,
+    settings: TrainingSettings,
+    options: TrainOptions,
     force: bool = False,
     threads: int = 2,
     echo: Callable[[str], None] = print,
 ) -> Path:
     """The artifact for these data, code and options: from the cache, or trained now and cached."""
-    key = artifact.cache_key(settings.data_dir, options)
+    key = artifact.cache_key(settings.data_dir, options.as_dict())
     path = artifact.cache_path(settings.cache_dir, key)
     with artifact.locked(path):
         if artifact.complete(path) and not force:
@@ -85,7 +66,7 @@ def train_or_reuse(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            train(settings.data_dir, options, tmp, threads, echo)
+            train(settings.data_dir, options.as_dict(), tmp, threads, echo)
             shutil.rmtree(path, ignore_errors=True)
             tmp.rename(path)
         finally:
@@ -117,12 +98,7 @@ def _leaf_accuracy(net, ids: list[list[int]], labels: list[int], pad: int, batch
     with torch.inference_mode():
         for start in range(0, len(order), batch):
             rows = order[start : start + batch]
-            width = max(len(ids[i]) for i in rows)
-            input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for j, i in enumerate(rows):
-                input_ids[j, : len(ids[i])] = torch.tensor(ids[i])
-                mask[j, : len(ids[i])] = 1
+            input_ids, mask = serving.network().pad_batch([ids[i] for i in rows], pad)
             pred = net(input_ids, mask)[0].argmax(-1).tolist()
             hits += sum(int(p == labels[i]) for p, i in zip(pred, rows, strict=True))
     net.train()
@@ -148,7 +124,9 @@ def train(data_dir: Path, options: dict, out: Path, threads: int = 2, echo: Call
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
-    from stream.model import baseline, network
+    from training import baseline
+
+    network = serving.network()
 
     t_start = time.perf_counter()
     torch.set_num_threads(threads)
@@ -207,14 +185,10 @@ def train(data_dir: Path, options: dict, out: Path, threads: int = 2, echo: Call
             mininterval=2.0,
         )
         for batch in bar:
-            width = max(len(it[0]) for it in batch)
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            input_ids, mask = network.pad_batch([it[0] for it in batch], pad)
             tag_target = torch.zeros((len(batch), n_tag))
             tag_rows = torch.zeros(len(batch), dtype=torch.bool)
-            for i, (ids, _, tag_labels) in enumerate(batch):
-                input_ids[i, : len(ids)] = torch.tensor(ids)
-                mask[i, : len(ids)] = 1
+            for i, (_, _, tag_labels) in enumerate(batch):
                 if tag_labels is not None:
                     tag_rows[i] = True
                     tag_target[i, tag_labels] = 1.0
@@ -287,21 +261,3 @@ def format_metrics(result: dict) -> str:
     lines.append(f"MiniLM-L6 {verdict} the baseline on leaf accuracy ({margin * 100:+.2f} points)")
     lines.append(f"train {ours['train_seconds']:.0f}s, whole run {result['total_seconds']:.0f}s")
     return "\n".join(lines)
-
-
-def run(args: argparse.Namespace) -> int:
-    from stream.model import export
-
-    s = settings_mod.load()
-    options = options_from(args)
-    path = train_or_reuse(s, options, force=args.force, threads=args.threads)
-    print(format_metrics(json.loads((path / "metrics.json").read_text())))
-    if args.gpu_config:
-        export.write_gpu_config(args.gpu_config)
-        print(f"wrote GPU config {args.gpu_config}")
-    if args.no_export:
-        return 0
-    repo = args.output_repo or s.model_repository
-    version = export.export(path, repo)
-    print(f"exported {repo / export.MODEL_NAME / str(version)}")
-    return 0

@@ -15,10 +15,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from stream.model import data
+from training import data
+from training.config import SERVING_DIR
 
 # every module whose code changes what training produces
-TRAINING_CODE = ["data.py", "taxonomy.py", "tags.py", "network.py", "train.py", "metrics.py", "baseline.py"]
+TRAINING_CODE = ["data.py", "taxonomy.py", "tags.py", "train.py", "metrics.py", "baseline.py"]
+SERVING_CODE = ["network.py"]
 REQUIRED = ["weights.pt", "labels.json", "tags.json", "meta.json", "metrics.json", "tokenizer", "encoder"]
 
 
@@ -35,9 +37,10 @@ def cache_key(data_dir: Path, options: dict) -> str:
         h.update(name.encode())
         h.update(hashlib.sha256((Path(data_dir) / name).read_bytes()).digest())
     here = Path(__file__).resolve().parent
-    for name in TRAINING_CODE:
-        h.update(name.encode())
-        h.update((here / name).read_bytes())
+    for folder, names in ((here, TRAINING_CODE), (SERVING_DIR, SERVING_CODE)):
+        for name in names:
+            h.update(name.encode())
+            h.update((folder / name).read_bytes())
     h.update(json.dumps(options, sort_keys=True).encode())
     return h.hexdigest()[:16]
 

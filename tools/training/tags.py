@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from stream.model.taxonomy import slug
+from training.taxonomy import slug
 
 TAG_COLUMNS = {"gender": "gender", "baseColour": "colour", "season": "season", "usage": "usage"}
 

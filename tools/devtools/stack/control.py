@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from stream.settings import Settings
-from stream.stack import kafka, redis, triton
-from stream.stack.process import Managed
+from devtools.config import StackSettings
+from devtools.stack import kafka, redis, triton
+from devtools.stack.process import Managed
 
-PARTS: dict[str, tuple[Callable[[Settings], Managed], Callable[[Settings], str], Callable[[Settings], bool]]] = {
+PARTS: dict[
+    str, tuple[Callable[[StackSettings], Managed], Callable[[StackSettings], str], Callable[[StackSettings], bool]]
+] = {
     "redis": (redis.part, redis.up, redis.ready),
     "kafka": (kafka.part, kafka.up, kafka.ready),
     "triton": (triton.part, triton.up, triton.ready),
 }
 
 
-def up(settings: Settings, only: list[str] | None = None, echo: Callable[[str], None] = print) -> None:
+def up(settings: StackSettings, only: list[str] | None = None, echo: Callable[[str], None] = print) -> None:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     for name, (_, start, _) in PARTS.items():
         if only and name not in only:
@@ -23,14 +25,14 @@ def up(settings: Settings, only: list[str] | None = None, echo: Callable[[str], 
         echo(start(settings))
 
 
-def down(settings: Settings, only: list[str] | None = None, echo: Callable[[str], None] = print) -> None:
+def down(settings: StackSettings, only: list[str] | None = None, echo: Callable[[str], None] = print) -> None:
     for name, (part, _, _) in reversed(list(PARTS.items())):
         if only and name not in only:
             continue
         echo(f"{name} stopped" if part(settings).stop() else f"{name} was not running")
 
 
-def status(settings: Settings) -> dict[str, dict[str, object]]:
+def status(settings: StackSettings) -> dict[str, dict[str, object]]:
     out: dict[str, dict[str, object]] = {}
     for name, (part, _, ready) in PARTS.items():
         p = part(settings)

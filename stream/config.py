@@ -1,0 +1,218 @@
+"""Settings of the runtime, from `LISTINGS_*` environment variables with local defaults.
+
+One group per concern, each validated when it is read: Kafka (connection and security), the topics,
+Redis, Triton, the worker, the backfill. `load()` reads them all and turns any bad value into one
+`SettingsError` naming the variable and the value (the CLI prints it on one line and exits 2).
+Secrets (`*_PASSWORD`) are `SecretStr`: never printed, logged or shown in a repr.
+
+The defaults point at the embedded local stack (`listings stack up`, ports 19092 / 16379 / 18001);
+a production deployment sets the endpoints and credentials.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(ValueError):
+    """A `LISTINGS_*` variable holds a value its setting does not accept."""
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "listing-classifier"
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def env_name(cls: type[BaseSettings], field: str) -> str:
+    """The environment variable a settings field is read from."""
+    alias = cls.model_fields[field].validation_alias
+    if isinstance(alias, str):
+        return alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+
+
+class _Group(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+
+class KafkaSettings(_Group):
+    """How every client (worker, backfill, produce, shadow) connects to Kafka."""
+
+    model_config = SettingsConfigDict(env_prefix="LISTINGS_KAFKA_", frozen=True, extra="ignore")
+
+    bootstrap: str = Field("127.0.0.1:19092", min_length=1, description="bootstrap servers, comma-separated")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = Field(None, description="CA bundle that signed the brokers' certificates")
+    ssl_certfile: Path | None = Field(None, description="client certificate (mutual TLS)")
+    ssl_keyfile: Path | None = None
+    # a dead consumer's partitions move to another member after this long without heartbeats
+    session_timeout_ms: int = Field(10_000, ge=1_000, le=300_000)
+    heartbeat_interval_ms: int = Field(2_000, ge=100, le=100_000)
+
+    @model_validator(mode="after")
+    def _check(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (self.sasl_username and self.sasl_password):
+            raise ValueError(
+                "LISTINGS_KAFKA_SECURITY_PROTOCOL is SASL_*: set LISTINGS_KAFKA_SASL_USERNAME and _SASL_PASSWORD"
+            )
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError("LISTINGS_KAFKA_HEARTBEAT_INTERVAL_MS must be at most a third of _SESSION_TIMEOUT_MS")
+        return self
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+
+class TopicSettings(_Group):
+    model_config = SettingsConfigDict(env_prefix="LISTINGS_TOPIC_", frozen=True, extra="ignore")
+
+    input: str = "listings.new"
+    classified: str = "listings.classified"
+    tag_updates: str = "listings.tag-updates"
+    review: str = "listings.review"
+    dlq: str = "listings.dlq"
+    feedback: str = "listings.feedback"
+    shadow: str = "listings.shadow"
+    partitions: int = Field(4, ge=1, le=10_000, validation_alias=AliasChoices("LISTINGS_INPUT_PARTITIONS"))
+    replication: int = Field(1, ge=1, le=32, description="replication factor of topics `listings topics` creates")
+
+
+class RedisSettings(_Group):
+    model_config = SettingsConfigDict(env_prefix="LISTINGS_REDIS_", frozen=True, extra="ignore")
+
+    url: str = Field("redis://127.0.0.1:16379/0", pattern=r"^(redis|rediss|unix)://")
+    username: str | None = Field(None, description="ACL user (overrides the URL's)")
+    password: SecretStr | None = Field(None, description="password of the ACL user (overrides the URL's)")
+    ca_file: Path | None = Field(None, description="CA bundle for a rediss:// (TLS) URL")
+    updates_stream: str = Field("listings:updates", validation_alias=AliasChoices("LISTINGS_UPDATES_STREAM"))
+    updates_maxlen: int = Field(100_000, ge=1, validation_alias=AliasChoices("LISTINGS_UPDATES_MAXLEN"))
+
+
+class TritonSettings(_Group):
+    model_config = SettingsConfigDict(env_prefix="LISTINGS_TRITON_", frozen=True, extra="ignore")
+
+    url: str = Field("127.0.0.1:18001", min_length=1, description="gRPC endpoint host:port")
+    timeout_s: float = Field(30.0, gt=0, le=3600)
+    model_name: str = Field("listing_classifier", validation_alias=AliasChoices("LISTINGS_MODEL_NAME"))
+
+
+class WorkerSettings(_Group):
+    model_config = SettingsConfigDict(env_prefix="LISTINGS_", frozen=True, extra="ignore")
+
+    group_id: str = Field("listing-classifier", min_length=1)
+    max_batch: int = Field(64, ge=1, le=4096)
+    max_wait_ms: int = Field(50, ge=0, le=60_000)
+    max_in_flight: int = Field(4, ge=1, le=256)
+    review_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    retry_max_backoff_s: float = Field(5.0, gt=0, le=600)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9108, ge=0, le=65535)
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    # /healthz fails when the pipeline holds work but has made no progress for this long
+    stall_timeout_s: float = Field(120.0, gt=0)
+
+
+class BackfillSettings(_Group):
+    model_config = SettingsConfigDict(env_prefix="LISTINGS_BACKFILL_", frozen=True, extra="ignore")
+
+    max_batch: int = Field(64, ge=1, le=4096, description="events per backfill request (smaller = live waits less)")
+
+
+class Settings(BaseModel):
+    """Every runtime setting, by concern."""
+
+    model_config = {"frozen": True}
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    triton: TritonSettings = Field(default_factory=TritonSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    backfill: BackfillSettings = Field(default_factory=BackfillSettings)
+
+    def replace(self, **groups: dict[str, Any]) -> Settings:
+        """A copy with some fields of some groups changed: `s.replace(topics={"input": "x"})`."""
+        update = {name: getattr(self, name).model_copy(update=fields) for name, fields in groups.items()}
+        return self.model_copy(update=update)
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as `LISTINGS_*` variables (secrets included), for a child process."""
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            group = getattr(self, name)
+            for field in type(group).model_fields:
+                value = getattr(group, field)
+                if value is None:
+                    continue
+                if isinstance(value, SecretStr):
+                    value = value.get_secret_value()
+                elif isinstance(value, bool):
+                    value = "true" if value else "false"
+                env[env_name(type(group), field)] = str(value)
+        return env
+
+
+GROUPS: dict[str, type[_Group]] = {
+    name: info.default_factory  # type: ignore[misc]
+    for name, info in Settings.model_fields.items()
+}
+
+
+def describe_error(group: type[BaseSettings], exc: ValidationError) -> str:
+    """One line per bad value: `LISTINGS_MAX_BATCH='abc': Input should be a valid integer`."""
+    lines = []
+    for err in exc.errors():
+        loc = err.get("loc") or ()
+        if loc and isinstance(loc[0], str) and loc[0] in group.model_fields:
+            var = env_name(group, loc[0])
+        elif loc:
+            var = str(loc[0]).upper()
+        else:
+            var = group.__name__
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if loc and "input" in err and not isinstance(err["input"], dict):
+            shown = "<secret>" if "PASSWORD" in var else repr(err["input"])
+            lines.append(f"{var}={shown}: {msg}")
+        else:
+            lines.append(msg if msg.startswith("LISTINGS_") else f"{var}: {msg}")
+    return "; ".join(lines)
+
+
+def read(cls: type[S]) -> S:
+    """One settings class from the environment; raises `SettingsError` naming each bad variable."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        raise SettingsError(describe_error(cls, exc)) from None
+
+
+def load() -> Settings:
+    """Every runtime group from the environment; raises `SettingsError` naming each bad variable."""
+    values: dict[str, BaseSettings] = {}
+    problems: list[str] = []
+    for name, group in GROUPS.items():
+        try:
+            values[name] = read(group)
+        except SettingsError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise SettingsError("; ".join(problems))
+    return Settings(**values)

@@ -1,0 +1,89 @@
+"""Test-only helpers: build events, read what the worker wrote to Kafka and Redis, ask Triton directly,
+and wait for a condition (failing the test with `AssertionError`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+
+from stream import connections, keys
+from stream.classify.triton_client import text_inputs
+from stream.config import Settings
+from stream.retry import poll
+
+
+def listing(item_id: str, title: str, **fields: Any) -> tuple[bytes, bytes]:
+    return item_id.encode(), orjson.dumps({"item_id": item_id, "title": title, **fields})
+
+
+def read_topic(settings: Settings, topic: str, timeout_s: float = 5.0, expected: int = 0) -> list[Any]:
+    """Every record of the topic from the beginning: stops after `timeout_s` without new ones, or, when
+    `expected` is given, once that many arrived (waiting up to six idle periods for them)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        topic,
+        **connections.kafka(settings.kafka),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        consumer_timeout_ms=int(timeout_s * 1000),
+    )
+    out: list[Any] = []
+    try:
+        for _ in range(6 if expected else 1):
+            out.extend(consumer)
+            if len(out) >= expected:
+                break
+    finally:
+        consumer.close()
+    return out
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, on_fail: Callable[[], str] = lambda: "") -> None:
+    try:
+        poll(cond, timeout, what, detail=on_fail)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
+
+
+def direct_results(settings: Settings, titles: list[str], **columns: list[str]) -> list[dict[str, Any]]:
+    """The RESULT Triton gives each title when asked directly (no Kafka, no worker): the expected result."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(settings.triton.url)
+    try:
+        res = client.infer(
+            settings.triton.model_name,
+            text_inputs(grpcclient, TITLE=titles, **columns),
+            outputs=[grpcclient.InferRequestedOutput("RESULT")],
+        )
+    finally:
+        client.close()
+    return [orjson.loads(r) for r in res.as_numpy("RESULT").reshape(-1)]
+
+
+def direct_categories(settings: Settings, titles: list[str]) -> list[str]:
+    """The category id Triton gives each title when asked directly."""
+    return [r["category"]["id"] for r in direct_results(settings, titles)]
+
+
+def result_fields(h: dict[str, str]) -> dict[str, str]:
+    """A stored result without its delivery bookkeeping (`outputs_pending` flips to 0 once a redelivery has
+    re-sent the outputs of a result whose first run died before Kafka acknowledged them)."""
+    return {k: v for k, v in h.items() if k != "outputs_pending"}
+
+
+def redis_items(settings: Settings, item_ids: Iterable[str]) -> dict[str, dict[str, str]]:
+    r = connections.redis_sync(settings.redis, decode_responses=True)
+    try:
+        pipe = r.pipeline(transaction=False)
+        ids = list(item_ids)
+        for iid in ids:
+            pipe.hgetall(keys.listing(iid))
+        res = pipe.execute()
+    finally:
+        r.close()
+    return {iid: h for iid, h in zip(ids, res, strict=True) if h}

@@ -1,0 +1,1 @@
+"""Developer tooling: the embedded local stack (Kafka, Redis, Triton without Docker), the demo, the benchmark."""
