@@ -13,6 +13,18 @@ from stream.classify.triton_client import text_inputs
 from stream.config import Settings
 from stream.retry import poll
 
+# real-looking titles of different categories, for tests that need a few listings
+TITLES = [
+    "Silicone back cover for Samsung Galaxy J7",
+    "Peter England Men Party Blue Jeans",
+    "Prestige stainless steel pressure cooker 3 L",
+    "Nike Women Pink Running Shoes",
+    "Cotton printed double bedsheet with 2 pillow covers",
+    "Sonata analog watch for men",
+    "Lakme eyeconic kajal 0.35 g",
+    "HP 15 inch laptop backpack black",
+]
+
 
 def listing(item_id: str, title: str, **fields: Any) -> tuple[bytes, bytes]:
     return item_id.encode(), orjson.dumps({"item_id": item_id, "title": title, **fields})

@@ -17,17 +17,9 @@ from devtools.workers import WorkerProcess, isolated, produce_raw, wait_group_st
 from stream import connections, keys
 from stream.backfill import BackfillOptions, backfill, default_group
 from stream.config import Settings
-from support import listing, read_topic, redis_items, result_fields, wait_for
+from support import TITLES, listing, read_topic, redis_items, result_fields, wait_for
 
 pytestmark = pytest.mark.stack
-
-TITLES = [
-    "Silicone back cover for Samsung Galaxy J7",
-    "Peter England Men Party Blue Jeans",
-    "Prestige stainless steel pressure cooker 3 L",
-    "Nike Women Pink Running Shoes",
-    "Cotton printed double bedsheet with 2 pillow covers",
-]
 
 
 def _opts(**options) -> BackfillOptions:

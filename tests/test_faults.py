@@ -16,20 +16,9 @@ import pytest
 
 from devtools.workers import WorkerProcess, isolated, produce_raw, wait_group_stable
 from stream.config import Settings
-from support import direct_categories, listing, read_topic, redis_items, wait_for
+from support import TITLES, direct_categories, listing, read_topic, redis_items, wait_for
 
 pytestmark = pytest.mark.stack
-
-TITLES = [
-    "Silicone back cover for Samsung Galaxy J7",
-    "Peter England Men Party Blue Jeans",
-    "Prestige stainless steel pressure cooker 3 L",
-    "Nike Women Pink Running Shoes",
-    "Cotton printed double bedsheet with 2 pillow covers",
-    "Sonata analog watch for men",
-    "Lakme eyeconic kajal 0.35 g",
-    "HP 15 inch laptop backpack black",
-]
 
 
 @pytest.fixture(scope="module")
