@@ -5,98 +5,168 @@ from __future__ import annotations
 import json
 import threading
 import urllib.request
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from training import data, export, serving, tags, taxonomy
+from training import corpus, dataset, export, serving, tags, train
 from training.artifact import REQUIRED
 from training.config import MODEL_NAME, REPO, SERVING_DIR, TrainingSettings
+from training.taxonomy import Taxonomy
 
 DATA_DIR = TrainingSettings().data_dir
 PHONE_CASES = ["Spigen Back Cover for Apple iPhone 6", "Kasemantra Back Cover for Samsung Galaxy J7"]
 
 
 @pytest.fixture(scope="module")
-def prepared() -> data.Prepared:
-    return data.prepare(DATA_DIR, seed=13)
+def prepared() -> corpus.Corpus:
+    """The default catalogue as training sees it (no training here: data, split and taxonomy only)."""
+    return train.load_corpus(train.options(train.default_data(DATA_DIR)))
 
 
 # --- data, taxonomy, split ------------------------------------------------------------------------------
 
 
-def test_no_title_in_two_splits(prepared: data.Prepared) -> None:
+def test_no_title_in_two_splits(prepared: corpus.Corpus) -> None:
     for groups in (prepared.categories, prepared.tags):
         keys = {name: {e.key for e in examples} for name, examples in groups.items()}
         names = list(keys)
         for i, a in enumerate(names):
             for b in names[i + 1 :]:
                 assert not keys[a] & keys[b], (a, b)
-    # the split is a function of the title alone, so it agrees across the two data sets
-    cat_dev = {e.key for e in prepared.categories["dev"]}
-    assert not cat_dev & {e.key for e in prepared.tags["train"]}
-    # de-duplicated: one example per title
+    # the split is a function of the title alone, so it agrees across the two files
+    assert not {e.key for e in prepared.categories["test"]} & {e.key for e in prepared.tags["train"]}
     for groups in (prepared.categories, prepared.tags):
         all_keys = [e.key for examples in groups.values() for e in examples]
-        assert len(all_keys) == len(set(all_keys))
+        assert len(all_keys) == len(set(all_keys))  # de-duplicated: one example per title
 
 
-def test_split_is_seeded_and_proportional(prepared: data.Prepared) -> None:
+def test_split_is_seeded_and_proportional(prepared: corpus.Corpus) -> None:
     n = sum(len(v) for v in prepared.categories.values())
-    assert 0.12 < len(prepared.categories["dev"]) / n < 0.18
+    assert 0.12 < len(prepared.categories["test"]) / n < 0.18
+    assert 0.08 < len(prepared.categories["dev"]) / n < 0.12
     keys = [e.key for e in prepared.categories["train"][:500]]
-    again = [data.split_of(k, 13, data.FLIPKART_SPLITS) for k in keys]
-    assert set(again) == {"train"}
-    other_seed = [data.split_of(k, 14, data.FLIPKART_SPLITS) for k in keys]
-    assert "dev" in other_seed
+    assert {corpus.split_of(k, 13) for k in keys} == {"train"}
+    assert "test" in {corpus.split_of(k, 14) for k in keys}
 
 
-def test_tiny_class_policy_merges_into_parent_then_other() -> None:
-    paths = (
-        [("A", "B", "C")] * 5  # big enough: stays a class
-        + [("A", "B", "D")] * 2  # tiny: merged into A > B
-        + [("A", "B", "E")] * 1
-        + [("A", "F", "G")] * 1  # tiny, and so is A > F: merged into A
-        + [("A",)] * 2
-        + [("X", "Y", "Z")] * 1  # tiny all the way up: Other
-        + [("W",)] * 1
-    )
-    tax = taxonomy.build(paths, min_count=3)
-    cls = {p: tax.classes[tax.index(p)] for p in set(paths)}
-    assert cls[("A", "B", "C")] == ("A", "B", "C")
-    assert cls[("A", "B", "D")] == cls[("A", "B", "E")] == ("A", "B")
-    assert cls[("A", "F", "G")] == ("A",)
-    assert cls[("X", "Y", "Z")] == cls[("W",)] == taxonomy.OTHER
-    assert set(tax.classes) == {("A", "B", "C"), ("A", "B"), ("A",), taxonomy.OTHER}
-
-
-def test_real_taxonomy_classes_are_big_enough_and_ids_stable(prepared: data.Prepared) -> None:
+def test_every_training_leaf_is_a_class(prepared: corpus.Corpus) -> None:
     tax = prepared.taxonomy
-    counts = np.bincount([e.label for v in prepared.categories.values() for e in v], minlength=len(tax.classes))
-    small = [tax.classes[i] for i, c in enumerate(counts) if c < tax.min_count and tax.classes[i] != taxonomy.OTHER]
-    assert not small
-    assert all(len(p) <= 3 for p in tax.classes)
+    train_paths = {e.path for e in prepared.categories["train"]}
+    assert set(tax.classes) == train_paths  # nothing merged away, however rare
+    assert sum(n < 15 for n in tax.counts) > 500  # the long tail is there
     js = tax.to_json()["categories"]
     assert len({c["id"] for c in js}) == len(js)
     phone = next(c for c in js if c["path"] == ["Mobiles & Accessories", "Tablet Accessories", "Cases & Covers"])
     assert phone["id"] == "mobiles-and-accessories.tablet-accessories.cases-and-covers"
     assert phone["name"] == "Cases & Covers"
+    assert tax.head_levels == [1, 2]
 
 
-def test_tag_vocabulary(prepared: data.Prepared) -> None:
-    row = {"gender": "Men", "baseColour": "Navy Blue", "season": "Summer", "usage": "Smart Casual"}
-    assert tags.row_tags(row) == ["gender:men", "colour:navy-blue", "season:summer", "usage:smart-casual"]
-    assert tags.row_tags({"gender": "Women", "baseColour": "", "season": " ", "usage": "Casual"}) == [
-        "gender:women",
-        "usage:casual",
-    ]
-    assert tags.vocabulary([["a:x", "b:y"], ["a:x"], ["a:x", "a:x"]], min_count=2) == ["a:x"]
+def test_taxonomy_of_any_depth_and_unique_ids() -> None:
+    tax = Taxonomy.build([("A", "B", "C", "D"), ("A", "B"), ("A", "B", "C", "D"), ("Men & Boys",), ("Men and Boys",)])
+    assert tax.depth == 4 and tax.head_levels == [1, 2, 3]
+    assert tax.counts[tax.index(("A", "B", "C", "D"))] == 2
+    ids = tax.ids()
+    assert len(set(ids)) == len(ids) and any("~" in i for i in ids)  # both slug to men-and-boys: disambiguated
+    assert tax.level_nodes(3) == [("A", "B"), ("A", "B", "C"), ("Men & Boys",), ("Men and Boys",)]
+
+
+def test_tag_vocabulary(prepared: corpus.Corpus) -> None:
+    assert dataset.tag_name("Gender: Men") == "gender:men" and dataset.tag_name("organic") == "tag:organic"
     names = prepared.tag_names
     assert names == sorted(names)
     assert {"gender:men", "gender:women", "colour:navy-blue", "season:summer", "usage:casual"} <= set(names)
-    assert {n.split(":")[0] for n in names} == {"gender", "colour", "season", "usage"}
-    assert "colour:fluorescent-green" not in names  # 5 rows: under the vocabulary's minimum
+    assert set(prepared.groups) == {"gender", "colour", "season", "usage"}
+    assert "colour:fluorescent-green" not in names  # on too few titles
+
+
+def test_tags_apply_where_the_data_has_them() -> None:
+    """Same-file tags: a group applies to the top levels whose titles carry it."""
+    rows = []
+    for i in range(40):
+        rows.append(
+            dataset.Row(
+                "f", f"shirt {i}", path=("Clothing", "Shirts"), tags=("gender:men",), tag_groups=frozenset({"gender"})
+            )
+        )
+        rows.append(dataset.Row("f", f"toner {i}", path=("Office", "Toner")))
+        rows.append(
+            dataset.Row(
+                "f",
+                f"apple {i}",
+                path=("Food", "Fruit"),
+                tags=("tag:organic",) if i % 10 == 0 else (),
+                tag_groups=frozenset({"tag"}) if i % 10 == 0 else frozenset(),
+            )
+        )
+    c = corpus.build(rows, None, [], lambda r: r.title, seed=1)
+    c.tag_names, c.groups = ["gender:men", "tag:organic"], ["gender", "tag"]
+    applies = tags.applicability(c, lin=None)
+    assert applies["gender"] == ["Clothing"]
+    assert applies["tag"] == ["Food"]  # sparse, but only where it occurs
+
+
+def test_bad_training_files_get_one_clear_error(tmp_path: Path) -> None:
+    cols = dataset.Columns(title="t", category="c")
+
+    def err(name: str, text: str, columns: dataset.Columns = cols) -> str:
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(dataset.DataError) as exc:
+            dataset.read(dataset.Source(path, columns), categories=True)
+        return str(exc.value)
+
+    assert "no column 'c'" in err("a.csv", "t,x\nphone,1\n")
+    assert "has no rows" in err("b.csv", "t,c\n")
+    msg = err("c.csv", "t,c\nphone,A > B\ncase,  \n")
+    assert "c.csv, row 3, column 'c'" in msg and "blank" in msg
+    split_cols = dataset.Columns(title="t", category="c", split="s")
+    msg = err("d.csv", "t,c,s\nphone,A,train\ncase,B,validation\n", split_cols)
+    assert "row 3, column 's'" in msg and "validation" in msg
+    assert "line 2: not JSON" in err("e.jsonl", '{"t": "x", "c": "A"}\n{oops\n')
+    with pytest.raises(dataset.DataError, match="no such file"):
+        dataset.read(dataset.Source(tmp_path / "nope.csv", cols), categories=True)
+
+
+def test_reads_csv_jsonl_and_parquet_with_any_depth_and_given_split(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = [
+        {
+            "name": "Steel water bottle 1 L",
+            "cat": "Home/Kitchen/Bottles/Steel",
+            "desc": "keeps cold",
+            "labels": ["material:steel"],
+            "part": "train",
+        },
+        {"name": "Cotton tee", "cat": "Clothing/Tops", "desc": "", "labels": [], "part": "test"},
+    ]
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "x.parquet")
+    (tmp_path / "x.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    cols = dataset.Columns(title="name", category="cat", separator="/", description="desc", tags="labels", split="part")
+    for name in ("x.parquet", "x.jsonl"):
+        rows = dataset.read(dataset.Source(tmp_path / name, cols), categories=True)
+        assert [r.path for r in rows] == [("Home", "Kitchen", "Bottles", "Steel"), ("Clothing", "Tops")]
+        assert rows[0].tags == ("material:steel",) and rows[0].description == "keeps cold"
+        assert [r.split for r in rows] == ["train", "test"]
+    (tmp_path / "x.csv").write_text('name,cat,labels\nTee,Clothing/Tops,"gender:men|colour:Navy Blue"\n')
+    [row] = dataset.read(
+        dataset.Source(tmp_path / "x.csv", dataset.Columns("name", "cat", "/", tags="labels")), categories=True
+    )
+    assert row.tags == ("gender:men", "colour:navy-blue") and row.tag_groups == {"gender", "colour"}
+
+
+def test_train_cli_reports_a_bad_file_in_one_line(tmp_path: Path, capsys) -> None:
+    from stream.cli import main
+
+    (tmp_path / "bad.csv").write_text("title,category\nphone case,\n")
+    rc = main(["train", "--data", str(tmp_path / "bad.csv"), "--no-export"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "bad.csv, row 2, column 'category'" in err
 
 
 def test_gpu_config_is_the_cpu_config_on_gpu() -> None:
@@ -121,7 +191,7 @@ def test_export_numbers_versions(tmp_path: Path) -> None:
     model = repo / MODEL_NAME
     assert (model / "config.pbtxt").exists()
     assert sorted(p.name for p in model.iterdir() if p.is_dir()) == ["1", "2"]
-    assert (model / "2" / "model.py").exists() and (model / "2" / "network.py").exists()
+    assert (model / "2" / "model.py").exists() and (model / "2" / "classifier.py").exists()
 
 
 # --- the real Triton model --------------------------------------------------------------------------------
@@ -152,15 +222,14 @@ def _stats(local) -> dict:
 
 
 @pytest.mark.stack
-def test_triton_matches_training_predictions_on_dev_titles(local, prepared: data.Prepared) -> None:
+def test_triton_matches_the_training_code_on_real_titles(local, prepared: corpus.Corpus) -> None:
+    """The served answer (Triton, its default engine) is the training code's answer on the served files."""
     import tritonclient.grpc as grpcclient
 
-    Predictor = serving.network().Predictor
-
     version_dir = _served_version(local)
-    predictor = Predictor(version_dir)  # the training code's own predictor, on the served files
-    dev = prepared.categories["dev"][:96]
-    titles = [e.text for e in dev] + PHONE_CASES
+    ours = serving.classifier().Classifier(version_dir)  # the code training scores with, on the served files
+    test = prepared.categories["test"][:96]
+    titles = [e.text for e in test] + PHONE_CASES
     client = grpcclient.InferenceServerClient(local.triton_grpc)
     assert client.is_model_ready(MODEL_NAME)
     res = _infer(client, titles)
@@ -168,29 +237,61 @@ def test_triton_matches_training_predictions_on_dev_titles(local, prepared: data
     ids, scores = res.as_numpy("CATEGORY_IDS"), res.as_numpy("CATEGORY_SCORES")
     tag_scores = res.as_numpy("TAG_SCORES")
     assert ids.shape == (len(titles), 5) and ids.dtype == np.int32 and scores.dtype == np.float32
-    want_cat, want_tags = predictor.predict(titles)
-    assert (ids[:, 0] == want_cat.argmax(1)).all()
-    np.testing.assert_allclose(scores[:, 0], want_cat.max(1), atol=1e-4)
-    np.testing.assert_allclose(tag_scores, want_tags, atol=1e-4)
+    want = ours.score(titles)
+    assert (ids[:, 0] == want.probs.argmax(1)).all()
+    np.testing.assert_allclose(scores[:, 0], want.probs.max(1), atol=1e-4)
+    np.testing.assert_allclose(tag_scores, want.tags, atol=1e-4)
     assert (np.diff(scores, axis=1) <= 1e-7).all()  # best first
 
     results = [json.loads(r[0]) for r in res.as_numpy("RESULT")]
-    cats = predictor.labels["categories"]
+    cats = ours.labels["categories"]
     for row, result in zip(ids, results, strict=True):
         top = cats[int(row[0])]
         assert result["category"] == {"id": top["id"], "name": top["name"], "path": top["path"]}
         assert [a["id"] for a in result["alternatives"]] == [cats[int(i)]["id"] for i in row[1:]]
         tag_list = [t["score"] for t in result["tags"]]
         assert tag_list == sorted(tag_list, reverse=True)
-    # sensible categories: the quick model already gets most top levels of unseen dev titles right
-    top_level_hits = np.mean([r["category"]["path"][0] == e.raw_path[0] for r, e in zip(results, dev, strict=False)])
+        # hierarchy: each level's confidence is at least the next one's; depth cuts where it drops under the bar
+        levels = result["level_confidence"]
+        assert len(levels) == len(top["path"]) and all(a >= b - 1e-4 for a, b in pairwise(levels))
+        assert result["depth"] == sum(p >= ours.meta["depth_threshold"] for p in levels)
+        assert levels[-1] == pytest.approx(result["confidence"], abs=1e-4)
+    # sensible categories: the quick model already gets most top levels of unseen test titles right
+    top_level_hits = np.mean([r["category"]["path"][0] == e.path[0] for r, e in zip(results, test, strict=False)])
     assert top_level_hits > 0.6, top_level_hits
     for phone in results[-len(PHONE_CASES) :]:
         assert phone["category"]["path"][0] == "Mobiles & Accessories", phone
+        assert not any(t["tag"].startswith(("gender:", "season:", "usage:")) for t in phone["tags"]), phone
 
 
 @pytest.mark.stack
-def test_concurrent_requests_are_batched(local, prepared: data.Prepared) -> None:
+def test_every_engine_agrees_with_torch_through_triton(local, prepared: corpus.Corpus) -> None:
+    """The ONNX engines, served by the real Triton, give the PyTorch fp32 answer on real titles."""
+    import tritonclient.grpc as grpcclient
+
+    from devtools.stack import triton
+
+    version_dir = _served_version(local)
+    titles = [e.text for e in prepared.categories["test"][:200]]
+    torch_top = serving.classifier().Classifier(version_dir, engine="torch").score(titles).probs.argmax(1)
+    config = local.model_repository / MODEL_NAME / "config.pbtxt"
+    original = config.read_text()
+    client = grpcclient.InferenceServerClient(local.triton_grpc)
+    try:
+        for engine in ("onnx", "onnx-int8"):
+            config.write_text(original.replace('string_value: "auto"', f'string_value: "{engine}"'))
+            triton.load_model(local, MODEL_NAME)
+            got = np.array([json.loads(r[0])["category"]["id"] for r in _infer(client, titles).as_numpy("RESULT")])
+            ids = np.array([c["id"] for c in json.loads((version_dir / "labels.json").read_text())["categories"]])
+            agreement = float(np.mean(got == ids[torch_top]))
+            assert agreement >= 0.99, (engine, agreement)
+    finally:
+        config.write_text(original)
+        triton.load_model(local, MODEL_NAME)
+
+
+@pytest.mark.stack
+def test_concurrent_requests_are_batched(local, prepared: corpus.Corpus) -> None:
     import tritonclient.grpc as grpcclient
 
     titles = [e.text for e in prepared.categories["dev"][:64]]
@@ -260,3 +361,23 @@ def test_bad_input_gets_a_clear_error_or_a_defined_result(local) -> None:
     assert client.is_model_ready(MODEL_NAME)
     ok = _infer(client, PHONE_CASES, brands=["Spigen", "Kasemantra"], priority=2)
     assert ok.as_numpy("RESULT").shape == (2, 1)
+
+
+def test_served_linear_part_computes_what_scikit_learn_computes(tmp_path: Path, prepared: corpus.Corpus) -> None:
+    """linear.npz (no pickle) read by the serving code gives scikit-learn's features and scores."""
+    from training import linear
+
+    train_rows = prepared.categories["train"][:1500]
+    labels = [i % 7 for i in range(len(train_rows))]
+    tag_y = np.array([[i % 2, (i // 2) % 2] for i in range(len(train_rows))])
+    texts = [e.text for e in train_rows]
+    model = linear.fit(texts, labels, 7, texts, tag_y)
+    probe = [e.text for e in prepared.categories["test"][:300]] + ["  Ünïcödé   títle,, 3-in-1 ", "x"]
+    info = linear.save(model, tmp_path / "linear.npz", probe)
+    served = serving.classifier().Linear(tmp_path / "linear.npz")
+    np.testing.assert_allclose(served.features(probe).toarray(), model.transform(probe).toarray(), atol=1e-6)
+    cats, tag_scores = served(probe)
+    if info["prune_cutoff"] == 0:
+        np.testing.assert_allclose(cats, model.category_scores(probe), atol=1e-4)
+    assert np.mean(cats.argmax(1) == model.category_scores(probe).argmax(1)) >= linear.MIN_PRUNE_AGREEMENT - 0.01
+    assert tag_scores is not None and tag_scores.shape == (len(probe), 2)

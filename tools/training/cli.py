@@ -1,54 +1,156 @@
-"""`listings train`: fine-tune the classifier (or reuse the cached run), print its metrics next to the
-baseline's, and export it as a new Triton model version."""
+"""`listings train`: fine-tune the classifier on a catalogue (or reuse the cached run), print the report next to
+the baseline's, and export it as a new Triton model version.
+
+Without `--data` it trains the example catalogue (Flipkart categories + Myntra tags from `LISTINGS_DATA_DIR`).
+With `--data FILE` (CSV, JSONL or Parquet) it trains yours: name the columns with the options below."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from stream.config import Settings
-from training.config import TrainingSettings
-from training.train import DEFAULTS, TrainOptions, format_metrics
+from training import dataset
+from training.train import DEFAULTS, DataSpec, TrainOptions, default_data, options
 
-HELP = "fine-tune the classifier and export a new Triton model version"
+HELP = "fine-tune the classifier on a catalogue and export a new Triton model version"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="small subset, 1 epoch (tests, smoke runs)")
-    parser.add_argument(
-        "--epochs", type=int, help=f"passes over the category training split (default {DEFAULTS['epochs']})"
+    data = parser.add_argument_group("data (default: the example catalogue in LISTINGS_DATA_DIR)")
+    data.add_argument("--data", type=Path, help="labelled listings: CSV, JSONL or Parquet")
+    data.add_argument("--title-column", default="title")
+    data.add_argument("--category-column", default="category", help="the category path (any depth)")
+    data.add_argument("--category-separator", default=">", help="between path levels (default '>')")
+    data.add_argument("--description-column", help="optional description text (used when present)")
+    data.add_argument("--brand-column", help="optional brand")
+    data.add_argument(
+        "--tags-column", help="a list of tags (JSON list, Parquet list, or text split on --tags-separator)"
     )
-    parser.add_argument("--max-len", type=int, help=f"tokens per title (default {DEFAULTS['max_len']})")
-    parser.add_argument("--batch-size", type=int, help=f"rows per step (default {DEFAULTS['batch_size']})")
-    parser.add_argument("--seed", type=int, help=f"split, sampling and init seed (default {DEFAULTS['seed']})")
-    parser.add_argument(
-        "--tags-per-epoch", type=int, help=f"tag rows mixed into each epoch (default {DEFAULTS['tags_per_epoch']})"
+    data.add_argument("--tags-separator", default="|")
+    data.add_argument(
+        "--tag-group",
+        action="append",
+        default=[],
+        metavar="GROUP=COLUMN",
+        help="a column holding one value of a tag group, e.g. gender=gender (repeatable)",
     )
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--force", action="store_true", help="retrain even when a cached artifact exists")
-    parser.add_argument("--no-export", action="store_true", help="train (or reuse) only; export no model version")
-    parser.add_argument("--output-repo", type=Path, help="model repository to export into (default: settings)")
-    parser.add_argument("--gpu-config", type=Path, help="also write the GPU variant of config.pbtxt to this path")
+    data.add_argument("--split-column", help="train/dev/test per row (else a seeded split by title)")
+    data.add_argument("--skip-blank-categories", action="store_true", help="drop rows whose category path is blank")
+    data.add_argument(
+        "--tags-data", type=Path, help="a second file with tags only (then --tags-column/--tag-group apply to it)"
+    )
+    data.add_argument("--tags-title-column", help="title column of --tags-data (default: --title-column)")
+    data.add_argument(
+        "--extra-data",
+        type=Path,
+        action="append",
+        default=[],
+        help="more labelled rows as `listings feedback export` writes them (title, category, tags); repeatable",
+    )
+    run_ = parser.add_argument_group("training")
+    run_.add_argument("--quick", action="store_true", help="small subset, 1 epoch (tests, smoke runs)")
+    run_.add_argument("--epochs", type=int, help=f"passes over the training split (default {DEFAULTS['epochs']})")
+    run_.add_argument("--max-len", type=int, help="tokens per listing (default 40; 96 with descriptions)")
+    run_.add_argument("--batch-size", type=int, help=f"rows per step (default {DEFAULTS['batch_size']})")
+    run_.add_argument("--seed", type=int, help=f"split, sampling and init seed (default {DEFAULTS['seed']})")
+    run_.add_argument(
+        "--tags-per-epoch", type=int, help=f"tag-file rows mixed into each epoch (default {DEFAULTS['tags_per_epoch']})"
+    )
+    run_.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when there is one)")
+    run_.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    run_.add_argument("--force", action="store_true", help="retrain even when a cached artifact exists")
+    out = parser.add_argument_group("export")
+    out.add_argument("--no-export", action="store_true", help="train (or reuse) only; export no model version")
+    out.add_argument("--output-repo", type=Path, help="model repository to export into (default: settings)")
+    out.add_argument("--gpu-config", type=Path, help="also write the GPU variant of config.pbtxt to this path")
 
 
-def options_from(args: argparse.Namespace) -> TrainOptions:
-    return TrainOptions.defaults(
+def _groups(pairs: list[str]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for pair in pairs:
+        group, sep, column = pair.partition("=")
+        if not sep or not group.strip() or not column.strip():
+            raise dataset.DataError(f"--tag-group takes GROUP=COLUMN, got {pair!r}")
+        out.append((group.strip(), column.strip()))
+    return tuple(out)
+
+
+# the columns of `listings feedback export`, which `--extra-data` files have
+EXTRA_COLUMNS = dataset.Columns(title="title", category="category", separator=">", tags="tags", tags_separator="|")
+
+
+def data_spec(args: argparse.Namespace, data_dir: Path) -> DataSpec:
+    extra = tuple(dataset.Source(p, EXTRA_COLUMNS) for p in args.extra_data)
+    if args.data is None:
+        default = default_data(data_dir)
+        return DataSpec(default.categories, default.tags, extra)
+    groups = _groups(args.tag_group)
+    tags_here = args.tags_data is None
+    cols = dataset.Columns(
+        title=args.title_column,
+        category=args.category_column,
+        separator=args.category_separator,
+        description=args.description_column,
+        brand=args.brand_column,
+        tags=args.tags_column if tags_here else None,
+        tags_separator=args.tags_separator,
+        tag_groups=groups if tags_here else (),
+        split=args.split_column,
+        skip_blank_category=args.skip_blank_categories,
+    )
+    tags_source = None
+    if args.tags_data is not None:
+        tags_source = dataset.Source(
+            args.tags_data,
+            dataset.Columns(
+                title=args.tags_title_column or args.title_column,
+                category=None,
+                tags=args.tags_column,
+                tags_separator=args.tags_separator,
+                tag_groups=groups,
+            ),
+        )
+    return DataSpec(dataset.Source(args.data, cols), tags_source, extra)
+
+
+def resolve_device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def options_from(args: argparse.Namespace, data_dir: Path) -> TrainOptions:
+    return options(
+        data_spec(args, data_dir),
         args.quick,
         epochs=args.epochs,
         max_len=args.max_len,
         batch_size=args.batch_size,
         seed=args.seed,
         tags_per_epoch=args.tags_per_epoch,
+        device=resolve_device(args.device),
     )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from training import export, train
+    from stream.config import read
+    from training import export, report, train
+    from training.config import TrainingSettings
 
-    ts = TrainingSettings()
-    path = train.train_or_reuse(ts, options_from(args), force=args.force, threads=args.threads)
-    print(format_metrics(json.loads((path / "metrics.json").read_text())))
+    ts = read(TrainingSettings)
+    try:
+        opts = options_from(args, ts.data_dir)
+        path = train.train_or_reuse(ts, opts, force=args.force, threads=args.threads)
+    except dataset.DataError as exc:
+        print(f"listings train: {exc}", file=sys.stderr)
+        return 2
+    print(report.format_metrics(json.loads((path / "metrics.json").read_text())))
+    print(f"report: {path / 'metrics.json'}, {path / 'report.png'}")
     if args.gpu_config:
         export.write_gpu_config(args.gpu_config)
         print(f"wrote GPU config {args.gpu_config}")

@@ -7,11 +7,8 @@ import shutil
 import time
 from pathlib import Path
 
-from training.artifact import REQUIRED
+from training.artifact import OPTIONAL, REQUIRED
 from training.config import MODEL_NAME, SERVING_DIR
-
-# the serving code, copied from the model repository's source into each version
-SERVING_FILES = ["model.py", "network.py"]
 
 
 def versions(repo: Path, name: str = MODEL_NAME) -> list[int]:
@@ -44,11 +41,11 @@ def export(artifact: Path, repo: Path, name: str = MODEL_NAME) -> int:
     tmp = model_dir / f".export-{version}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    for item in REQUIRED:
+    for item in REQUIRED + OPTIONAL:
         src = Path(artifact) / item
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / item)
-    for item in SERVING_FILES:
-        shutil.copy2(SERVING_DIR / item, tmp / item)
+        if src.exists():
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / item)
+    shutil.copy2(SERVING_DIR / "model.py", tmp / "model.py")
     (tmp / "export.json").write_text(
         json.dumps({"artifact": Path(artifact).name, "version": version, "exported_at": time.time()}, indent=2)
     )

@@ -14,5 +14,5 @@ def ensure_model(settings: TrainingSettings, quick: bool = False, repo: Path | N
     existing = export.versions(repo)
     if existing:
         return existing[-1]
-    artifact = train.train_or_reuse(settings, train.TrainOptions.defaults(quick))
+    artifact = train.train_or_reuse(settings, train.options(train.default_data(settings.data_dir), quick))
     return export.export(artifact, repo)

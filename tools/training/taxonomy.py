@@ -1,76 +1,82 @@
-"""The category taxonomy: Flipkart's first three levels, with a policy for tiny classes.
+"""The category taxonomy: every distinct category path of the training data is a class, at any depth.
 
-Policy: a class (a path of at most three levels) with fewer than `min_count` distinct titles is merged
-into its parent path; merging repeats until every class has enough titles. A top-level node that is
-still too small goes into one `Other` class. A parent node can therefore be a class of its own (it
-holds the titles of its tiny children) next to its large children.
+No class is merged away: a rare leaf stays a class the model can give. Hierarchy-aware serving (see
+`network.py`) reports, with every result, the deepest level whose probability is high enough, so a rare leaf
+the model is unsure of is still served by a confident parent.
+
+Ids are the slugs of the path joined by dots (`mobiles-and-accessories.mobile-accessories.cases-and-covers`);
+two paths that slug alike get a short hash suffix, so ids stay unique and stable for a given taxonomy.
 """
 
 from __future__ import annotations
 
-import re
+import hashlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-OTHER = ("Other",)
-SEP = " > "
+from training.dataset import slug
+
+# auxiliary per-level heads for the first levels of deep taxonomies
+MAX_LEVEL_HEADS = 3
 
 
-def parse_path(raw: str, depth: int = 3) -> tuple[str, ...]:
-    return tuple(p.strip() for p in raw.split(">") if p.strip())[:depth]
-
-
-def slug(text: str) -> str:
-    text = text.lower().replace("&", " and ")
-    return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "x"
-
-
-def category_id(path: tuple[str, ...]) -> str:
-    """Stable, readable id of a class: the slugs of its path joined by dots."""
+def category_id(path: Sequence[str]) -> str:
     return ".".join(slug(p) for p in path)
 
 
 @dataclass(frozen=True)
 class Taxonomy:
-    classes: list[tuple[str, ...]]  # index = class id used by the model
-    mapping: dict[tuple[str, ...], int]  # raw (up to 3-level) path -> class index
-    min_count: int
+    classes: list[tuple[str, ...]]  # index = the model's class id; sorted
+    counts: list[int]  # training titles per class
 
-    def index(self, raw_path: tuple[str, ...]) -> int:
-        return self.mapping[raw_path]
+    @classmethod
+    def build(cls, train_paths: Iterable[tuple[str, ...]]) -> Taxonomy:
+        """A class for every path with a training title. (A dev/test title whose path has none cannot be
+        predicted exactly: metrics compare paths, so it counts as a miss at its leaf, and the report counts it.)"""
+        counts = Counter(train_paths)
+        classes = sorted(counts)
+        return cls(classes, [counts[c] for c in classes])
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {c: i for i, c in enumerate(self.classes)})
+
+    def index(self, path: tuple[str, ...]) -> int:
+        return self._index[path]  # type: ignore[attr-defined]
+
+    @property
+    def depth(self) -> int:
+        return max(len(c) for c in self.classes)
+
+    def level_nodes(self, level: int) -> list[tuple[str, ...]]:
+        """The distinct prefixes of length `level` (a shorter path is its own node at deeper levels)."""
+        return sorted({c[:level] for c in self.classes})
+
+    @property
+    def head_levels(self) -> list[int]:
+        """Levels that get an auxiliary head: 1 .. min(depth - 1, MAX_LEVEL_HEADS)."""
+        return list(range(1, min(self.depth - 1, MAX_LEVEL_HEADS) + 1))
+
+    def ancestors(self, level: int) -> list[int]:
+        """For each class, the index of its level-`level` node in `level_nodes(level)`."""
+        nodes = {n: i for i, n in enumerate(self.level_nodes(level))}
+        return [nodes[c[:level]] for c in self.classes]
+
+    def ids(self) -> list[str]:
+        ids = [category_id(c) for c in self.classes]
+        seen = Counter(ids)
+        return [
+            i if seen[i] == 1 else f"{i}~{hashlib.sha1(' > '.join(c).encode()).hexdigest()[:6]}"
+            for i, c in zip(ids, self.classes, strict=True)
+        ]
 
     def to_json(self) -> dict:
-        ids = [category_id(p) for p in self.classes]
-        if len(set(ids)) != len(ids):
-            raise ValueError("category ids collide after slugging")
         return {
-            "min_count": self.min_count,
+            "depth": self.depth,
+            "head_levels": self.head_levels,
+            "levels": {str(k): [list(n) for n in self.level_nodes(k)] for k in self.head_levels},
             "categories": [
-                {"index": i, "id": cid, "name": path[-1], "path": list(path), "depth": len(path)}
-                for i, (cid, path) in enumerate(zip(ids, self.classes, strict=True))
+                {"index": i, "id": cid, "name": path[-1], "path": list(path), "depth": len(path), "train_count": n}
+                for i, (cid, path, n) in enumerate(zip(self.ids(), self.classes, self.counts, strict=True))
             ],
         }
-
-
-def build(paths: Iterable[tuple[str, ...]], min_count: int) -> Taxonomy:
-    """`paths`: one path per distinct title. Returns the merged taxonomy (see the module's policy)."""
-    counts = Counter(paths)
-    target = {p: p for p in counts}
-    while True:
-        sizes: Counter[tuple[str, ...]] = Counter()
-        for p, n in counts.items():
-            sizes[target[p]] += n
-        tiny = [t for t, n in sizes.items() if n < min_count and t != OTHER]
-        if not tiny:
-            break
-        # bottom-up: merge only the deepest tiny classes, then recount, so a parent is judged with its children
-        depth = max(len(t) for t in tiny)
-        merge = {t for t in tiny if len(t) == depth}
-        for p in counts:
-            t = target[p]
-            if t in merge:
-                target[p] = t[:-1] if len(t) > 1 else OTHER
-    classes = sorted(set(target.values()))
-    index = {c: i for i, c in enumerate(classes)}
-    return Taxonomy(classes, {p: index[t] for p, t in target.items()}, min_count)

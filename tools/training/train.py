@@ -1,62 +1,109 @@
-"""`listings train`: fine-tune MiniLM-L6 with a category head and a tag head, score it next to the
-TF-IDF + LinearSVC baseline on the dev split, and export a new Triton model version.
+"""`listings train`, the run itself: data → corpus → linear part → fine-tuning → fusion → artifact → report.
 
-torch and transformers are imported inside functions so `listings --help` stays fast.
+Everything the report says about "the model" is measured on the test split through the served code
+(`classifier.py`, the engine the version will serve by default), next to the TF-IDF + LinearSVC baseline fitted on
+the same training rows and scored on the same test rows in the same run.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from training import artifact, metrics, serving
-from training import data as data_mod
-from training.config import TrainingSettings
+import numpy as np
 
-DEFAULTS = {"epochs": 10, "max_len": 40, "batch_size": 32, "seed": 13, "tags_per_epoch": 2000}
-QUICK = {"epochs": 1, "category_rows": 3000, "tags_per_epoch": 1000, "dev_rows": 800, "calib_rows": 500}
-LR_ENCODER = 2e-4
-LR_HEADS = 3e-3
-TAG_LOSS_WEIGHT = 0.5
+from training import artifact, corpus, dataset, fusion, linear, serving, tags
+from training.config import SERVING_DIR, TrainingSettings
+
+DEFAULTS = {"epochs": 8, "batch_size": 32, "seed": 13, "tags_per_epoch": 4000, "description_chars": 400}
+MAX_LEN = {"title": 40, "description": 96}  # tokens: titles only / with descriptions
+QUICK = {"epochs": 1, "train_rows": 3000, "eval_rows": 600, "tags_per_epoch": 1000}
+DEPTH_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which files and columns the classifier learns from (default: Flipkart categories + Myntra tags)."""
+
+    categories: dataset.Source
+    tags: dataset.Source | None = None
+    extra: tuple[dataset.Source, ...] = ()
+
+    def files(self) -> list[Path]:
+        return [s.path for s in (self.categories, self.tags, *self.extra) if s is not None]
+
+    def as_dict(self) -> dict:
+        def src(s: dataset.Source | None) -> dict | None:
+            return None if s is None else {"path": str(s.path), "columns": asdict(s.columns)}
+
+        return {"categories": src(self.categories), "tags": src(self.tags), "extra": [src(s) for s in self.extra]}
+
+
+def default_data(data_dir: Path) -> DataSpec:
+    """The example catalogue: Flipkart's first three category levels; Myntra's clean columns as tags."""
+    return DataSpec(
+        categories=dataset.Source(
+            Path(data_dir) / "flipkart_20k.csv",
+            # 172 rows have no l3 category: dropped
+            dataset.Columns(
+                title="product_name", category="l3", separator=">", brand="brand", skip_blank_category=True
+            ),
+        ),
+        tags=dataset.Source(
+            Path(data_dir) / "myntra_styles_44k.csv",
+            dataset.Columns(
+                title="productDisplayName",
+                category=None,
+                tag_groups=(("gender", "gender"), ("colour", "baseColour"), ("season", "season"), ("usage", "usage")),
+            ),
+        ),
+    )
 
 
 @dataclass(frozen=True)
 class TrainOptions:
     """What defines a trained artifact (all of it is part of the cache key)."""
 
+    data: DataSpec
     quick: bool = False
     epochs: int = DEFAULTS["epochs"]
-    max_len: int = DEFAULTS["max_len"]
+    max_len: int = 0  # 0: MAX_LEN by whether the data has descriptions
     batch_size: int = DEFAULTS["batch_size"]
     seed: int = DEFAULTS["seed"]
     tags_per_epoch: int = DEFAULTS["tags_per_epoch"]
-
-    @classmethod
-    def defaults(cls, quick: bool = False, **overrides: int | None) -> TrainOptions:
-        base = {**DEFAULTS, **({"epochs": QUICK["epochs"], "tags_per_epoch": QUICK["tags_per_epoch"]} if quick else {})}
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(quick=quick, **base)
+    description_chars: int = DEFAULTS["description_chars"]
+    device: str = "cpu"
+    extra_fields: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = {k: v for k, v in asdict(self).items() if k not in ("data", "device", "extra_fields")}
+        d["data"] = self.data.as_dict()
+        return d
+
+
+def options(data: DataSpec, quick: bool = False, **overrides: object) -> TrainOptions:
+    base: dict = dict(DEFAULTS)
+    if quick:
+        base.update(epochs=QUICK["epochs"], tags_per_epoch=QUICK["tags_per_epoch"])
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainOptions(data=data, quick=quick, **base)
 
 
 def train_or_reuse(
     settings: TrainingSettings,
-    options: TrainOptions,
+    opts: TrainOptions,
     force: bool = False,
     threads: int = 2,
     echo: Callable[[str], None] = print,
 ) -> Path:
     """The artifact for these data, code and options: from the cache, or trained now and cached."""
-    key = artifact.cache_key(settings.data_dir, options.as_dict())
+    key = artifact.cache_key(opts.data.files(), opts.as_dict())
     path = artifact.cache_path(settings.cache_dir, key)
     with artifact.locked(path):
         if artifact.complete(path) and not force:
@@ -66,7 +113,7 @@ def train_or_reuse(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            train(settings.data_dir, options.as_dict(), tmp, threads, echo)
+            train(opts, tmp, threads, echo)
             shutil.rmtree(path, ignore_errors=True)
             tmp.rename(path)
         finally:
@@ -75,189 +122,166 @@ def train_or_reuse(
     return path
 
 
-def _batches(items: list, batch_size: int, rng: random.Random) -> list[list]:
-    """Shuffle, sort by length inside windows of 50 batches (little padding), shuffle the batches."""
-    items = items[:]
-    rng.shuffle(items)
-    window = batch_size * 50
-    batches = []
-    for start in range(0, len(items), window):
-        chunk = sorted(items[start : start + window], key=lambda it: len(it[0]))
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
+def load_corpus(opts: TrainOptions) -> corpus.Corpus:
+    spec = opts.data
+    cat_rows = dataset.read(spec.categories, categories=True)
+    tag_rows = dataset.read(spec.tags, categories=False) if spec.tags is not None else None
+    extra_rows = [r for s in spec.extra for r in dataset.read(s, categories=True)]
+    has_description = any(r.description for r in cat_rows[:5000])
+    chars = opts.description_chars if has_description else 0
+    compose = serving.classifier().compose_text
+
+    def text(r: dataset.Row) -> str:
+        return compose(r.title, r.brand, r.description, chars)
+
+    c = corpus.build(cat_rows, tag_rows, extra_rows, text, opts.seed)
+    c.stats["description_chars"] = chars
+    if opts.quick:
+        rng = random.Random(opts.seed)
+        for split, n in (("train", QUICK["train_rows"]), ("dev", QUICK["eval_rows"]), ("test", QUICK["eval_rows"])):
+            for group in (c.categories, c.tags):
+                if len(group[split]) > n:
+                    group[split] = rng.sample(group[split], n)
+    return c
 
 
-def _leaf_accuracy(net, ids: list[list[int]], labels: list[int], pad: int, batch: int = 128) -> float:
-    """Dev leaf accuracy of the network being trained (progress report only: nothing is selected on it)."""
+def train(opts: TrainOptions, out: Path, threads: int = 2, echo: Callable[[str], None] = print) -> dict:
+    """Train into `out` (an artifact directory) and return the report's figures."""
     import torch
-
-    net.eval()
-    hits = 0
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    with torch.inference_mode():
-        for start in range(0, len(order), batch):
-            rows = order[start : start + batch]
-            input_ids, mask = serving.network().pad_batch([ids[i] for i in rows], pad)
-            pred = net(input_ids, mask)[0].argmax(-1).tolist()
-            hits += sum(int(p == labels[i]) for p, i in zip(pred, rows, strict=True))
-    net.train()
-    return hits / max(1, len(ids))
-
-
-def _init_biases(net, cat_labels: list[int], tag_labels: list[list[int]]) -> None:
-    """Start both heads at the label priors (log frequencies), so early steps learn text, not base rates."""
-    import torch
-
-    with torch.no_grad():
-        cat_counts = torch.bincount(torch.tensor(cat_labels), minlength=net.category.out_features).float() + 1.0
-        net.category.bias.copy_(torch.log(cat_counts / cat_counts.sum()))
-        pos = torch.tensor(metrics.multi_hot(tag_labels, net.tags.out_features).sum(0), dtype=torch.float) + 1.0
-        prior = pos / (len(tag_labels) + 2.0)
-        net.tags.bias.copy_(torch.log(prior / (1 - prior)))
-
-
-def train(data_dir: Path, options: dict, out: Path, threads: int = 2, echo: Callable[[str], None] = print) -> dict:
-    """Train into `out` (an artifact directory) and return its metrics."""
-    import torch
-    from torch.nn import functional as F
-    from tqdm import tqdm
-    from transformers import AutoTokenizer
-
-    from training import baseline
-
-    network = serving.network()
 
     t_start = time.perf_counter()
     torch.set_num_threads(threads)
-    seed = options["seed"]
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
-    prep = data_mod.prepare(data_dir, seed)
-    train_cats = prep.categories["train"]
-    dev_cats, calib_tags, dev_tags = prep.categories["dev"], prep.tags["calib"], prep.tags["dev"]
-    if options["quick"]:
-        train_cats = rng.sample(train_cats, min(QUICK["category_rows"], len(train_cats)))
-        dev_cats = rng.sample(dev_cats, min(QUICK["dev_rows"], len(dev_cats)))
-        dev_tags = rng.sample(dev_tags, min(QUICK["dev_rows"], len(dev_tags)))
-        calib_tags = rng.sample(calib_tags, min(QUICK["calib_rows"], len(calib_tags)))
-    n_cat, n_tag = len(prep.taxonomy.classes), len(prep.tag_names)
-    echo(f"data: {json.dumps(prep.stats())}; training on {len(train_cats)} category titles")
+    torch.manual_seed(opts.seed)
+    c = load_corpus(opts)
+    tax = c.taxonomy
+    chars = int(c.stats["description_chars"])
+    max_len = opts.max_len or (MAX_LEN["description"] if chars else MAX_LEN["title"])
+    echo(f"data: {json.dumps(c.stats)}")
 
+    # ---------------------------------------------------------------- the linear part (and the baseline)
+    train_cats = c.categories["train"]
+    y_train = np.array(c.labels("train"))
+    tag_index = {t: j for j, t in enumerate(c.tag_names)}
+    tag_train = c.tags["train"]
+    y_tag_train, _ = tags.targets(tag_train, tag_index, complete=c.same_file_tags)
+    echo(f"fitting TF-IDF + LinearSVC on {len(train_cats)} category and {len(tag_train)} tag titles")
+    lin = linear.fit(
+        [e.text for e in train_cats],
+        y_train.tolist(),
+        len(tax.classes),
+        [e.text for e in tag_train] or None,
+        y_tag_train if len(tag_train) else None,
+    )
+    applies = tags.applicability(c, lin)
+
+    # ---------------------------------------------------------------- fine-tuning
+    from training import finetune
+
+    network = serving.network()
+    clf_mod = serving.classifier()
     enc_dir = artifact.encoder_dir()
-    tokenizer = AutoTokenizer.from_pretrained(str(enc_dir))
-    max_len = options["max_len"]
-
-    def tokenize(texts: list[str]) -> list[list[int]]:
-        return tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]
-
-    cat_items = [
-        (ids, e.label, None) for ids, e in zip(tokenize([e.text for e in train_cats]), train_cats, strict=True)
-    ]
-    tag_pool = prep.tags["train"]
-    net = network.build(enc_dir, n_cat, n_tag)
-    _init_biases(net, [it[1] for it in cat_items], [e.labels for e in tag_pool])
-    # word embeddings train too (brand- and product-specific tokens decide many leaves), at the encoder's rate
-    heads = list(net.category.parameters()) + list(net.tags.parameters())
-    enc_params = [p for p in net.encoder.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(
-        [{"params": enc_params, "lr": LR_ENCODER}, {"params": heads, "lr": LR_HEADS}], weight_decay=0.01
-    )
-    per_epoch = math.ceil((len(cat_items) + options["tags_per_epoch"]) / options["batch_size"])
-    total = per_epoch * options["epochs"]
-    warmup = max(1, int(0.06 * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
-    )
-    pad = tokenizer.pad_token_id or 0
-    used_tags: dict[str, data_mod.TagExample] = {}
-    dev_ids = tokenize([e.text for e in dev_cats])
-    t_train = time.perf_counter()
-    net.train()
-    for epoch in range(options["epochs"]):
-        sampled = rng.sample(tag_pool, min(options["tags_per_epoch"], len(tag_pool)))
-        used_tags.update((e.key, e) for e in sampled)
-        tag_items = [(ids, -100, e.labels) for ids, e in zip(tokenize([e.text for e in sampled]), sampled, strict=True)]
-        bar = tqdm(
-            _batches(cat_items + tag_items, options["batch_size"], rng),
-            desc=f"epoch {epoch + 1}/{options['epochs']}",
-            unit="batch",
-            mininterval=2.0,
+    tok = clf_mod.Tokenizer(enc_dir, max_len)
+    levels = tax.head_levels
+    ancestors = [np.array(tax.ancestors(k)) for k in levels]
+    level_sizes = [len(tax.level_nodes(k)) for k in levels]
+    cat_ids = tok.encode([e.text for e in train_cats])
+    neg_target, neg_mask = tags.category_row_negatives(c, applies, tag_index)
+    cat_items = []
+    for ids, e, y in zip(cat_ids, train_cats, y_train, strict=True):
+        tm = neg_mask(e) if c.tag_names and not c.same_file_tags else None
+        cat_items.append(
+            finetune.Item(ids, int(y), [int(a[y]) for a in ancestors], neg_target if tm is not None else None, tm)
         )
-        for batch in bar:
-            input_ids, mask = network.pad_batch([it[0] for it in batch], pad)
-            tag_target = torch.zeros((len(batch), n_tag))
-            tag_rows = torch.zeros(len(batch), dtype=torch.bool)
-            for i, (_, _, tag_labels) in enumerate(batch):
-                if tag_labels is not None:
-                    tag_rows[i] = True
-                    tag_target[i, tag_labels] = 1.0
-            cat_target = torch.tensor([it[1] for it in batch])
-            cat_logits, tag_logits = net(input_ids, mask)
-            loss = torch.zeros(())
-            if (cat_target >= 0).any():
-                loss = loss + F.cross_entropy(cat_logits, cat_target, ignore_index=-100)
-            if tag_rows.any():
-                bce = F.binary_cross_entropy_with_logits(tag_logits[tag_rows], tag_target[tag_rows], reduction="sum")
-                loss = loss + TAG_LOSS_WEIGHT * bce / int(tag_rows.sum())
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        bar.close()
-        acc = _leaf_accuracy(net, dev_ids, [e.label for e in dev_cats], pad)
-        echo(f"epoch {epoch + 1}: dev leaf accuracy {acc:.4f} ({time.perf_counter() - t_train:.0f}s)")
-    train_seconds = time.perf_counter() - t_train
+    if c.same_file_tags and c.tag_names:  # category rows carry their own tag labels
+        y_same, m_same = tags.targets(train_cats, tag_index, complete=True)
+        has = np.array([bool(e.tags or e.tag_groups) for e in train_cats])
+        for i, it in enumerate(cat_items):
+            if has[i]:
+                it.tag_target, it.tag_mask = y_same[i], m_same[i]
+        tag_pool: list[finetune.Item] = []
+    else:
+        y_t, m_t = tags.targets(tag_train, tag_index, complete=False)
+        tag_pool = [
+            finetune.Item(ids, -100, [-100] * len(levels), y_t[i], m_t[i])
+            for i, ids in enumerate(tok.encode([e.text for e in tag_train]))
+        ]
+    net = network.build(enc_dir, len(tax.classes), level_sizes, len(c.tag_names))
+    finetune.init_biases(net, y_train.tolist(), y_tag_train if len(tag_train) else None)
+    dev_cats = c.categories["dev"]
+    y_dev = np.array(c.labels("dev"))
+    dev_ids = tok.encode([e.text for e in dev_cats])
+    echo(
+        f"fine-tuning {opts.epochs} epochs on {len(cat_items)} category + {min(len(tag_pool), opts.tags_per_epoch)} "
+        f"tag titles an epoch, max {max_len} tokens, {opts.device}"
+    )
+    fit = finetune.fit(
+        net,
+        cat_items,
+        tag_pool,
+        dev_ids,
+        y_dev,
+        epochs=opts.epochs,
+        batch_size=opts.batch_size,
+        tags_per_epoch=opts.tags_per_epoch,
+        pad_id=tok.pad_id,
+        seed=opts.seed,
+        device=opts.device,
+        echo=echo,
+    )
+    net = fit.net.to("cpu")
 
-    # the artifact, then score it through the same Predictor the Triton model uses
-    net.eval()
+    # ---------------------------------------------------------------- fusion, calibration, thresholds (dev)
+    dev_out = finetune.predict_logits(net, dev_ids, tok.pad_id, torch.device("cpu"))
+    dev_lin = lin.category_scores([e.text for e in dev_cats])
+    cat_params = fusion.tune_categories(dev_out[0], dev_out[2:], ancestors, dev_lin, y_dev)
+    echo(f"fusion (dev): {cat_params}")
+    tag_params: dict = {"beta": 1.0, "linear_temperature": 1.0, "thresholds": []}
+    if c.tag_names:
+        dev_tag_ex = c.tags["dev"]
+        tag_dev_ids = tok.encode([e.text for e in dev_tag_ex])
+        z = finetune.predict_logits(net, tag_dev_ids, tok.pad_id, torch.device("cpu"))[1]
+        y_tdev, m_tdev = tags.targets(dev_tag_ex, tag_index, complete=c.same_file_tags)
+        tag_params = fusion.tune_tags(z, lin.tag_scores([e.text for e in dev_tag_ex]), y_tdev, m_tdev)
+
+    # ---------------------------------------------------------------- the artifact (with its serving code)
+    for name in artifact.SERVING_FILES:
+        shutil.copy2(SERVING_DIR / name, out / name)
     torch.save(net.state_dict(), out / "weights.pt")
     (out / "encoder").mkdir()
     shutil.copy2(enc_dir / "config.json", out / "encoder" / "config.json")
-    tokenizer.save_pretrained(str(out / "tokenizer"))
-    artifact.write_json(out / "labels.json", prep.taxonomy.to_json())
-    artifact.write_json(out / "tags.json", {"tags": prep.tag_names, "thresholds": [0.5] * n_tag})
-    artifact.write_json(out / "meta.json", {"max_len": max_len, "options": options, "data": prep.stats()})
-    predictor = network.Predictor(out)
-    calib_probs = predictor.predict_texts([e.text for e in calib_tags])[1]
-    thresholds = metrics.tune_thresholds(calib_probs, metrics.multi_hot([e.labels for e in calib_tags], n_tag))
-    artifact.write_json(out / "tags.json", {"tags": prep.tag_names, "thresholds": thresholds})
-
-    t_eval = time.perf_counter()
-    cat_probs = predictor.predict_texts([e.text for e in dev_cats])[0]
-    tag_probs = predictor.predict_texts([e.text for e in dev_tags])[1]
-    ours = metrics.category_metrics(
-        [e.label for e in dev_cats], [int(i) for i in cat_probs.argmax(1)], prep.taxonomy.classes
-    )
-    y_tag_pred = (tag_probs >= [thresholds]).astype("int8")
-    ours.update(metrics.tag_metrics(metrics.multi_hot([e.labels for e in dev_tags], n_tag), y_tag_pred))
-    ours["train_seconds"] = round(train_seconds, 1)
-    ours["eval_rows_per_second"] = round((len(dev_cats) + len(dev_tags)) / (time.perf_counter() - t_eval), 1)
-    dev_prep = data_mod.Prepared(prep.taxonomy, prep.tag_names, {"dev": dev_cats}, {"dev": dev_tags})
-    base = baseline.run(dev_prep, train_cats, list(used_tags.values()))
-    result = {
-        "transformer": ours,
-        "baseline_tfidf_linearsvc": base,
-        "dev": {"category_titles": len(dev_cats), "tag_titles": len(dev_tags)},
-        "train": {"category_titles": len(train_cats), "tag_titles": len(used_tags)},
-        "options": options,
-        "total_seconds": round(time.perf_counter() - t_start, 1),
+    (out / "tokenizer").mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (enc_dir / name).exists():
+            shutil.copy2(enc_dir / name, out / "tokenizer" / name)
+    artifact.write_json(out / "labels.json", tax.to_json())
+    artifact.write_json(out / "tags.json", tags.tags_json(c, applies, tag_params))
+    lin_info = linear.save(lin, out / "linear.npz", [e.text for e in dev_cats])
+    meta = {
+        "max_len": max_len,
+        "description_chars": chars,
+        "default_engine": "torch",
+        "fusion": {k: cat_params[k] for k in ("level_weight", "linear_temperature", "alpha", "temperature")},
+        "depth_threshold": DEPTH_THRESHOLD,
+        "options": opts.as_dict(),
+        "data": c.stats,
+        "linear": lin_info,
+        "best_epoch": fit.best_epoch,
     }
+    artifact.write_json(out / "classifier.json", meta)
+
+    # ---------------------------------------------------------------- engines (ONNX) and the default
+    from training import engines
+
+    meta["engines"] = engines.export_and_choose(out, dev_cats, y_dev, echo=echo)
+    meta["default_engine"] = meta["engines"]["default"]
+    artifact.write_json(out / "classifier.json", meta)
+
+    # ---------------------------------------------------------------- the report (test split)
+    from training import report
+
+    result = report.evaluate(out, c, lin, cat_params, applies, opts, fit, ancestors, echo=echo)
+    result["total_seconds"] = round(time.perf_counter() - t_start, 1)
     artifact.write_json(out / "metrics.json", result)
-    echo(format_metrics(result))
+    report.plot(result, out / "report.png")
+    echo(report.format_metrics(result))
     return result
-
-
-def format_metrics(result: dict) -> str:
-    ours, base = result["transformer"], result["baseline_tfidf_linearsvc"]
-    names = ["accuracy_l1", "accuracy_l2", "accuracy_leaf", "macro_f1", "weighted_f1", "tag_micro_f1", "tag_macro_f1"]
-    lines = [f"dev split: {result['dev']['category_titles']} category titles, {result['dev']['tag_titles']} tag titles"]
-    lines.append(f"{'metric':<16}{'MiniLM-L6':>12}{'TF-IDF+SVC':>12}")
-    lines += [f"{n:<16}{ours[n]:>12.4f}{base[n]:>12.4f}" for n in names]
-    margin = ours["accuracy_leaf"] - base["accuracy_leaf"]
-    verdict = "beats" if margin > 0 else "does NOT beat"
-    lines.append(f"MiniLM-L6 {verdict} the baseline on leaf accuracy ({margin * 100:+.2f} points)")
-    lines.append(f"train {ours['train_seconds']:.0f}s, whole run {result['total_seconds']:.0f}s")
-    return "\n".join(lines)

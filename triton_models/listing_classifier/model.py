@@ -1,10 +1,14 @@
-"""Triton python-backend model of the listing classifier (export copies it into each version as model.py).
+"""Triton python-backend model of the listing classifier (export copies it into each version folder).
 
-One `execute()` call merges every request it is given into one scoring pass (rows sorted by token length,
-tokenized here over the merged batch), then returns one response per request. A bad request (blank title,
-invalid UTF-8, mismatched BRAND rows) gets its own `TritonError`; the other requests of the batch are
-served. Titles are truncated (1,000 characters, then `max_len` tokens), never rejected for length.
-DESCRIPTION is accepted for forward compatibility and not used: this model was trained on titles (+ brand).
+One `execute()` call merges every request it is given into one scoring pass (`classifier.py`: tokenized over
+the merged batch, rows sorted by token length), then returns one response per request. A bad request (blank
+title, invalid UTF-8, a BRAND or DESCRIPTION with a different row count) gets its own `TritonError`; the
+other requests of the batch are served. Titles are truncated (1,000 characters, then the version's token
+limit), never rejected for length.
+
+Config parameters (`config.pbtxt`): `engine` = `auto` (the version's default, chosen at export by the accuracy
+bound) | `torch` | `onnx` | `onnx-int8`; `cpu_threads` for CPU instances. A GPU instance runs on its device
+(ONNX Runtime's CUDA provider, or torch in fp16).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,64 +51,76 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         here = Path(__file__).resolve().parent
         sys.path.insert(0, str(here))
-        import network  # the network.py exported beside this file
-        import torch
+        import classifier  # the classifier.py exported beside this file (network.py it loads itself)
 
-        self.network = network
+        self.classifier_mod = classifier
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-        gpu = args.get("model_instance_kind") == "GPU" and torch.cuda.is_available()
-        if gpu:
-            device = f"cuda:{args.get('model_instance_device_id', '0')}"
-        else:
-            device = "cpu"
-            torch.set_num_threads(int(params.get("cpu_threads", "2") or 2))
-        self.predictor = network.Predictor(here, device=device, half=gpu, sub_batch=256 if gpu else 64)
-        self.n_tags = len(self.predictor.tag_info["tags"])
+        gpu = args.get("model_instance_kind") == "GPU"
+        device = f"cuda:{args.get('model_instance_device_id', '0')}" if gpu else "cpu"
+        threads = 0 if gpu else int(params.get("cpu_threads", "2") or 2)
+        engine = params.get("engine", "auto") or "auto"
+        if gpu and engine == "auto":
+            engine = "onnx"  # int8 dynamic quantization is a CPU speed-up; on a GPU fp32 ONNX runs on CUDA
+        self.model = classifier.Classifier(here, engine=engine, device=device, threads=threads)
+        pb_utils.Logger.log_info(f"listing_classifier: engine {self.model.engine_name} on {device}")
 
-    def _texts(self, request) -> list[str]:
+    def _rows(self, request) -> tuple[list[str], list[str | None], list[str | None]]:
         titles = _strings(request, "TITLE")
         if not titles:
             raise BadRequest("TITLE is required and must hold at least one row")
-        brands = _strings(request, "BRAND")
-        if brands is not None and len(brands) != len(titles):
-            raise BadRequest(f"BRAND has {len(brands)} rows, TITLE has {len(titles)}")
-        texts = []
+        columns = {}
+        for name in ("BRAND", "DESCRIPTION"):
+            values = _strings(request, name)
+            if values is not None and len(values) != len(titles):
+                raise BadRequest(f"{name} has {len(values)} rows, TITLE has {len(titles)}")
+            columns[name] = values
+        out_titles, brands, descriptions = [], [], []
         for i, raw in enumerate(titles):
-            title = _decode(raw, f"TITLE row {i}").strip()[: self.network.MAX_TITLE_CHARS]
-            if not title.strip():
+            title = _decode(raw, f"TITLE row {i}").strip()[: self.classifier_mod.MAX_TITLE_CHARS]
+            if not title:
                 raise BadRequest(f"TITLE row {i} is empty or blank")
-            brand = _decode(brands[i], f"BRAND row {i}") if brands is not None else None
-            texts.append(self.network.compose_text(title, brand))
-        return texts
+            out_titles.append(title)
+            b, d = columns["BRAND"], columns["DESCRIPTION"]
+            brands.append(_decode(b[i], f"BRAND row {i}") if b is not None else None)
+            descriptions.append(_decode(d[i], f"DESCRIPTION row {i}") if d is not None else None)
+        return out_titles, brands, descriptions
 
     def execute(self, requests: list) -> list:
-        spans: list[tuple[int, int] | str] = []
-        merged: list[str] = []
+        started = time.perf_counter()
+        spans: list[tuple[int, int] | str | bytes] = []
+        texts: list[str] = []
         for request in requests:
+            info = _strings(request, "INFO")
+            if info:
+                spans.append(self._info(info[0]))
+                continue
             try:
-                texts = self._texts(request)
+                titles, brands, descriptions = self._rows(request)
             except BadRequest as exc:
                 spans.append(str(exc))
                 continue
-            spans.append((len(merged), len(texts)))
-            merged += texts
+            spans.append((len(texts), len(titles)))
+            texts += self.model.texts(titles, brands, descriptions)
         try:
-            cat_probs, tag_probs = self.predictor.predict_texts(merged)
+            scores = self.model.score_texts(texts)
         except Exception as exc:  # noqa: BLE001 - answer every request instead of crashing the stub
             return [_error(f"classifier failed: {exc!r}", internal=True) for _ in requests]
-        return [
-            self._response(span, cat_probs, tag_probs) if not isinstance(span, str) else _error(span) for span in spans
-        ]
+        timing = [(time.perf_counter() - started) * 1000, float(len(texts))]
+        return [self._response(span, scores, timing) if not isinstance(span, str) else _error(span) for span in spans]
 
-    def _response(self, span: tuple[int, int], cat_probs: np.ndarray, tag_probs: np.ndarray):
+    def _response(self, span: tuple[int, int], scores, timing: list[float]):
         start, n = span
-        cats, tags = cat_probs[start : start + n], tag_probs[start : start + n]
+        cats, tags = scores.probs[start : start + n], scores.tags[start : start + n]
         top = np.argsort(-cats, axis=1, kind="stable")[:, :TOP_K]
-        scores = np.take_along_axis(cats, top, axis=1)
+        top_scores = np.take_along_axis(cats, top, axis=1)
+        if top.shape[1] < TOP_K:  # a taxonomy with fewer classes: pad with -1 / 0
+            pad = TOP_K - top.shape[1]
+            top = np.pad(top, ((0, 0), (0, pad)), constant_values=-1)
+            top_scores = np.pad(top_scores, ((0, 0), (0, pad)))
         results = np.array(
             [
-                [json.dumps(self.predictor.result(c, t, TOP_K), ensure_ascii=False).encode()]
+                [json.dumps(self.model.result(c, t, TOP_K), ensure_ascii=False).encode()]
                 for c, t in zip(cats, tags, strict=True)
             ],
             dtype=object,
@@ -111,14 +128,15 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(
             output_tensors=[
                 pb_utils.Tensor("CATEGORY_IDS", top.astype(np.int32)),
-                pb_utils.Tensor("CATEGORY_SCORES", scores.astype(np.float32)),
-                pb_utils.Tensor("TAG_SCORES", tags.astype(np.float32).reshape(n, self.n_tags)),
+                pb_utils.Tensor("CATEGORY_SCORES", top_scores.astype(np.float32)),
+                pb_utils.Tensor("TAG_SCORES", tags.astype(np.float32).reshape(n, -1)),
                 pb_utils.Tensor("RESULT", results),
+                pb_utils.Tensor("TIMING", np.tile(np.asarray(timing, dtype=np.float32), (n, 1))),
             ]
         )
 
     def finalize(self) -> None:
-        self.predictor = None
+        self.model = None
 
 
 def _error(message: str, internal: bool = False):

@@ -1,0 +1,145 @@
+"""From sources to a training corpus: de-duplicated by title, split train/dev/test, with the taxonomy and the
+tag vocabulary.
+
+* Every title is normalised (lower case, single spaces) into a key; rows sharing a key become one example with
+  the majority label (first seen wins a tie), so no title is in two splits.
+* Split: the file's split column when there is one (used as given); otherwise a seeded hash of the key
+  (`--seed`): test 15%, dev 10%, train 75% — the same title lands in the same split in every file.
+  Train fits the model, dev selects the epoch and tunes fusion, calibration and tag thresholds, test is only
+  scored (the report's figures).
+* Extra rows (`--extra-data`, e.g. the review feedback export) join by the same rules and are counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from training.dataset import DataError, Row
+from training.taxonomy import Taxonomy
+
+SPLIT_FRACTIONS = (("test", 0.15), ("dev", 0.10), ("train", 0.75))
+MIN_TAG_COUNT = 20  # tags on fewer training titles are dropped from the vocabulary
+
+
+def title_key(title: str) -> str:
+    return " ".join(title.lower().split())
+
+
+def split_of(key: str, seed: int) -> str:
+    h = int.from_bytes(hashlib.sha1(f"{seed}:{key}".encode()).digest()[:8], "big") / 2**64
+    acc = 0.0
+    for name, frac in SPLIT_FRACTIONS:
+        acc += frac
+        if h < acc:
+            return name
+    return SPLIT_FRACTIONS[-1][0]
+
+
+@dataclass
+class Example:
+    key: str
+    text: str  # the model's input (composed title, brand, description)
+    path: tuple[str, ...] = ()  # category path; () for a tags-only example
+    tags: tuple[str, ...] = ()
+    tag_groups: frozenset[str] = field(default_factory=frozenset)  # groups labelled on this example
+    extra: bool = False
+    given_split: str | None = None  # from the file's split column
+
+
+@dataclass
+class Corpus:
+    taxonomy: Taxonomy
+    categories: dict[str, list[Example]]  # split -> examples with a category
+    tags: dict[str, list[Example]]  # split -> examples labelled with tags
+    tag_names: list[str]
+    groups: list[str]
+    same_file_tags: bool  # tags come with the categories (labels complete), not from a second file
+    stats: dict[str, object]
+
+    def labels(self, split: str) -> list[int]:
+        """Class index of each category example of a split; -1 where its path has no training title."""
+        out = []
+        for e in self.categories[split]:
+            try:
+                out.append(self.taxonomy.index(e.path))
+            except KeyError:
+                out.append(-1)
+        return out
+
+
+def dedupe(rows: Iterable[Row], compose: Callable[[Row], str], extra: bool = False) -> tuple[list[Example], dict]:
+    """One example per title key, with the majority path and tag set; split values must agree per key."""
+    groups: dict[str, list[Row]] = defaultdict(list)
+    n = 0
+    for r in rows:
+        groups[title_key(r.title)].append(r)
+        n += 1
+    out = []
+    for key, rs in groups.items():
+        path = Counter(r.path for r in rs).most_common(1)[0][0]
+        tags = Counter(r.tags for r in rs).most_common(1)[0][0]
+        first = next(r for r in rs if r.path == path and r.tags == tags)
+        splits = {r.split for r in rs if r.split}
+        if len(splits) > 1:
+            raise DataError(f"{first.where}: the same title is in several splits ({', '.join(sorted(splits))})")
+        out.append(Example(key, compose(first), path, tags, first.tag_groups, extra, next(iter(splits), None)))
+    return out, {"rows": n, "titles": len(out), "duplicates_merged": n - len(out)}
+
+
+def assign(examples: Sequence[Example], seed: int) -> dict[str, list[Example]]:
+    out: dict[str, list[Example]] = {s: [] for s, _ in SPLIT_FRACTIONS}
+    for e in examples:
+        out[e.given_split or split_of(e.key, seed)].append(e)
+    return out
+
+
+def vocabulary(examples: Iterable[Example], min_count: int = MIN_TAG_COUNT) -> list[str]:
+    counts = Counter(t for e in examples for t in set(e.tags))
+    return sorted(t for t, n in counts.items() if n >= min_count)
+
+
+def build(
+    category_rows: Sequence[Row],
+    tag_rows: Sequence[Row] | None,
+    extra_rows: Sequence[Row],
+    compose: Callable[[Row], str],
+    seed: int,
+) -> Corpus:
+    """`tag_rows` None: the tags (if any) come with the category rows."""
+    cats, stats = dedupe(category_rows, compose)
+    extra = dedupe(extra_rows, compose, extra=True)[0] if extra_rows else []
+    known = {e.key for e in cats}
+    extra = [e for e in extra if e.key not in known]  # a reviewed title the data already has keeps the data's label
+    categories = assign(cats + extra, seed)
+    taxonomy = Taxonomy.build(e.path for e in categories["train"])
+    same_file = tag_rows is None
+    if same_file:
+        tags_by_split = {s: [e for e in v if e.tags or e.tag_groups] for s, v in categories.items()}
+        has_tags = any(tags_by_split.values())
+        tags_by_split = tags_by_split if has_tags else {s: [] for s in categories}
+        tag_stats: dict = {}
+    else:
+        tag_examples, tag_stats = dedupe(tag_rows, compose)
+        tags_by_split = assign(tag_examples, seed)
+    names = vocabulary(tags_by_split["train"])
+    kept = set(names)
+    for examples in tags_by_split.values():
+        for e in examples:
+            e.tags = tuple(t for t in e.tags if t in kept)
+    groups = sorted({t.split(":", 1)[0] for t in names})
+    unseen = sum(1 for e in categories["test"] if e.path not in set(taxonomy.classes))
+    stats = {
+        "category_source": stats,
+        "tag_source": "same file" if same_file else tag_stats,
+        "extra_rows": {"titles": len(extra), "by_split": {s: sum(e.extra for e in v) for s, v in categories.items()}},
+        "classes": len(taxonomy.classes),
+        "depth": taxonomy.depth,
+        "category_examples": {s: len(v) for s, v in categories.items()},
+        "tag_examples": {s: len(v) for s, v in tags_by_split.items()},
+        "tags": len(names),
+        "test_rows_with_unseen_leaf": unseen,
+    }
+    return Corpus(taxonomy, categories, tags_by_split, names, groups, same_file, stats)

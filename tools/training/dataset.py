@@ -1,0 +1,204 @@
+"""Labelled rows from the user's files: CSV, JSONL or Parquet, with the columns named by options.
+
+A `Source` is one file and the columns to read from it. A categories source gives each row a title and a
+category path (any depth, split on a separator); optional columns give a description, a brand, tags (a list
+column, or one column per tag group) and the split. A tags source (a second file) gives titles and tags only.
+Every problem is a `DataError` naming the file, the row and the column — never a traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+SPLITS = ("train", "dev", "test")
+
+
+class DataError(ValueError):
+    """A training file cannot be used as it is: which file, row and column, and why."""
+
+
+def slug(text: str) -> str:
+    """The form of a tag value or a category-path element inside ids: `Navy Blue` → `navy-blue`."""
+    text = text.lower().replace("&", " and ")
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "x"
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which column holds what. `category` is required for a categories source, not for a tags source."""
+
+    title: str = "title"
+    category: str | None = "category"
+    separator: str = ">"
+    description: str | None = None
+    brand: str | None = None
+    tags: str | None = None  # a list column: a JSON/Parquet list, or text split on `tags_separator`
+    tags_separator: str = "|"
+    tag_groups: tuple[tuple[str, str], ...] = ()  # (group, column): one value of the group per row
+    split: str | None = None
+    skip_blank_category: bool = False  # drop rows without a category path instead of failing
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    columns: Columns
+
+
+@dataclass
+class Row:
+    """One labelled row as read (before de-duplication)."""
+
+    where: str  # "file, row n" for messages
+    title: str
+    description: str = ""
+    brand: str = ""
+    path: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    tag_groups: frozenset[str] = field(default_factory=frozenset)  # groups this row carries a value for
+    split: str | None = None
+
+
+def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row number, record) of a CSV (header = row 1), JSONL (line number) or Parquet (1-based) file."""
+    suffix = path.suffix.lower()
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        with path.open("rb") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    raise DataError(f"{path}, line {n}: not JSON ({exc})") from None
+                if not isinstance(obj, dict):
+                    raise DataError(f"{path}, line {n}: not a JSON object")
+                yield n, obj
+    elif suffix in (".parquet", ".pq"):
+        try:
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+        except ImportError:
+            raise DataError(f"{path}: reading Parquet needs the pyarrow package") from None
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds for a bad file
+            raise DataError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
+        for n, rec in enumerate(table.to_pylist(), 1):
+            yield n, rec
+    else:
+        with path.open(newline="", encoding="utf-8") as f:
+            try:
+                for n, rec in enumerate(csv.DictReader(f), 2):
+                    yield n, rec
+            except (csv.Error, UnicodeDecodeError) as exc:
+                raise DataError(f"{path}: not a readable UTF-8 CSV ({exc})") from None
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value != value:  # NaN from Parquet/pandas
+        return ""
+    return " ".join(str(value).split())
+
+
+def _tag_list(value: Any, separator: str) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, list | tuple):
+        items = [str(v) for v in value]
+    else:
+        text = str(value).strip()
+        if text.startswith("["):
+            try:
+                items = [str(v) for v in orjson.loads(text)]
+            except orjson.JSONDecodeError:
+                items = text.split(separator)
+        else:
+            items = text.split(separator)
+    return [t.strip() for t in items if t and t.strip()]
+
+
+def tag_name(tag: str) -> str:
+    """A tag as the model names it: `group:value` slugged (`Gender: Men` → `gender:men`); no group, `tag:value`."""
+    group, sep, value = tag.partition(":")
+    if not sep:
+        group, value = "tag", tag
+    return f"{slug(group)}:{slug(value)}"
+
+
+def read(source: Source, *, categories: bool) -> list[Row]:
+    """Every usable row of a source. Raises DataError for a missing column, an empty file, a blank category
+    path (unless the columns say to skip those) or a split value other than train/dev/test. Rows with a blank
+    title are skipped."""
+    cols = source.columns
+    path = source.path
+    needed = [cols.title]
+    if categories:
+        if not cols.category:
+            raise DataError(f"{path}: a category column is required")
+        needed.append(cols.category)
+    optional = [c for c in (cols.description, cols.brand, cols.tags, cols.split) if c]
+    optional += [c for _, c in cols.tag_groups]
+    rows: list[Row] = []
+    checked = False
+    skipped = 0
+    for n, rec in _records(path):
+        where = f"{path}, row {n}"
+        if not checked:
+            missing = [c for c in needed + optional if c not in rec]
+            if missing:
+                have = ", ".join(list(rec)[:15])
+                raise DataError(f"{path}: no column {missing[0]!r} (columns: {have})")
+            checked = True
+        title = _text(rec.get(cols.title))
+        if not title:
+            continue
+        row = Row(where, title)
+        if categories:
+            raw = rec.get(cols.category)
+            parts = raw if isinstance(raw, list | tuple) else _text(raw).split(cols.separator)
+            row.path = tuple(p for p in (_text(x) for x in parts) if p)
+            if not row.path:
+                if cols.skip_blank_category:
+                    skipped += 1
+                    continue
+                raise DataError(
+                    f"{where}, column {cols.category!r}: the category path is blank "
+                    "(--skip-blank-categories drops such rows)"
+                )
+        if cols.description:
+            row.description = _text(rec.get(cols.description))
+        if cols.brand:
+            row.brand = _text(rec.get(cols.brand))
+        tags: list[str] = []
+        if cols.tags:
+            tags += [tag_name(t) for t in _tag_list(rec.get(cols.tags), cols.tags_separator)]
+        for group, column in cols.tag_groups:
+            value = _text(rec.get(column))
+            if value:
+                tags.append(f"{slug(group)}:{slug(value)}")
+        row.tags = tuple(dict.fromkeys(tags))
+        row.tag_groups = frozenset(t.split(":", 1)[0] for t in row.tags)
+        if cols.split:
+            value = _text(rec.get(cols.split)).lower()
+            if value not in SPLITS:
+                raise DataError(
+                    f"{where}, column {cols.split!r}: split must be one of {', '.join(SPLITS)}, got {value!r}"
+                )
+            row.split = value
+        rows.append(row)
+    if not checked:
+        raise DataError(f"{path}: the file has no rows")
+    if not rows:
+        raise DataError(f"{path}: no row has a title in column {cols.title!r}")
+    return rows

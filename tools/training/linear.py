@@ -1,0 +1,147 @@
+"""TF-IDF (word 1-2 + char_wb 2-5 n-grams) + LinearSVC: the reference every model is scored against, and
+the linear part the served model fuses with the transformer.
+
+As the reference it is kept honest: the same training rows and input text as the transformer, sklearn's
+defaults (C=1), no tuning on the test split; tags are one-vs-rest LinearSVCs with the decision threshold 0.
+As the fused part, its weights are stored sparse: coefficients under a cut-off chosen on the dev split
+(top-1 agreement with the dense weights ≥ `MIN_PRUNE_AGREEMENT`) are dropped, which makes the file ~10× smaller.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MIN_PRUNE_AGREEMENT = 0.998
+PRUNE_CUTOFFS = (0.05, 0.03, 0.02, 0.01, 0.005, 0.002, 0.0)
+
+
+def vectorizer() -> Any:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import FeatureUnion
+
+    return FeatureUnion(
+        [
+            ("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, dtype=np.float32)),
+            ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, dtype=np.float32)),
+        ]
+    )
+
+
+@dataclass
+class LinearModel:
+    vectorizer: Any
+    cat_coef: np.ndarray  # [features, C]
+    cat_bias: np.ndarray  # [C]
+    tag_coef: np.ndarray | None = None  # [features, T]
+    tag_bias: np.ndarray | None = None
+    seconds: float = 0.0
+
+    def transform(self, texts: list[str]) -> Any:
+        return self.vectorizer.transform(texts)
+
+    def category_scores(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self.transform(texts) @ self.cat_coef, dtype=np.float32) + self.cat_bias
+
+    def tag_scores(self, texts: list[str]) -> np.ndarray | None:
+        if self.tag_coef is None:
+            return None
+        return np.asarray(self.transform(texts) @ self.tag_coef, dtype=np.float32) + self.tag_bias
+
+
+def _svc_weights(clf: Any, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """[features, n_classes] weights and biases of a fitted LinearSVC whose labels are 0..n_classes-1."""
+    coef, bias = clf.coef_, clf.intercept_
+    if coef.shape[0] == 1 and n_classes == 2:  # binary: sklearn keeps one row
+        coef, bias = np.vstack([-coef, coef]), np.array([-bias[0], bias[0]])
+    full = np.zeros((coef.shape[1], n_classes), dtype=np.float32)
+    full_bias = np.full(n_classes, -10.0, dtype=np.float32)
+    full[:, clf.classes_] = coef.T
+    full_bias[clf.classes_] = bias
+    return full, full_bias
+
+
+def fit(
+    cat_texts: list[str],
+    cat_labels: list[int],
+    n_classes: int,
+    tag_texts: list[str] | None = None,
+    tag_targets: np.ndarray | None = None,
+) -> LinearModel:
+    """Fit the vectorizer on every training text (categories and tags), then the category and tag models."""
+    from sklearn.svm import LinearSVC
+
+    t0 = time.perf_counter()
+    vec = vectorizer()
+    vec.fit(cat_texts + (tag_texts or []))
+    x = vec.transform(cat_texts)
+    cat_coef, cat_bias = _svc_weights(LinearSVC(C=1.0).fit(x, cat_labels), n_classes)
+    model = LinearModel(vec, cat_coef, cat_bias)
+    if tag_texts and tag_targets is not None and tag_targets.shape[1]:
+        xt = vec.transform(tag_texts)
+        n_tags = tag_targets.shape[1]
+        coef = np.zeros((xt.shape[1], n_tags), dtype=np.float32)
+        bias = np.full(n_tags, -10.0, dtype=np.float32)
+        for j in range(n_tags):
+            y = tag_targets[:, j]
+            if 0 < y.sum() < len(y):
+                clf = LinearSVC(C=1.0).fit(xt, y)
+                coef[:, j], bias[j] = clf.coef_[0], clf.intercept_[0]
+        model.tag_coef, model.tag_bias = coef, bias
+    model.seconds = round(time.perf_counter() - t0, 1)
+    return model
+
+
+def _prune(w: np.ndarray, cutoff: float) -> Any:
+    from scipy import sparse
+
+    kept = np.where(np.abs(w) >= cutoff, w, 0.0).astype(np.float32)
+    return sparse.csr_matrix(kept)
+
+
+def save(model: LinearModel, path: Path, dev_texts: list[str]) -> dict:
+    """Write the served form (`linear.npz`: vocabularies, idf, sparse weights; no pickle); returns the cut-off
+    used, its dev agreement with the dense weights and the kept share."""
+    dense = model.category_scores(dev_texts).argmax(1) if dev_texts else None
+    x = model.transform(dev_texts) if dev_texts else None
+    chosen = (0.0, 1.0)
+    for cutoff in PRUNE_CUTOFFS:
+        if x is None:
+            break
+        w = _prune(model.cat_coef, cutoff)
+        agree = float(np.mean(np.asarray((x @ w).toarray() + model.cat_bias).argmax(1) == dense))
+        if agree >= MIN_PRUNE_AGREEMENT:
+            chosen = (cutoff, agree)
+            break
+    cutoff, agreement = chosen
+    arrays: dict[str, np.ndarray] = {}
+    for name, part in model.vectorizer.transformer_list:
+        vocab = part.vocabulary_
+        terms = sorted(vocab, key=vocab.get)
+        arrays[f"{name}_terms"] = np.array(terms, dtype=str)
+        arrays[f"{name}_idf"] = part.idf_.astype(np.float64)
+    for prefix, coef, bias in (("cat", model.cat_coef, model.cat_bias), ("tag", model.tag_coef, model.tag_bias)):
+        if coef is None:
+            continue
+        w = _prune(coef, cutoff)
+        arrays.update(
+            {
+                f"{prefix}_data": w.data,
+                f"{prefix}_indices": w.indices,
+                f"{prefix}_indptr": w.indptr,
+                f"{prefix}_shape": np.array(w.shape),
+                f"{prefix}_bias": bias.astype(np.float32),
+            }
+        )
+    np.savez_compressed(path, **arrays)
+    kept = arrays["cat_data"].size / max(1, model.cat_coef.size)
+    return {
+        "prune_cutoff": cutoff,
+        "dev_top1_agreement_with_dense": round(agreement, 5),
+        "kept_weights": round(kept, 4),
+        "bytes": path.stat().st_size,
+    }

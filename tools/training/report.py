@@ -1,0 +1,276 @@
+"""The model report: every figure on the test split, the model next to the baseline of the same run.
+
+`metrics.json` keys: `model` and `baseline` (per-level accuracy / weighted-F1 / macro-F1, leaf, mean of the
+per-level weighted-F1, tag micro/macro-F1), `margins` (model − baseline, in points), `levers` (what each part
+adds on the test split: transformer alone, + hierarchy, + fusion, as served), `calibration` (ECE and a
+reliability diagram, before and after the temperature), `tags` (leakage per group for both), `policies`
+(test rows with an unseen or rare leaf, rows served at a shallower depth), `confused_pairs`, `curve` (dev
+accuracy per epoch), `engines`, `data`, `options`, timings. `report.png` draws them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training import fusion, metrics, serving, tags
+from training.corpus import Corpus
+
+RARE = 15  # a leaf with fewer training titles than this is "rare"
+
+
+def _paths(classes: list[tuple[str, ...]], pred: np.ndarray) -> list[tuple[str, ...]]:
+    return [classes[int(i)] for i in pred]
+
+
+def evaluate(
+    folder: Path,
+    c: Corpus,
+    lin: Any,
+    params: dict,
+    applies: dict,
+    opts: Any,
+    fit: Any,
+    ancestors: list[np.ndarray],
+    echo: Callable[[str], None] = print,
+) -> dict:
+    import time
+
+    import torch
+
+    from training import finetune
+
+    tax = c.taxonomy
+    classes = tax.classes
+    depth = min(tax.depth, 3) if tax.depth >= 3 else tax.depth
+    test = c.categories["test"]
+    texts = [e.text for e in test]
+    true = [e.path for e in test]
+
+    # the model as served: the version folder through classifier.py, its default engine
+    served = serving.classifier().Classifier(folder)
+    t0 = time.perf_counter()
+    scores = served.score_texts(texts)
+    eval_rate = len(texts) / max(1e-9, time.perf_counter() - t0)
+    pred = scores.probs.argmax(1)
+    model = metrics.category_metrics(true, _paths(classes, pred), depth)
+
+    # the baseline: dense TF-IDF + LinearSVC, same training rows, same test rows
+    lin_test = lin.category_scores(texts)
+    baseline = metrics.category_metrics(true, _paths(classes, lin_test.argmax(1)), depth)
+
+    # what each lever gives (torch fp32 outputs, test split)
+    net_out = finetune.predict_logits(
+        serving.network().load(folder), served.tokenizer.encode(texts), served.tokenizer.pad_id, torch.device("cpu")
+    )
+    leaf, levels = net_out[0], net_out[2:]
+    alone = fusion.hierarchical(leaf, levels, ancestors, 0.0).argmax(1)
+    hier = fusion.hierarchical(leaf, levels, ancestors, params["level_weight"]).argmax(1)
+    fused = fusion.category_scores(leaf, levels, ancestors, lin_test, params).argmax(1)
+    levers = {}
+    for name, p in (
+        ("transformer", alone),
+        ("transformer+hierarchy", hier),
+        ("fused (torch fp32)", fused),
+        ("served", pred),
+        ("baseline", lin_test.argmax(1)),
+    ):
+        m = metrics.category_metrics(true, _paths(classes, p), depth)
+        levers[name] = {k: round(m[k], 4) for k in ("accuracy_leaf", "weighted_f1_leaf", "mean_level_weighted_f1")}
+
+    # calibration of the served confidences, and what a review threshold does
+    conf = scores.probs.max(1)
+    correct = np.array([classes[int(p)] == t for p, t in zip(pred, true, strict=True)])
+    raw = fusion.category_scores(leaf, levels, ancestors, lin_test, {**params, "temperature": 1.0})
+    raw_conf = np.exp(fusion.log_softmax(raw)).max(1)
+    calibration = {
+        "served": metrics.calibration(conf, correct),
+        "before_temperature": {"ece": metrics.calibration(raw_conf, correct)["ece"]},
+        "temperature": params["temperature"],
+        "review_thresholds": metrics.review_share(conf, correct),
+    }
+
+    # policies: what no-merging and the confident depth mean for the test rows
+    counts = dict(zip(classes, tax.counts, strict=True))
+    unseen = np.array([t not in counts for t in true])
+    rare = np.array([0 < counts.get(t, 0) < RARE for t in true])
+    results = [served.result(scores.probs[i], scores.tags[i]) for i in range(len(test))]
+    shallower = np.array([r["depth"] < len(r["category"]["path"]) for r in results])
+    prefix_ok = np.array(
+        [tuple(r["category"]["path"][: r["depth"]]) == t[: r["depth"]] for r, t in zip(results, true, strict=True)]
+    )
+    policies = {
+        "classes": len(classes),
+        "classes_under_15_titles": int(sum(n < RARE for n in tax.counts)),
+        "test_rows": len(test),
+        "test_rows_unseen_leaf": int(unseen.sum()),
+        "test_rows_rare_leaf": int(rare.sum()),
+        "accuracy_on_rare_leaf_rows": round(float(correct[rare].mean()), 4) if rare.any() else None,
+        "baseline_accuracy_on_rare_leaf_rows": round(
+            float(np.mean([classes[int(p)] == t for p, t, r in zip(lin_test.argmax(1), true, rare, strict=True) if r])),
+            4,
+        )
+        if rare.any()
+        else None,
+        "depth_threshold": served.meta.get("depth_threshold"),
+        "test_rows_served_shallower": int(shallower.sum()),
+        "accuracy_of_confident_prefix_on_those": round(float(prefix_ok[shallower].mean()), 4)
+        if shallower.any()
+        else None,
+        "leaf_accuracy_of_those": round(float(correct[shallower].mean()), 4) if shallower.any() else None,
+    }
+
+    # tags: quality on the tag test rows; leakage on the category test rows
+    tag_part: dict = {}
+    if c.tag_names:
+        index = {t: j for j, t in enumerate(c.tag_names)}
+        tag_test = c.tags["test"]
+        y_t, m_t = tags.targets(tag_test, index, complete=c.same_file_tags)
+        tag_scores = served.score_texts([e.text for e in tag_test]).tags
+        model_tags = (tag_scores >= served.tag_thresholds).astype(np.int8) & (tag_scores > 0)
+        model.update(metrics.tag_metrics(y_t, model_tags, m_t))
+        base_tags = (lin.tag_scores([e.text for e in tag_test]) > 0).astype(np.int8)
+        baseline.update(metrics.tag_metrics(y_t, base_tags, m_t))
+        tops = [t[0] for t in true]
+        served_on_cats = (scores.tags >= served.tag_thresholds) & (scores.tags > 0)
+        base_on_cats = lin.tag_scores(texts) > 0
+        tag_part = {
+            "test_titles": len(tag_test),
+            "applies_to": applies,
+            "leakage_model": metrics.tag_leakage(tops, served_on_cats, c.tag_names, applies),
+            "leakage_baseline": metrics.tag_leakage(tops, base_on_cats, c.tag_names, applies),
+        }
+    margins = {
+        k: round((model[k] - baseline[k]) * 100, 2)
+        for k in ("accuracy_leaf", "weighted_f1_leaf", "mean_level_weighted_f1", "accuracy_l1", "tag_micro_f1")
+        if k in model and k in baseline
+    }
+    return {
+        "split": {"scored": "test", "tuned": "dev", "trained": "train"},
+        "model": {k: round(v, 4) for k, v in model.items()},
+        "baseline": {k: round(v, 4) for k, v in baseline.items()},
+        "margins_points": margins,
+        "levers": levers,
+        "fusion": params,
+        "calibration": calibration,
+        "policies": policies,
+        "tags": tag_part,
+        "confused_pairs": metrics.confused_pairs(true, _paths(classes, pred)),
+        "curve": fit.curve,
+        "best_epoch": fit.best_epoch,
+        "train_seconds": fit.seconds,
+        "baseline_seconds": lin.seconds,
+        "eval_rows_per_second": round(eval_rate, 1),
+        "engines": served.meta.get("engines", {}),
+        "data": c.stats,
+        "options": opts.as_dict(),
+    }
+
+
+ROWS = [
+    ("accuracy_l1", "accuracy, level 1"),
+    ("accuracy_l2", "accuracy, level 2"),
+    ("accuracy_leaf", "accuracy, leaf"),
+    ("weighted_f1_leaf", "weighted-F1, leaf"),
+    ("macro_f1_leaf", "macro-F1, leaf"),
+    ("mean_level_weighted_f1", "mean weighted-F1, levels 1-3"),
+    ("tag_micro_f1", "tag micro-F1"),
+    ("tag_macro_f1", "tag macro-F1"),
+]
+
+
+def table_rows(result: dict) -> list[tuple[str, float, float]]:
+    m, b = result["model"], result["baseline"]
+    return [(label, m[k], b[k]) for k, label in ROWS if k in m and k in b]
+
+
+def format_metrics(result: dict) -> str:
+    lines = [f"test split: {result['policies']['test_rows']} titles, {result['policies']['classes']} classes"]
+    lines.append(f"{'metric':<30}{'model':>10}{'baseline':>10}{'margin':>9}")
+    for label, m, b in table_rows(result):
+        lines.append(f"{label:<30}{m:>10.4f}{b:>10.4f}{(m - b) * 100:>+8.2f}")
+    cal = result["calibration"]["served"]["ece"]
+    lines.append(f"calibration ECE {cal:.4f}; best epoch {result['best_epoch']}; train {result['train_seconds']:.0f}s")
+    for g, v in (result.get("tags") or {}).get("leakage_model", {}).items():
+        lines.append(f"tag group {g}: {v['share_tagged']:.1%} of {v['outside_listings']} listings outside it tagged")
+    return "\n".join(lines)
+
+
+def markdown(result: dict) -> str:
+    lines = ["| test split | model | TF-IDF + LinearSVC | margin (points) |", "|---|---|---|---|"]
+    for label, m, b in table_rows(result):
+        lines.append(f"| {label} | {m:.4f} | {b:.4f} | {(m - b) * 100:+.2f} |")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(18, 10))
+    (a1, a2, a3), (a4, a5, a6) = axes
+    rows = table_rows(result)
+    x = np.arange(len(rows))
+    a1.barh(x + 0.2, [m for _, m, _ in rows], 0.4, label="model", color="#4c72b0")
+    a1.barh(x - 0.2, [b for _, _, b in rows], 0.4, label="TF-IDF + LinearSVC", color="#c44e52")
+    a1.set_yticks(x, [r[0] for r in rows])
+    a1.set_xlim(min(min(r[1], r[2]) for r in rows) - 0.05, 1.0)
+    a1.legend(loc="lower right")
+    a1.set_title("test split: model vs baseline (same run)")
+
+    curve = result["curve"]
+    a2.plot([c["epoch"] for c in curve], [c["dev_accuracy_leaf"] for c in curve], marker="o")
+    a2.axvline(result["best_epoch"], color="grey", linestyle=":", label=f"kept: epoch {result['best_epoch']}")
+    a2.set_xlabel("epoch")
+    a2.set_ylabel("dev leaf accuracy (transformer alone)")
+    a2.legend()
+    a2.set_title("fine-tuning curve")
+
+    bins = result["calibration"]["served"]["bins"]
+    a3.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    a3.bar([b["confidence"] for b in bins], [b["accuracy"] for b in bins], width=0.05, alpha=0.7)
+    a3.set_xlabel("confidence")
+    a3.set_ylabel("accuracy")
+    a3.set_title(
+        f"reliability (ECE {result['calibration']['served']['ece']:.3f}, "
+        f"before temperature {result['calibration']['before_temperature']['ece']:.3f})"
+    )
+
+    levers = result["levers"]
+    names = list(levers)
+    a4.bar(names, [levers[n]["accuracy_leaf"] for n in names], color="#55a868")
+    a4.set_ylim(min(levers[n]["accuracy_leaf"] for n in names) - 0.03, 1.0)
+    a4.tick_params(axis="x", rotation=20)
+    a4.set_title("levers: leaf accuracy on test")
+
+    leak = (result.get("tags") or {}).get("leakage_model", {})
+    base_leak = (result.get("tags") or {}).get("leakage_baseline", {})
+    if leak:
+        g = list(leak)
+        gx = np.arange(len(g))
+        a5.bar(gx + 0.2, [leak[k]["share_tagged"] for k in g], 0.4, label="model", color="#4c72b0")
+        a5.bar(
+            gx - 0.2, [base_leak.get(k, {}).get("share_tagged", 0) for k in g], 0.4, label="baseline", color="#c44e52"
+        )
+        a5.axhline(0.02, color="grey", linestyle=":", label="goal 2%")
+        a5.set_xticks(gx, g)
+        a5.legend()
+    a5.set_title("tags given outside the categories a group applies to")
+
+    a6.axis("off")
+    pairs = result["confused_pairs"][:10]
+    text = "\n".join(f"{p['count']:>3}  {p['true'][-45:]}\n     → {p['predicted'][-45:]}" for p in pairs)
+    a6.text(0, 1, "most confused (true → predicted)\n\n" + text, va="top", family="monospace", fontsize=8)
+    fig.suptitle(
+        f"listing classifier report — {result['policies']['classes']} classes, "
+        f"{result['policies']['test_rows']} test titles, trained {result['train_seconds']:.0f}s"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

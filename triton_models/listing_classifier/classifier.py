@@ -1,0 +1,411 @@
+"""The listing classifier as served: one file shared by training (which scores with it) and Triton's
+`model.py` (which serves with it). Export copies it into every version folder, so a version always runs
+the code it was trained and measured with.
+
+What a version folder holds and how a batch is scored:
+
+1. **Text.** `compose_text(title, brand, description)`: the brand in front when the title lacks it, then the
+   description's first characters after ` | `. Tokenized with the version's `tokenizer/tokenizer.json`.
+2. **Encoder engine** → per row: leaf logits [C], tag logits [T], and one logits vector per auxiliary taxonomy
+   level. Engines: `torch` (weights.pt, fp32; fp16 on CUDA), `onnx` (model.onnx, fp32), `onnx-int8`
+   (model.int8.onnx, dynamically quantized). The engine is picked by the Triton config (`engine` parameter) or
+   the version's own default (`classifier.json`, chosen at export by an accuracy bound).
+3. **Linear part** (`linear.npz`): TF-IDF word 1-2 + char_wb 2-5 n-grams and linear category and tag scores.
+4. **Fusion and calibration** (`classifier.json`): category log-score
+   `s = α·(log p_leaf + λ·Σ_k log p_level_k(ancestor)) + (1-α)·log softmax(T·linear)`, then probabilities
+   `softmax(s/τ)` (τ fitted on the dev split, so confidences mean what they say); tags
+   `sigmoid(β·z + (1-β)·T_tag·linear_tag)`.
+5. **Hierarchy.** Each level's probability is the sum of its leaves' probabilities; `depth` is the deepest level
+   whose probability reaches `depth_threshold` (the path the model is confident in).
+6. **Tags only where they apply** (`tags.json`): a group (`gender`, `season`, ...) is given only when the
+   predicted category's top level is one the group applies to; every tag has its own threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MAX_TITLE_CHARS = 1000  # longer titles are truncated, not rejected (see the listings.new contract)
+MAX_BRAND_CHARS = 100
+ENGINES = ("torch", "onnx", "onnx-int8")
+ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+
+
+def compose_text(title: str, brand: str | None = None, description: str | None = None, desc_chars: int = 0) -> str:
+    """The model's input text."""
+    title = " ".join(title[:MAX_TITLE_CHARS].split())
+    brand = " ".join((brand or "")[:MAX_BRAND_CHARS].split())
+    text = f"{brand} {title}" if brand and brand.lower() not in title.lower() else title
+    if desc_chars > 0 and description:
+        desc = " ".join(description[: desc_chars * 2].split())[:desc_chars]
+        if desc:
+            text = f"{text} | {desc}"
+    return text
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    return np.exp(log_softmax(x))
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -50, 50)))
+
+
+@dataclass
+class Outputs:
+    """What the encoder engine gives for a batch: leaf logits [n, C], tag logits [n, T], level logits."""
+
+    leaf: np.ndarray
+    tags: np.ndarray
+    levels: list[np.ndarray]
+
+
+class Tokenizer:
+    """The version's fast tokenizer (the `tokenizers` library: no transformers or torch needed)."""
+
+    def __init__(self, folder: Path, max_len: int) -> None:
+        from tokenizers import Tokenizer as _Tokenizer
+
+        self._tok = _Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self._tok.enable_truncation(max_len)
+        self._tok.no_padding()
+        self.pad_id = self._tok.token_to_id("[PAD]") or 0
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(list(texts))]
+
+
+def pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token-id rows right-padded to the longest: int64 `input_ids` and `attention_mask` [n, longest]."""
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for j, r in enumerate(rows):
+        ids[j, : len(r)] = r
+        mask[j, : len(r)] = 1
+    return ids, mask
+
+
+def sibling(folder: Path, name: str) -> Any:
+    """`<folder>/<name>.py` as a module of its own (each version folder runs its own code)."""
+    import hashlib
+    import importlib.util
+    import sys
+
+    key = f"listing_classifier_{name}_{hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:10]}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, folder / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+class TorchEngine:
+    def __init__(self, folder: Path, device: str = "cpu", threads: int = 0) -> None:
+        import torch
+
+        network = sibling(folder, "network")
+        if threads:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.device = torch.device(device)
+        self.half = self.device.type == "cuda"
+        self.net = network.load(folder)
+        self.net.to(self.device)
+        if self.half:
+            self.net.half()
+
+    def __call__(self, ids: np.ndarray, mask: np.ndarray) -> Outputs:
+        torch = self.torch
+        with torch.inference_mode():
+            out = self.net(torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device))
+        leaf, tags, *levels = (o.float().cpu().numpy() for o in out)
+        return Outputs(leaf, tags, levels)
+
+
+class OnnxEngine:
+    def __init__(self, path: Path, device: str = "cpu", threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            dev = int(device.split(":")[1]) if ":" in device else 0
+            providers = [("CUDAExecutionProvider", {"device_id": dev}), "CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        self.providers = self.session.get_providers()
+
+    def __call__(self, ids: np.ndarray, mask: np.ndarray) -> Outputs:
+        leaf, tags, *levels = self.session.run(None, {"input_ids": ids, "attention_mask": mask})
+        return Outputs(np.asarray(leaf, np.float32), np.asarray(tags, np.float32), [np.asarray(x) for x in levels])
+
+
+def make_engine(folder: Path, engine: str, device: str = "cpu", threads: int = 0) -> Any:
+    if engine == "torch":
+        return TorchEngine(folder, device, threads)
+    if engine in ONNX_FILES:
+        return OnnxEngine(folder / ONNX_FILES[engine], device, threads)
+    raise ValueError(f"unknown engine {engine!r}: one of {', '.join(ENGINES)}")
+
+
+WORD = re.compile(r"(?u)\b\w\w+\b")
+SPACES = re.compile(r"\s\s+")
+
+
+def word_grams(text: str) -> list[str]:
+    """Word 1-2 grams, as scikit-learn's TfidfVectorizer(ngram_range=(1, 2)) makes them."""
+    tokens = WORD.findall(text.lower())
+    return tokens + [f"{a} {b}" for a, b in pairwise(tokens)]
+
+
+def char_grams(text: str, lo: int = 2, hi: int = 5) -> list[str]:
+    """Character 2-5 grams inside word boundaries, as TfidfVectorizer(analyzer="char_wb") makes them."""
+    out: list[str] = []
+    for w in SPACES.sub(" ", text.lower()).split():
+        w = f" {w} "
+        for n in range(lo, hi + 1):
+            offset = 0
+            out.append(w[offset : offset + n])
+            while offset + n < len(w):
+                offset += 1
+                out.append(w[offset : offset + n])
+            if offset == 0:
+                break
+    return out
+
+
+class Linear:
+    """The linear part: sublinear TF-IDF of word 1-2 and char_wb 2-5 n-grams (each L2-normalised, side by side),
+    and sparse linear category / tag weights. Stored as plain arrays in `linear.npz` (no pickle: any NumPy/SciPy
+    reads it), the features computed here exactly as scikit-learn computes them at training."""
+
+    def __init__(self, path: Path) -> None:
+        from scipy import sparse
+
+        d = np.load(path, allow_pickle=False)
+        self.parts = []  # (n-gram maker, term -> index within the part, idf, the part's first column)
+        offset = 0
+        for name, grams in (("word", word_grams), ("char", char_grams)):
+            terms = d[f"{name}_terms"].tolist()
+            self.parts.append((grams, {t: i for i, t in enumerate(terms)}, d[f"{name}_idf"], offset))
+            offset += len(terms)
+        self.n_features = offset
+
+        def csr(prefix: str) -> Any:
+            if f"{prefix}_data" not in d:
+                return None
+            return sparse.csr_matrix(
+                (d[f"{prefix}_data"], d[f"{prefix}_indices"], d[f"{prefix}_indptr"]), shape=tuple(d[f"{prefix}_shape"])
+            )
+
+        self.cat_coef, self.cat_bias = csr("cat"), d["cat_bias"]
+        self.tag_coef = csr("tag")
+        self.tag_bias = d["tag_bias"] if "tag_bias" in d else None
+
+    def features(self, texts: Sequence[str]) -> Any:
+        from scipy import sparse
+
+        data: list[float] = []
+        cols: list[int] = []
+        indptr = [0]
+        for text in texts:
+            for grams, vocab, idf, first in self.parts:
+                counts: dict[int, int] = {}
+                for g in grams(text):
+                    j = vocab.get(g)
+                    if j is not None:
+                        counts[j] = counts.get(j, 0) + 1
+                if not counts:
+                    continue
+                idx = np.fromiter(counts, dtype=np.int64, count=len(counts))
+                w = (1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))) * idf[idx]
+                w /= np.sqrt((w * w).sum())
+                cols.extend((idx + first).tolist())
+                data.extend(w.tolist())
+            indptr.append(len(cols))
+        return sparse.csr_matrix((np.asarray(data, np.float32), cols, indptr), shape=(len(texts), self.n_features))
+
+    def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        x = self.features(texts)
+        cats = (x @ self.cat_coef).toarray().astype(np.float32) + self.cat_bias
+        tags = None
+        if self.tag_coef is not None:
+            tags = (x @ self.tag_coef).toarray().astype(np.float32) + self.tag_bias
+        return cats, tags
+
+
+@dataclass
+class Scores:
+    """A scored batch: calibrated category probabilities [n, C] and gated tag probabilities [n, T]."""
+
+    probs: np.ndarray
+    tags: np.ndarray
+
+
+class Classifier:
+    """A model version folder, ready to score batches of listings."""
+
+    def __init__(self, folder: str | Path, engine: str = "auto", device: str = "cpu", threads: int = 0) -> None:
+        folder = Path(folder)
+        self.folder = folder
+        self.meta = json.loads((folder / "classifier.json").read_text())
+        self.labels = json.loads((folder / "labels.json").read_text())
+        self.tag_info = json.loads((folder / "tags.json").read_text())
+        self.engine_name = self.meta.get("default_engine", "torch") if engine in ("", "auto") else engine
+        self.engine = make_engine(folder, self.engine_name, device, threads)
+        self.tokenizer = Tokenizer(folder / "tokenizer", int(self.meta["max_len"]))
+        self.linear = Linear(folder / "linear.npz") if (folder / "linear.npz").exists() else None
+        self.sub_batch = 256 if device.startswith("cuda") else 64
+        cats = self.labels["categories"]
+        self.n_classes = len(cats)
+        self.paths = [tuple(c["path"]) for c in cats]
+        self.depth = max(len(p) for p in self.paths)
+        # class -> index of its ancestor at each auxiliary head level
+        self.head_levels = [int(k) for k in self.labels.get("head_levels", [])]
+        self.ancestors = []
+        for k in self.head_levels:
+            nodes = {tuple(n): i for i, n in enumerate(self.labels["levels"][str(k)])}
+            self.ancestors.append(np.array([nodes[p[:k]] for p in self.paths]))
+        # each class's prefix at every level 1..depth, as group ids, for level probabilities
+        self.level_groups = []
+        for k in range(1, self.depth + 1):
+            ids: dict[tuple[str, ...], int] = {}
+            self.level_groups.append(np.array([ids.setdefault(p[:k], len(ids)) for p in self.paths]))
+        tags = self.tag_info.get("tags", [])
+        self.tag_names = tags
+        self.tag_thresholds = np.asarray(self.tag_info.get("thresholds", [0.5] * len(tags)), dtype=np.float32)
+        groups = self.tag_info.get("groups", {})
+        tops = sorted({p[0] for p in self.paths})
+        top_index = {t: i for i, t in enumerate(tops)}
+        self.top_of_class = np.array([top_index[p[0]] for p in self.paths])
+        # allowed[t, top] = tag t may be given to a listing whose predicted top level is `top`
+        self.allowed = np.ones((len(tags), len(tops)), dtype=bool)
+        for j, name in enumerate(tags):
+            applies = groups.get(name.split(":", 1)[0], {}).get("applies_to")
+            if applies is not None:
+                self.allowed[j] = [t in set(applies) for t in tops]
+
+    # ------------------------------------------------------------------ scoring
+
+    def texts(
+        self, titles: Sequence[str], brands: Sequence[str | None], descriptions: Sequence[str | None]
+    ) -> list[str]:
+        chars = int(self.meta.get("description_chars", 0))
+        return [compose_text(t, b, d, chars) for t, b, d in zip(titles, brands, descriptions, strict=True)]
+
+    def encode(self, texts: Sequence[str]) -> Outputs:
+        """Engine outputs for already composed texts, in sub-batches sorted by token length."""
+        n = len(texts)
+        ids = self.tokenizer.encode(texts)
+        order = sorted(range(n), key=lambda i: len(ids[i]))
+        parts: list[tuple[list[int], Outputs]] = []
+        for start in range(0, n, self.sub_batch):
+            rows = order[start : start + self.sub_batch]
+            parts.append((rows, self.engine(*pad([ids[i] for i in rows], self.tokenizer.pad_id))))
+
+        def gather(get: Any) -> np.ndarray:
+            first = get(parts[0][1])
+            out = np.zeros((n, first.shape[1]), dtype=np.float32)
+            for rows, o in parts:
+                out[rows] = get(o)
+            return out
+
+        levels = [gather(lambda o, k=k: o.levels[k]) for k in range(len(parts[0][1].levels))]
+        return Outputs(gather(lambda o: o.leaf), gather(lambda o: o.tags), levels)
+
+    def category_log_scores(self, out: Outputs, linear: np.ndarray | None) -> np.ndarray:
+        f = self.meta.get("fusion", {})
+        lam = float(f.get("level_weight", 0.0))
+        s = log_softmax(out.leaf)
+        for anc, logits in zip(self.ancestors, out.levels, strict=True):
+            if lam:
+                s = s + lam * log_softmax(logits)[:, anc]
+        if linear is not None and f.get("alpha", 1.0) < 1.0:
+            a = float(f["alpha"])
+            s = a * s + (1 - a) * log_softmax(float(f.get("linear_temperature", 1.0)) * linear)
+        return s / float(f.get("temperature", 1.0))
+
+    def tag_logits(self, out: Outputs, linear: np.ndarray | None) -> np.ndarray:
+        f = self.tag_info.get("fusion", {})
+        z = out.tags
+        if linear is not None and f.get("beta", 1.0) < 1.0:
+            b = float(f["beta"])
+            z = b * z + (1 - b) * float(f.get("linear_temperature", 1.0)) * linear
+        return z
+
+    def score_texts(self, texts: Sequence[str]) -> Scores:
+        if not texts:
+            return Scores(np.zeros((0, self.n_classes), np.float32), np.zeros((0, len(self.tag_names)), np.float32))
+        out = self.encode(texts)
+        lin_cat, lin_tag = self.linear(texts) if self.linear is not None else (None, None)
+        probs = softmax(self.category_log_scores(out, lin_cat))
+        tags = sigmoid(self.tag_logits(out, lin_tag)) if self.tag_names else np.zeros((len(texts), 0), np.float32)
+        if self.tag_names:
+            top = self.top_of_class[probs.argmax(1)]
+            tags = np.where(self.allowed[:, top].T, tags, 0.0)
+        return Scores(probs.astype(np.float32), tags.astype(np.float32))
+
+    def score(
+        self,
+        titles: Sequence[str],
+        brands: Sequence[str | None] | None = None,
+        descriptions: Sequence[str | None] | None = None,
+    ) -> Scores:
+        n = len(titles)
+        return self.score_texts(self.texts(titles, brands or [None] * n, descriptions or [None] * n))
+
+    # ------------------------------------------------------------------ results
+
+    def level_probs(self, probs: np.ndarray, leaf: int) -> list[float]:
+        """The probability of each prefix of class `leaf`'s path (level 1 .. its depth)."""
+        out = []
+        for k in range(len(self.paths[leaf])):
+            groups = self.level_groups[k]
+            out.append(float(probs[groups == groups[leaf]].sum()))
+        return out
+
+    def result(self, probs: np.ndarray, tag_probs: np.ndarray, k: int = 5) -> dict:
+        """The RESULT JSON object of one row (the worker's output contract)."""
+        top = np.argsort(-probs, kind="stable")[:k]
+        cats = self.labels["categories"]
+
+        def entry(i: int) -> dict:
+            c = cats[int(i)]
+            return {"id": c["id"], "name": c["name"], "path": list(c["path"])}
+
+        best = int(top[0])
+        levels = self.level_probs(probs, best)
+        threshold = float(self.meta.get("depth_threshold", 0.5))
+        depth = max([i + 1 for i, p in enumerate(levels) if p >= threshold], default=0)
+        tags = [
+            {"tag": self.tag_names[j], "score": round(float(tag_probs[j]), 4)}
+            for j in np.argsort(-tag_probs, kind="stable")
+            if tag_probs[j] >= self.tag_thresholds[j] and tag_probs[j] > 0
+        ]
+        return {
+            "category": entry(best),
+            "confidence": round(float(probs[best]), 4),
+            "depth": depth,
+            "level_confidence": [round(p, 4) for p in levels],
+            "alternatives": [{**entry(i), "score": round(float(probs[i]), 4)} for i in top[1:]],
+            "tags": tags,
+        }
