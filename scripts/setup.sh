@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh machine, idempotently:
-# Debian packages (redis-server, Java, Maven, libpython for Triton's stub), the venv and its packages,
-# and the Kafka jars from Maven Central. Safe to run again: finished steps are skipped.
+# Debian packages (redis-server, Java, Maven, libpython for Triton's stub, Go), the venv and its packages,
+# the Kafka jars from Maven Central, and the kustomize renderer of the deployment tests.
+# Safe to run again: finished steps are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
@@ -12,6 +13,7 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need_apt+=(maven)
 [ -e /usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0 ] || [ -e /lib/x86_64-linux-gnu/libpython3.11.so.1.0 ] || need_apt+=(libpython3.11)
+command -v go >/dev/null || need_apt+=(golang-go)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -44,4 +46,39 @@ if [ ! -e "$stamp" ]; then
 fi
 
 .venv/bin/python -c "from devtools.config import load; from devtools.stack.kafka import ensure_jars; ensure_jars(load())"
+
+# kustomize, for the offline deployment tests (tests/test_deploy.py): deploy/tools/kustomize-render, a small Go
+# program pinned to the kustomize API by its go.mod/go.sum, built once per version of its sources into the
+# cache (modules come from the Go module proxy the first time, then from the module cache).
+kr_src=deploy/tools/kustomize-render
+kr_cache=${LISTINGS_CACHE_DIR:-$HOME/.cache/listing-classifier}
+kr_bin=$kr_cache/bin/kustomize-render-$(cat "$kr_src/go.mod" "$kr_src/go.sum" "$kr_src/main.go" | sha256sum | cut -c1-12)
+if [ ! -x "$kr_bin" ]; then
+  echo "setup: building kustomize-render (deploy/tools/kustomize-render; a minute or two the first time)"
+  gocmd=go
+  # Go >= 1.21 fetches the toolchain go.mod asks for by itself (GOTOOLCHAIN=auto); Debian 12's golang-go (1.19)
+  # cannot, so fetch that toolchain once from the module proxy as the module golang.org/toolchain
+  if [ "$(go version | sed -n 's/.*go1\.\([0-9]*\).*/\1/p')" -lt 21 ]; then
+    want=$(sed -n 's/^go \(1\.[0-9.]*\)$/\1/p' "$kr_src/go.mod")
+    tc=$kr_cache/go$want
+    if [ ! -x "$tc/bin/go" ]; then
+      dir=$(cd / && GO111MODULE=on GOFLAGS= go mod download -json "golang.org/toolchain@v0.0.1-go$want.linux-$(go env GOARCH)" |
+        sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+      mkdir -p "$(dirname "$tc")"
+      rm -rf "$tc.tmp"
+      cp -r "$dir" "$tc.tmp"
+      chmod -R u+w "$tc.tmp"
+      chmod +x "$tc.tmp"/bin/* "$tc.tmp"/pkg/tool/*/*
+      mv "$tc.tmp" "$tc"
+    fi
+    gocmd=$tc/bin/go
+  fi
+  mkdir -p "$(dirname "$kr_bin")"
+  if ! log=$(cd "$kr_src" && CGO_ENABLED=0 GOTOOLCHAIN=auto GOFLAGS=-mod=readonly "$gocmd" build -trimpath -o "$kr_bin.tmp" . 2>&1); then
+    echo "$log" >&2
+    exit 1
+  fi
+  mv "$kr_bin.tmp" "$kr_bin"
+  ln -sfn "$(basename "$kr_bin")" "$(dirname "$kr_bin")/kustomize-render"
+fi
 echo "setup: ready"

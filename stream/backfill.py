@@ -120,6 +120,17 @@ async def backfill(settings: Settings, options: BackfillOptions) -> Summary:
     from stream.pipeline.records import InRecord
 
     topic = options.topic or settings.topics.input
+    if not options.model_version:  # re-classify with the live version (the one `listings promote` recorded)
+        from dataclasses import replace
+
+        from stream.models import read_live
+
+        r = connections.redis_sync(settings.redis)
+        try:
+            live = read_live(r, settings.triton.model_name).version
+        finally:
+            r.close()
+        options = replace(options, model_version=live)
     group = options.group or default_group(options, topic)
     batch_size = settings.backfill.max_batch
     started = time.monotonic()
@@ -190,6 +201,7 @@ async def backfill(settings: Settings, options: BackfillOptions) -> Summary:
     try:
         while remaining:
             polled = await on_consumer(consumer.poll, timeout_ms=500, max_records=batch_size)
+            polled_ms = time.time() * 1000
             batch: list[InRecord] = []
             offsets: dict[Any, int] = {}
             for tp, msgs in polled.items():
@@ -197,7 +209,7 @@ async def backfill(settings: Settings, options: BackfillOptions) -> Summary:
                 for m in msgs:
                     if m.offset >= stop:
                         break
-                    batch.append(InRecord(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp))
+                    batch.append(InRecord(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp, polled_ms))
                     offsets[tp] = m.offset + 1
             for tp in list(remaining):  # past the planned end: this partition is done
                 if await on_consumer(consumer.position, tp) >= plan.end[tp.partition]:
@@ -229,7 +241,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--from-beginning", action="store_true", help="start at the earliest retained offset")
     parser.add_argument("--until", type=parse_time, default=None, help="stop at this time (default: the end now)")
     parser.add_argument("--topic", default=None, help="topic of listing events (default: the input topic)")
-    parser.add_argument("--model-version", default=None, help="Triton model version to use (default: latest)")
+    parser.add_argument(
+        "--model-version",
+        default=None,
+        help="Triton model version to use (default: the live one, see `listings models`)",
+    )
     parser.add_argument("--rate", type=float, default=0.0, help="max events/s (0 = unlimited)")
     parser.add_argument("--group", default=None, help="consumer group (default: derived from the arguments)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON, no progress bar")

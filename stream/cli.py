@@ -22,7 +22,12 @@ RUNTIME_COMMANDS = {
     "worker": "stream.worker",
     "backfill": "stream.backfill",
     "produce": "stream.produce",
-    "topics": "stream.topics_cli",
+    "topics": "stream.commands.topics",
+    "models": "stream.commands.models",
+    "promote": "stream.commands.promote",
+    "shadow": "stream.shadow",
+    "review-ui": "stream.review.app",
+    "feedback": "stream.commands.feedback",
 }
 
 

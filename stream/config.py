@@ -128,12 +128,27 @@ class WorkerSettings(_Group):
     state_dir: Path = Field(default_factory=_default_state_dir)
     # /healthz fails when the pipeline holds work but has made no progress for this long
     stall_timeout_s: float = Field(120.0, gt=0)
+    # per-batch stage timings as JSON lines (the benchmark's breakdown); off when unset
+    timings_file: Path | None = None
+    # OpenTelemetry spans per batch: none (default), console, or otlp (OTEL_EXPORTER_OTLP_* say where)
+    otel_exporter: Literal["none", "console", "otlp"] = "none"
 
 
 class BackfillSettings(_Group):
     model_config = SettingsConfigDict(env_prefix="LISTINGS_BACKFILL_", frozen=True, extra="ignore")
 
     max_batch: int = Field(64, ge=1, le=4096, description="events per backfill request (smaller = live waits less)")
+
+
+class ReviewSettings(_Group):
+    """The review page (`listings review-ui`)."""
+
+    model_config = SettingsConfigDict(env_prefix="LISTINGS_REVIEW_", frozen=True, extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8088, ge=1, le=65535)
+    token: SecretStr | None = Field(None, description="required when the page is bound beyond loopback")
+    page_size: int = Field(200, ge=1, le=5000)
 
 
 class Settings(BaseModel):
@@ -147,6 +162,7 @@ class Settings(BaseModel):
     triton: TritonSettings = Field(default_factory=TritonSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     backfill: BackfillSettings = Field(default_factory=BackfillSettings)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
 
     def replace(self, **groups: dict[str, Any]) -> Settings:
         """A copy with some fields of some groups changed: `s.replace(topics={"input": "x"})`."""

@@ -23,6 +23,19 @@ class Unreachable(RuntimeError):
         super().__init__(f"{part} at {target} is not reachable ({detail})" + (f": {self.hint}" if self.hint else ""))
 
 
+def is_auth_failure(exc: BaseException) -> bool:
+    """Credentials refused (Kafka SASL, Redis ACL): a setting to fix, never retried."""
+    name = type(exc).__name__
+    text = str(exc)
+    return (
+        "Authentication" in name
+        or "Authorization" in name
+        or "NoPermission" in name
+        or name.startswith("Sasl")
+        or text.startswith(("NOAUTH", "WRONGPASS", "NOPERM"))
+    )
+
+
 def classify(exc: BaseException, settings: Settings) -> Unreachable | None:
     """The `Unreachable` that a client library's exception stands for, or None when it is something else."""
     if isinstance(exc, Unreachable):

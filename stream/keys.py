@@ -22,3 +22,7 @@ def tag(name: str) -> str:
 def backfill_plan(group: str) -> str:
     """The planned start/end offsets of a backfill run (kept so a resumed run stops where it planned)."""
     return f"backfill:plan:{group}"
+
+
+REVIEW_QUEUE = "review:queue"  # sorted set: items waiting for a human, scored by when they were queued (ms)
+REVIEW_STATS = "review:decisions"  # hash: decision -> items decided that way (accepted, corrected)

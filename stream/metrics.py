@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
-
-log = logging.getLogger("listings.metrics")
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_IN = Counter("listings_events_in_total", "Events consumed", ["source"])
 EVENTS_OUT = Counter("listings_events_classified_total", "Events classified and written to every sink", ["source"])
@@ -34,14 +30,10 @@ E2E_LATENCY = Histogram(
 )
 CONSUMER_LAG = Gauge("listings_consumer_lag", "High watermark minus next offset to process", ["topic", "partition"])
 IN_FLIGHT = Gauge("listings_batches_in_flight", "Micro-batches between Triton request and sink acknowledgement")
-
-
-def serve(host: str, port: int) -> None:
-    """Expose /metrics on host:port (port 0 disables)."""
-    if port <= 0:
-        return
-    try:
-        start_http_server(port, addr=host)
-        log.info("metrics on http://%s:%d/metrics", host, port)
-    except OSError as exc:
-        log.warning("metrics port %d unavailable (%s): metrics disabled for this process", port, exc)
+# where an event's time goes, stage by stage (see stream/pipeline/timing.py)
+STAGE = Histogram(
+    "listings_stage_seconds",
+    "Time spent in one pipeline stage (per event for kafka_wait and batch_forming, per batch otherwise)",
+    ["stage", "source"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)

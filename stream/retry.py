@@ -17,6 +17,7 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     Retrying,
+    retry_if_exception,
     retry_if_exception_type,
     retry_if_result,
     stop_after_delay,
@@ -32,12 +33,13 @@ async def retry_forever(
     what: str,
     op: Callable[[], Awaitable[T]],
     *,
-    retryable: tuple[type[BaseException], ...],
+    retryable: tuple[type[BaseException], ...] | Callable[[BaseException], bool],
     max_backoff: float = 5.0,
     first_backoff: float = 0.1,
     on_retry: Callable[[str, BaseException], None] | None = None,
 ) -> T:
-    """Run `op` until it succeeds; the `retryable` errors are retried with capped exponential backoff."""
+    """Run `op` until it succeeds; the `retryable` errors (types, or a predicate) are retried with capped
+    exponential backoff; any other error is raised at once."""
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -54,7 +56,7 @@ async def retry_forever(
         return await op()
 
     retrying = AsyncRetrying(
-        retry=retry_if_exception_type(retryable),
+        retry=retry_if_exception(retryable) if callable(retryable) else retry_if_exception_type(retryable),
         wait=wait_exponential_jitter(multiplier=first_backoff, max=max_backoff, jitter=first_backoff),
         before_sleep=before_sleep,
         reraise=True,

@@ -17,18 +17,26 @@ from stream.config import Settings
 
 log = logging.getLogger("listings.worker")
 EXIT_UNEXPECTED = 70  # EX_SOFTWARE
+EXIT_CONFIG = 78  # EX_CONFIG: credentials refused
+PROBE_TIMEOUT_S = 3.0
 
 HELP = "run the streaming worker (Faust) on listings.new"
 
 
 def make_app(settings: Settings) -> Any:
+    import asyncio
+    import time
+
     import faust
 
-    from stream import connections, metrics
+    from stream import connections, errors, metrics, tracing
     from stream.classify.triton_client import LIVE_PRIORITY
+    from stream.health import HEALTH
+    from stream.models import LiveVersion
     from stream.pipeline.conveyor import Conveyor
     from stream.pipeline.process import BatchStats, Pipeline
     from stream.pipeline.records import InRecord
+    from stream.pipeline.timing import BatchTiming, Recorder
 
     w = settings.worker
     datadir = w.state_dir / "faust"
@@ -54,11 +62,28 @@ def make_app(settings: Settings) -> Any:
         settings.topics.input, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )
     next_offset: dict[tuple[str, int], int] = {}
+    running: dict[str, Pipeline] = {}
+    live = LiveVersion(settings)
+
+    def fatal(exc: BaseException) -> None:
+        """Stop now: a supervisor restarts the worker, which resumes from the committed offsets."""
+        down = errors.classify(exc, settings) if errors.is_auth_failure(exc) else None
+        if down is not None:
+            log.critical(f"{down.part} at {down.target} refused our credentials ({down.detail}): {down.hint}")
+            os._exit(EXIT_CONFIG)
+        log.critical("unexpected failure: exiting so the uncommitted events are redelivered", exc_info=exc)
+        os._exit(EXIT_UNEXPECTED)
 
     @app.agent(source, name="classify")
     async def classify(stream: Any) -> None:
         pipeline = Pipeline.from_settings(settings, source="live", priority=LIVE_PRIORITY)
-        await pipeline.start()
+        try:
+            await pipeline.start()
+        except Exception as exc:  # noqa: BLE001 - outages are retried inside start(); this is not one
+            fatal(exc)
+        running["pipeline"] = pipeline
+        await follow_live_version()
+        HEALTH.start()
 
         async def done(events: list[Any], stats: BatchStats) -> None:
             for event in events:  # in offset order: Faust commits only contiguous acked offsets
@@ -67,31 +92,117 @@ def make_app(settings: Settings) -> Any:
                 next_offset[(msg.topic, msg.partition)] = msg.offset + 1
             log.debug("batch done", extra={"fields": {"events": stats.events, "statuses": dict(stats.statuses)}})
 
-        conveyor = Conveyor(pipeline, w.max_in_flight, done)
+        recorder = Recorder(w.timings_file, tracing.tracer(w.otel_exporter))
+        conveyor = Conveyor(pipeline, w.max_in_flight, done, on_failure=fatal, recorder=recorder)
         conveyor.start()
         try:
             async for events in stream.noack_take(w.max_batch, within=w.max_wait_ms / 1000):
-                records = [
-                    InRecord(
-                        topic=e.message.topic,
-                        partition=e.message.partition,
-                        offset=e.message.offset,
-                        key=e.message.key,
-                        value=e.message.value,
-                        timestamp_ms=int(e.message.timestamp * 1000) if e.message.timestamp else None,
+                timing = BatchTiming("live", len(events))
+                mono, wall = time.monotonic(), timing.dispatched_ms
+                records = []
+                for e in events:
+                    m = e.message
+                    # Faust's monitor stamps each message (monotonic) when the consumer hands it over
+                    received = wall - (mono - m.time_in) * 1000 if m.time_in else None
+                    records.append(
+                        InRecord(
+                            m.topic,
+                            m.partition,
+                            m.offset,
+                            m.key,
+                            m.value,
+                            int(m.timestamp * 1000) if m.timestamp else None,
+                            received,
+                        )
                     )
-                    for e in events
-                ]
-                await conveyor.submit(records, events)
-        except Exception:
+                timing.events_(
+                    "kafka_wait",
+                    [
+                        (r.received_ms - r.timestamp_ms) / 1000
+                        for r in records
+                        if r.received_ms is not None and r.timestamp_ms is not None
+                    ],
+                )
+                timing.events_(
+                    "batch_forming", [(wall - r.received_ms) / 1000 for r in records if r.received_ms is not None]
+                )
+                await conveyor.submit(records, events, timing)
+        except Exception as exc:  # noqa: BLE001
             # Not a down dependency (those are retried) but a bug or a broken invariant. Restarting the agent
             # in place would go on past the failed batch's events; exiting makes a supervisor restart the
             # worker, which resumes from the committed offsets: nothing is skipped.
-            log.critical("unexpected failure: exiting so the uncommitted events are redelivered", exc_info=True)
-            os._exit(EXIT_UNEXPECTED)
+            fatal(exc)
         finally:
             await conveyor.cancel()
             await pipeline.stop()
+
+    feedback_topic = app.topic(
+        settings.topics.feedback, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+
+    @app.agent(feedback_topic, name="feedback")
+    async def apply_feedback(stream: Any) -> None:
+        """Human review decisions: applied with the live pipeline's sinks, acked once written (see feedback.py)."""
+        from stream.feedback import FeedbackApplier
+
+        while "pipeline" not in running:
+            await asyncio.sleep(0.2)
+        applier = FeedbackApplier(running["pipeline"])
+        try:
+            async for events in stream.noack_take(64, within=0.2):
+                records = [
+                    InRecord(
+                        e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value, None
+                    )
+                    for e in events
+                ]
+                counts = await applier.apply(records)
+                for event in events:
+                    await stream.ack(event)
+                log.info("feedback applied", extra={"fields": counts})
+        except Exception as exc:  # noqa: BLE001 - outages are retried inside; anything else stops the worker
+            fatal(exc)
+
+    @app.timer(interval=1.0)
+    async def beat() -> None:
+        HEALTH.beat()
+
+    @app.timer(interval=2.0)
+    async def live_version_timer() -> None:
+        await follow_live_version()
+
+    async def follow_live_version() -> None:
+        """Send the next requests to the version promoted as live (`listings promote`), without a restart."""
+        pipeline = running.get("pipeline")
+        if pipeline is None:
+            return
+        try:
+            version = await live.refresh()
+        except Exception as exc:  # noqa: BLE001 - Redis down: keep the version we have (probes report Redis)
+            log.debug("live version not read: %s", exc)
+            return
+        if version != pipeline.classifier.model_version:
+            log.info("live model version", extra={"fields": {"version": version or "newest served"}})
+            pipeline.classifier.model_version = version
+
+    @app.timer(interval=2.0)
+    async def probe() -> None:
+        """Ask each dependency whether it is ready, so /readyz is right even when no event flows."""
+        pipeline = running.get("pipeline")
+        if pipeline is None:
+            return
+        for name, ping in (
+            ("kafka", pipeline.out.ping),
+            ("redis", pipeline.store.ping),
+            ("triton", pipeline.classifier.ping),
+        ):
+            try:
+                HEALTH.probed(name, bool(await asyncio.wait_for(ping(), PROBE_TIMEOUT_S)))
+            except Exception as exc:  # noqa: BLE001 - a failed probe is "not ready"
+                if errors.is_auth_failure(exc):
+                    fatal(exc)
+                HEALTH.probed(name, False, f"{type(exc).__name__}: {exc}"[:300])
+        HEALTH.assignment = "assigned" if app.consumer.assignment() else "waiting for an assignment"
 
     @app.timer(interval=5.0)
     async def report_lag() -> None:
@@ -115,12 +226,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import faust
 
-    from stream import logs, metrics
+    from stream import health, logs
 
     if args.metrics_port is not None:
         settings = settings.replace(worker={"metrics_port": args.metrics_port})
     logs.setup(args.log_level)
-    metrics.serve(settings.worker.metrics_host, settings.worker.metrics_port)
+    health.HEALTH.stall_timeout_s = settings.worker.stall_timeout_s
+    health.serve(settings.worker.metrics_host, settings.worker.metrics_port)
     app = make_app(settings)
     fields = {"group": settings.worker.group_id, "topic": settings.topics.input}
     log.info("worker starting", extra={"fields": fields})

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from stream import metrics
+from stream import health, metrics
 from stream.retry import retry_forever
 
 LIVE_PRIORITY = 1
@@ -31,6 +31,8 @@ class Classification:
     confidence: float
     alternatives: list[dict[str, Any]]
     tags: list[dict[str, Any]]
+    depth: int = 0  # the deepest level of `category.path` the model is confident in
+    level_confidence: tuple[float, ...] = ()  # probability of each prefix of the path
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,8 @@ class BatchResult:
     model_name: str
     model_version: str
     results: list[Classification]
+    total_s: float = 0.0  # the request as the client saw it (retries included)
+    compute_s: float = 0.0  # the model's execute() time for the merged batch that served it (TIMING output)
 
 
 def text_inputs(client_module: Any, **columns: Sequence[str | bytes]) -> list[Any]:
@@ -70,6 +74,7 @@ class TritonClassifier:
         self.max_backoff_s = max_backoff_s
         self.model_version = model_version  # "" = the version Triton's policy serves (latest)
         self._client: Any = None
+        self._taxonomies: dict[str, dict[str, Any]] = {}
 
     def _connect(self) -> Any:
         import tritonclient.grpc.aio as grpcclient
@@ -77,6 +82,28 @@ class TritonClassifier:
         if self._client is None:
             self._client = grpcclient.InferenceServerClient(self.url)
         return self._client
+
+    async def taxonomy(self, version: str = "") -> dict[str, Any]:
+        """The categories (id, name, path) and tags of a served version (the model's INFO request)."""
+        import tritonclient.grpc.aio as grpcclient
+
+        key = version or self.model_version
+        if key not in self._taxonomies:
+            client = self._connect()
+            res = await client.infer(
+                self.model_name,
+                text_inputs(grpcclient, TITLE=["-"], INFO=["taxonomy"]),
+                model_version=key,
+                outputs=[grpcclient.InferRequestedOutput("RESULT")],
+                client_timeout=self.timeout_s,
+            )
+            self._taxonomies[key] = orjson.loads(res.as_numpy("RESULT").reshape(-1)[0])
+        return self._taxonomies[key]
+
+    async def ping(self) -> bool:
+        """Triton serves this model (a readiness probe)."""
+        client = self._connect()
+        return bool(await client.is_server_ready() and await client.is_model_ready(self.model_name))
 
     async def close(self) -> None:
         if self._client is not None:
@@ -94,7 +121,7 @@ class TritonClassifier:
                 self.model_name,
                 inputs,
                 model_version=self.model_version,
-                outputs=[grpcclient.InferRequestedOutput("RESULT")],
+                outputs=[grpcclient.InferRequestedOutput("RESULT"), grpcclient.InferRequestedOutput("TIMING")],
                 priority=self.priority,
                 client_timeout=self.timeout_s,
             )
@@ -114,13 +141,27 @@ class TritonClassifier:
             lambda: self._infer_once(titles, descriptions, brands),
             retryable=(TritonUnavailable,),
             max_backoff=self.max_backoff_s,
-            on_retry=lambda _w, _e: metrics.RETRIES.labels("triton").inc(),
+            on_retry=health.on_retry("triton"),
         )
-        metrics.TRITON_LATENCY.observe(time.perf_counter() - start)
+        health.succeeded("triton")
+        total = time.perf_counter() - start
+        metrics.TRITON_LATENCY.observe(total)
         raw = response.as_numpy("RESULT").reshape(-1)
         results = []
         for row in raw:
             d = orjson.loads(row)
-            results.append(Classification(d["category"], float(d["confidence"]), d["alternatives"], d["tags"]))
+            path = d["category"].get("path", [])
+            results.append(
+                Classification(
+                    d["category"],
+                    float(d["confidence"]),
+                    d["alternatives"],
+                    d["tags"],
+                    int(d.get("depth", len(path))),
+                    tuple(d.get("level_confidence", ())),
+                )
+            )
+        timing = response.as_numpy("TIMING")
+        compute = float(timing[0][0]) / 1000 if timing is not None and timing.size else 0.0
         served = response.get_response()
-        return BatchResult(served.model_name, served.model_version, results)
+        return BatchResult(served.model_name, served.model_version, results, total, compute)

@@ -20,6 +20,7 @@ from stream.config import Settings
 from stream.events.contract import InvalidEvent, Listing, parse_listing
 from stream.events.dlq import dlq_record
 from stream.pipeline.records import InRecord, classified_record, redis_fields, tag_update_record
+from stream.pipeline.timing import BatchTiming
 from stream.sinks.kafka_out import KafkaOut, OutRecord
 from stream.sinks.redis_store import RedisStore, StoreItem
 from stream.timefmt import iso
@@ -41,6 +42,7 @@ class Prepared:
     records: list[InRecord]
     classified: list[Classified]
     invalid: list[tuple[InRecord, InvalidEvent]]
+    timing: BatchTiming
 
 
 @dataclass
@@ -107,7 +109,8 @@ class Pipeline:
         await self.store.close()
         await self.classifier.close()
 
-    async def prepare(self, records: list[InRecord]) -> Prepared:
+    async def prepare(self, records: list[InRecord], timing: BatchTiming | None = None) -> Prepared:
+        timing = timing or BatchTiming(self.source, len(records))
         metrics.EVENTS_IN.labels(self.source).inc(len(records))
         valid: list[tuple[InRecord, Listing]] = []
         invalid: list[tuple[InRecord, InvalidEvent]] = []
@@ -123,14 +126,16 @@ class Pipeline:
         classified: list[Classified] = []
         if valid:
             metrics.BATCH_SIZE.observe(len(valid))
-            await self._classify(valid, classified, invalid)
-        return Prepared(records, classified, invalid)
+            await self._classify(valid, classified, invalid, timing)
+        timing.mark("classified")
+        return Prepared(records, classified, invalid, timing)
 
     async def _classify(
         self,
         valid: list[tuple[InRecord, Listing]],
         classified: list[Classified],
         invalid: list[tuple[InRecord, InvalidEvent]],
+        timing: BatchTiming,
     ) -> None:
         """One Triton request for the batch. Should the model reject it (not a down server: those are retried),
         halve the batch until the rejected events are alone, and dead-letter those: one poison event must
@@ -150,9 +155,11 @@ class Pipeline:
                 invalid.append((valid[0][0], InvalidEvent(f"the model rejected this event: {exc}", "model_rejected")))
                 return
             half = len(valid) // 2
-            await self._classify(valid[:half], classified, invalid)
-            await self._classify(valid[half:], classified, invalid)
+            await self._classify(valid[:half], classified, invalid, timing)
+            await self._classify(valid[half:], classified, invalid, timing)
             return
+        timing.add("triton_compute", res.compute_s)
+        timing.add("triton_queue", res.total_s - res.compute_s)
         if len(res.results) != len(listings):
             raise RuntimeError(f"triton returned {len(res.results)} results for {len(listings)} listings")
         for (rec, lst), one in zip(valid, res.results, strict=True):
@@ -204,9 +211,13 @@ class Pipeline:
                     category_id=str(c.result.category["id"]),
                     tags=[t["tag"] for t in c.result.tags],
                     fields=redis_fields(record, c.listing.title),
+                    queued_at_ms=int(now_ms),
                 )
             )
+        t = prepared.timing
+        t0 = time.perf_counter()
         outcomes = await self.store.apply(items)
+        t.add("redis", time.perf_counter() - t0)
         written_ms = time.time() * 1000
         to_confirm = []
         for c, record, item, outcome in zip(prepared.classified, records, items, outcomes, strict=True):
@@ -233,8 +244,12 @@ class Pipeline:
                 )
                 outputs.append(OutRecord(topics.tag_updates, key, orjson.dumps(update)))
                 stats.tag_updates += 1
+        t0 = time.perf_counter()
         await self.out.send_all(outputs)
+        t.add("kafka_send", time.perf_counter() - t0)
+        t0 = time.perf_counter()
         await self.store.confirm_outputs(to_confirm)
+        t.add("redis", time.perf_counter() - t0)
         metrics.EVENTS_OUT.labels(self.source).inc(stats.classified)
         metrics.REVIEW.labels(self.source).inc(stats.review)
         metrics.STALE.labels(self.source).inc(stats.stale)

@@ -21,7 +21,8 @@ class InRecord:
     offset: int
     key: bytes | None
     value: bytes | None
-    timestamp_ms: int | None
+    timestamp_ms: int | None  # the record's Kafka timestamp (the producer's send time)
+    received_ms: float | None = None  # when this process received it (wall clock, ms)
 
 
 def classified_record(
@@ -41,6 +42,8 @@ def classified_record(
         "listing_version": listing.listing_version,
         "category": result.category,
         "confidence": result.confidence,
+        "depth": result.depth,
+        "level_confidence": list(result.level_confidence),
         "alternatives": result.alternatives,
         "tags": result.tags,
         "model": {"name": model_name, "version": model_version},
@@ -62,6 +65,7 @@ def redis_fields(record: dict[str, Any], title: str) -> dict[str, str]:
         "category_name": str(cat.get("name", "")),
         "category_path": " > ".join(cat.get("path", [])),
         "confidence": f"{record['confidence']:.6f}",
+        "depth": str(record.get("depth", len(cat.get("path", [])))),
         "alternatives": orjson.dumps(record["alternatives"]).decode(),
         "tag_scores": orjson.dumps(record["tags"]).decode(),
         "model_name": record["model"]["name"],

@@ -7,9 +7,20 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stream import connections, metrics
+from stream import connections, health
 from stream.config import KafkaSettings
 from stream.retry import retry_forever
+
+
+def kafka_outage(exc: BaseException) -> bool:
+    """A broker outage or refusal that passes (leader moves, not enough replicas, timeouts, lost connections):
+    retried. An authentication or authorization failure is a setting to fix, not an outage: it fails fast."""
+    from aiokafka import errors
+
+    if isinstance(exc, errors.KafkaError):
+        name = type(exc).__name__
+        return not ("Authentication" in name or "Authorization" in name or "Sasl" in name)
+    return isinstance(exc, OSError | asyncio.TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +57,12 @@ class KafkaOut:
                 raise
             self._producer = producer
 
-        from aiokafka.errors import KafkaError
-
         await retry_forever(
-            "kafka producer start", _start, retryable=(KafkaError, OSError), max_backoff=self.max_backoff_s
+            "kafka producer start",
+            _start,
+            retryable=kafka_outage,
+            max_backoff=self.max_backoff_s,
+            on_retry=health.on_retry("kafka"),
         )
 
     async def stop(self) -> None:
@@ -65,14 +78,20 @@ class KafkaOut:
     async def send_all(self, records: Sequence[OutRecord]) -> None:
         """Send and wait for every acknowledgement; retries the whole set on broker errors
         (duplicates are harmless: outputs are keyed and idempotent)."""
-        from aiokafka.errors import KafkaError
-
         if not records:
             return
         await retry_forever(
             "kafka send",
             lambda: self._send_once(records),
-            retryable=(KafkaError, OSError, asyncio.TimeoutError),
+            retryable=kafka_outage,
             max_backoff=self.max_backoff_s,
-            on_retry=lambda _w, _e: metrics.RETRIES.labels("kafka").inc(),
+            on_retry=health.on_retry("kafka"),
         )
+        health.succeeded("kafka")
+
+    async def ping(self) -> bool:
+        """The cluster answers a metadata request (a readiness probe)."""
+        if self._producer is None:
+            return False
+        await self._producer.client.fetch_all_metadata()
+        return True

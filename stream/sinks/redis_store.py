@@ -11,11 +11,26 @@ from typing import TypeVar
 
 import orjson
 
-from stream import connections, keys, metrics
+from stream import connections, health, keys
 from stream.config import RedisSettings
 from stream.retry import retry_forever
 
 T = TypeVar("T")
+# replies of a Redis that is up but cannot take writes now: full (maxmemory + noeviction), a replica after a
+# failover, loading its data, without a reachable primary, busy with a script, or a cluster resharding
+OUTAGE_REPLIES = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS")
+
+
+def redis_outage(exc: BaseException) -> bool:
+    """Retried like a lost connection (back-pressure, nothing dead-lettered). Authentication and permission
+    errors are settings to fix: they fail fast."""
+    import redis.exceptions as rexc
+
+    if isinstance(exc, rexc.AuthenticationError | rexc.AuthorizationError | rexc.NoPermissionError):
+        return False
+    if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | OSError):
+        return True
+    return isinstance(exc, rexc.ResponseError) and str(exc).upper().startswith(OUTAGE_REPLIES)
 
 
 def lua(name: str) -> str:
@@ -31,11 +46,13 @@ class StoreItem:
     category_id: str
     tags: list[str]
     fields: dict[str, str]
+    mode: str = "model"  # "model": a classification; "human": a review decision (see apply_result.lua)
+    queued_at_ms: int = 0  # when a result that needs review entered the review queue
 
 
 @dataclass(frozen=True, slots=True)
 class StoreOutcome:
-    status: str  # applied | same | stale
+    status: str  # applied | same | stale, and for human decisions unknown_item | older_version | unknown_version
     tags: list[str]
     prev_tags: list[str]
     pending: bool  # the stored result's Kafka outputs are not confirmed yet
@@ -75,7 +92,7 @@ class RedisStore:
         pipe = self._redis.pipeline(transaction=False)
         for it in items:
             await self._script(
-                keys=[keys.listing(it.item_id), self.stream],
+                keys=[keys.listing(it.item_id), self.stream, keys.REVIEW_QUEUE, keys.REVIEW_STATS],
                 args=[
                     it.item_id,
                     it.listing_version,
@@ -86,6 +103,8 @@ class RedisStore:
                     self.maxlen,
                     keys.CATEGORY,
                     keys.TAG,
+                    it.mode,
+                    it.queued_at_ms,
                 ],
                 client=pipe,
             )
@@ -96,20 +115,43 @@ class RedisStore:
         pipe = self._redis.pipeline(transaction=False)
         for it in items:
             await self._confirm(
-                keys=[keys.listing(it.item_id)], args=[it.listing_version, it.model_version], client=pipe
+                keys=[keys.listing(it.item_id)], args=[it.listing_version, it.model_version, it.mode], client=pipe
             )
         await pipe.execute()
 
     async def _retrying(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
-        import redis.exceptions as rexc
-
-        return await retry_forever(
-            what,
-            op,
-            retryable=(rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, OSError),
-            max_backoff=self.max_backoff_s,
-            on_retry=lambda _w, _e: metrics.RETRIES.labels("redis").inc(),
+        out = await retry_forever(
+            what, op, retryable=redis_outage, max_backoff=self.max_backoff_s, on_retry=health.on_retry("redis")
         )
+        health.succeeded("redis")
+        return out
+
+    async def ping(self) -> bool:
+        """Redis answers and can take writes (a readiness probe): not loading, a primary, not full under a
+        no-eviction policy."""
+        info = await self._redis.info()
+        full = (
+            int(info.get("maxmemory", 0) or 0) > 0
+            and str(info.get("maxmemory_policy", "")) == "noeviction"
+            and int(info.get("used_memory", 0)) >= int(info.get("maxmemory", 0))
+        )
+        return not info.get("loading") and info.get("role") == "master" and not full
+
+    async def current(self, item_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """The stored hash of each item that has one."""
+
+        async def read() -> dict[str, dict[str, str]]:
+            pipe = self._redis.pipeline(transaction=False)
+            for iid in item_ids:
+                pipe.hgetall(keys.listing(iid))
+            rows = await pipe.execute()
+            return {
+                iid: {k.decode(): v.decode() for k, v in row.items()}
+                for iid, row in zip(item_ids, rows, strict=True)
+                if row
+            }
+
+        return await self._retrying("redis read", read) if item_ids else {}
 
     async def apply(self, items: Sequence[StoreItem]) -> list[StoreOutcome]:
         """Apply every item; retries while Redis is down (the script is idempotent)."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from stream import config
 from training.config import REPO, TrainingSettings
+
+TLS_FILES = ("ca.pem", "server.pem", "server.key")
 
 
 class StackSettings(TrainingSettings):
@@ -21,6 +23,23 @@ class StackSettings(TrainingSettings):
     triton_grpc_port: int = Field(18001, ge=1, le=65535)
     triton_metrics_port: int = Field(18002, ge=1, le=65535)
     startup_timeout: float = Field(120.0, gt=0, description="seconds `stack up` waits for each part")
+    # secure mode: Kafka on a SASL_SSL listener (SCRAM-SHA-512) and Redis on TLS with an ACL user; the TLS files
+    # (ca.pem, server.pem, server.key) come from stack_tls_dir, the credentials from the runtime's
+    # LISTINGS_KAFKA_SASL_USERNAME/_PASSWORD and LISTINGS_REDIS_USERNAME/_PASSWORD
+    stack_secure: bool = False
+    stack_tls_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls(self) -> StackSettings:
+        if self.stack_secure:
+            missing = [n for n in TLS_FILES if self.stack_tls_dir is None or not (self.stack_tls_dir / n).exists()]
+            if missing:
+                raise ValueError(f"LISTINGS_STACK_SECURE needs LISTINGS_STACK_TLS_DIR holding {', '.join(TLS_FILES)}")
+        return self
+
+    def tls(self, name: str) -> Path:
+        assert self.stack_tls_dir is not None
+        return self.stack_tls_dir / name
 
     @property
     def log_dir(self) -> Path:
@@ -32,7 +51,7 @@ class StackSettings(TrainingSettings):
 
     @property
     def redis(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        return f"{'rediss' if self.stack_secure else 'redis'}://127.0.0.1:{self.redis_port}/0"
 
     @property
     def triton_grpc(self) -> str:
@@ -45,11 +64,13 @@ class StackSettings(TrainingSettings):
     def runtime(self, base: config.Settings | None = None) -> config.Settings:
         """The runtime settings (from the environment, or `base`) pointed at this stack."""
         base = base or config.load()
+        kafka: dict = {"bootstrap": self.bootstrap_servers}
+        redis: dict = {"url": self.redis}
+        if self.stack_secure:
+            kafka.update(security_protocol="SASL_SSL", ssl_cafile=self.tls("ca.pem"))
+            redis.update(ca_file=self.tls("ca.pem"))
         return base.replace(
-            kafka={"bootstrap": self.bootstrap_servers},
-            redis={"url": self.redis},
-            triton={"url": self.triton_grpc},
-            worker={"state_dir": self.state_dir},
+            kafka=kafka, redis=redis, triton={"url": self.triton_grpc}, worker={"state_dir": self.state_dir}
         )
 
 

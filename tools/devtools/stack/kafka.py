@@ -73,6 +73,44 @@ def _java_cmd(settings: StackSettings, main: str, *args: str) -> list[str]:
     ]
 
 
+def _listener_lines(settings: StackSettings) -> list[str]:
+    port, cport = settings.kafka_port, settings.kafka_controller_port
+    if not settings.stack_secure:
+        return [
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        ]
+    user, password = _credentials(settings)
+    keystore = settings.state_dir / "kafka-keystore.pem"  # key and chain in one PEM file, as Kafka reads it
+    keystore.write_text(settings.tls("server.key").read_text() + settings.tls("server.pem").read_text())
+    keystore.chmod(0o600)
+    jaas = f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{user}" password="{password}";'
+    return [
+        f"listeners=SASL_SSL://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+        f"advertised.listeners=SASL_SSL://127.0.0.1:{port}",
+        "inter.broker.listener.name=SASL_SSL",
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
+        "sasl.enabled.mechanisms=SCRAM-SHA-512",
+        "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+        f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={jaas}",
+        "ssl.keystore.type=PEM",
+        f"ssl.keystore.location={keystore}",
+        "ssl.truststore.type=PEM",
+        f"ssl.truststore.location={settings.tls('ca.pem')}",
+        "ssl.client.auth=none",
+    ]
+
+
+def _credentials(settings: StackSettings) -> tuple[str, str]:
+    """The SCRAM user the secure stack creates: the runtime's own Kafka credentials."""
+    k = settings.runtime().kafka
+    if not k.sasl_username or k.sasl_password is None:
+        raise StackError("kafka: the secure stack needs LISTINGS_KAFKA_SASL_USERNAME and LISTINGS_KAFKA_SASL_PASSWORD")
+    return k.sasl_username, k.sasl_password.get_secret_value()
+
+
 def write_config(settings: StackSettings) -> Path:
     data = settings.state_dir / "kafka-data"
     conf = settings.state_dir / "kafka.properties"
@@ -82,11 +120,8 @@ def write_config(settings: StackSettings) -> Path:
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@127.0.0.1:{settings.kafka_controller_port}",
-                f"listeners=PLAINTEXT://127.0.0.1:{settings.kafka_port},CONTROLLER://127.0.0.1:{settings.kafka_controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{settings.kafka_port}",
+                *_listener_lines(settings),
                 "controller.listener.names=CONTROLLER",
-                "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
                 f"log.dirs={data}",
                 f"num.partitions={settings.runtime().topics.partitions}",
                 "offsets.topic.replication.factor=1",
@@ -104,6 +139,7 @@ def write_config(settings: StackSettings) -> Path:
             ]
         )
     )
+    conf.chmod(0o600)  # it holds the SCRAM password in secure mode
     return conf
 
 
@@ -112,11 +148,11 @@ def format_storage(settings: StackSettings, conf: Path) -> None:
     if (data / "meta.properties").exists():
         return
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    out = subprocess.run(
-        _java_cmd(settings, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(conf)),
-        capture_output=True,
-        text=True,
-    )
+    args = ["format", f"--cluster-id={cluster_id}", "-c", str(conf)]
+    if settings.stack_secure:
+        user, password = _credentials(settings)
+        args += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]"]
+    out = subprocess.run(_java_cmd(settings, "kafka.tools.StorageTool", *args), capture_output=True, text=True)
     if out.returncode != 0:
         raise StackError(f"kafka: formatting storage failed:\n{out.stdout}{out.stderr}")
 
@@ -124,7 +160,9 @@ def format_storage(settings: StackSettings, conf: Path) -> None:
 def ready(settings: StackSettings) -> bool:
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=3000)
+    from stream import connections
+
+    admin = KafkaAdminClient(**connections.kafka(settings.runtime().kafka, request_timeout_ms=3000))
     try:
         return len(admin.describe_cluster()["brokers"]) >= 1
     finally:

@@ -18,13 +18,32 @@ def part(settings: StackSettings) -> Managed:
 
 
 def ready(settings: StackSettings) -> bool:
-    import redis
+    from stream import connections
 
-    client = redis.Redis.from_url(settings.redis, socket_timeout=2)
+    client = connections.redis_sync(settings.runtime().redis, socket_timeout=2)
     try:
         return bool(client.ping())
     finally:
         client.close()
+
+
+def _secure_args(settings: StackSettings) -> list[str]:
+    """TLS on the port (no plain port), and one ACL user: the runtime's LISTINGS_REDIS_USERNAME/_PASSWORD."""
+    r = settings.runtime().redis
+    if not r.username or r.password is None:
+        raise StackError("redis: the secure stack needs LISTINGS_REDIS_USERNAME and LISTINGS_REDIS_PASSWORD")
+    acl = settings.state_dir / "redis-users.acl"
+    acl.write_text(f"user default off\nuser {r.username} on >{r.password.get_secret_value()} ~* &* +@all\n")
+    acl.chmod(0o600)
+    return [
+        "--port", "0",
+        "--tls-port", str(settings.redis_port),
+        "--tls-cert-file", str(settings.tls("server.pem")),
+        "--tls-key-file", str(settings.tls("server.key")),
+        "--tls-ca-cert-file", str(settings.tls("ca.pem")),
+        "--tls-auth-clients", "no",
+        "--aclfile", str(acl),
+    ]  # fmt: skip
 
 
 def up(settings: StackSettings) -> str:
@@ -36,13 +55,13 @@ def up(settings: StackSettings) -> str:
         raise StackError("redis: redis-server is not installed (`make setup` installs Debian's redis-server)")
     data = settings.state_dir / "redis-data"
     data.mkdir(parents=True, exist_ok=True)
+    listen = _secure_args(settings) if settings.stack_secure else ["--port", str(settings.redis_port)]
     p.start(
         [
             binary,
             "--bind",
             "127.0.0.1",
-            "--port",
-            str(settings.redis_port),
+            *listen,
             "--protected-mode",
             "yes",
             "--dir",

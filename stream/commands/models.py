@@ -1,0 +1,65 @@
+"""`listings models`: the versions Triton serves, which one is live, and each one's training metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from stream import connections, models
+from stream.config import Settings
+
+HELP = "list the model versions Triton serves, the live one, and their training metrics"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=Path(os.environ["LISTINGS_MODEL_REPOSITORY"]) if os.environ.get("LISTINGS_MODEL_REPOSITORY") else None,
+        help="the model repository folder, to show each version's training metrics (default LISTINGS_MODEL_REPOSITORY)",
+    )
+    parser.add_argument("--json", action="store_true")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    served = models.served_versions(settings)
+    r = connections.redis_sync(settings.redis)
+    try:
+        live = models.read_live(r, settings.triton.model_name)
+    finally:
+        r.close()
+    newest = max((v for v, s in served.items() if s == "READY"), key=int, default="")
+    effective = live.version or newest
+    rows = []
+    for version, state in served.items():
+        metrics = (
+            models.training_metrics(args.repository, settings.triton.model_name, version) if args.repository else None
+        )
+        rows.append({"version": version, "state": state, "live": version == effective, "metrics": metrics})
+    doc = {
+        "model": settings.triton.model_name,
+        "live": effective,
+        "recorded": bool(live.version),
+        "promoted_at": live.promoted_at,
+        "by": live.by,
+        "history": live.history,
+        "versions": rows,
+    }
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    how = f"promoted {live.promoted_at} by {live.by}" if live.version else "no promotion recorded: the newest served"
+    print(f"{settings.triton.model_name}: live version {effective or '-'} ({how})")
+    for row in rows:
+        m = row["metrics"] or {}
+        ours, base = m.get("model") or {}, m.get("baseline") or {}
+        figures = (
+            f"leaf acc {ours.get('accuracy_leaf')} (baseline {base.get('accuracy_leaf')}), "
+            f"tag micro-F1 {ours.get('tag_micro_f1')}, engine {m.get('engine')}"
+            if m
+            else "metrics: pass --repository to show them"
+        )
+        print(f"  {'*' if row['live'] else ' '} v{row['version']:<4} {row['state']:<12} {figures}")
+    return 0

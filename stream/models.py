@@ -1,0 +1,139 @@
+"""Which model version is live: an explicit decision shared by every worker, kept in Redis.
+
+`model:live:{model}` is a hash: `version` (the live one), `history` (JSON list of the versions promoted before,
+newest last, for `--rollback`), `promoted_at`, `by`. `listings promote N` checks that Triton serves N before
+recording it; every worker reads the record every couple of seconds (`LiveVersion`) and sends its next requests
+to that version — no restart. Without a record (a fresh install), workers use the newest version Triton serves.
+Every output already names the version that served it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from stream import connections
+from stream.config import Settings
+from stream.timefmt import iso
+
+
+def live_key(model: str) -> str:
+    return f"model:live:{model}"
+
+
+class UnknownVersion(ValueError):
+    """A version Triton does not serve."""
+
+
+@dataclass(frozen=True)
+class Live:
+    version: str  # "" = no promotion recorded: Triton's newest
+    history: list[str]
+    promoted_at: str = ""
+    by: str = ""
+
+
+def read_live(r: Any, model: str) -> Live:
+    h = r.hgetall(live_key(model))
+    h = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in h.items()}
+    return Live(h.get("version", ""), json.loads(h.get("history", "[]")), h.get("promoted_at", ""), h.get("by", ""))
+
+
+def served_versions(settings: Settings) -> dict[str, str]:
+    """Version -> state (READY, UNAVAILABLE, ...) of every version Triton knows for the model."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(settings.triton.url)
+    try:
+        index = client.get_model_repository_index(as_json=True).get("models", [])
+        out = {
+            m.get("version", ""): m.get("state", "")
+            for m in index
+            if m.get("name") == settings.triton.model_name and m.get("version")
+        }
+        meta = client.get_model_metadata(settings.triton.model_name, as_json=True)
+        for v in meta.get("versions", []):
+            out[v] = "READY" if client.is_model_ready(settings.triton.model_name, v) else out.get(v, "UNAVAILABLE")
+        return dict(sorted(out.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0))
+    finally:
+        client.close()
+
+
+def promote(settings: Settings, version: str | None, rollback: bool = False, by: str | None = None) -> Live:
+    """Make `version` live (it must be READY in Triton), or return to the previous one with `rollback`."""
+    model = settings.triton.model_name
+    r = connections.redis_sync(settings.redis)
+    try:
+        current = read_live(r, model)
+        history = list(current.history)
+        if rollback:
+            if not history:
+                raise UnknownVersion("nothing to roll back to: no earlier promotion is recorded")
+            version = history.pop()
+        else:
+            assert version is not None
+            if current.version:
+                history.append(current.version)
+        served = served_versions(settings)
+        if served.get(str(version)) != "READY":
+            ready = ", ".join(v for v, s in served.items() if s == "READY") or "none"
+            raise UnknownVersion(f"version {version} of {model} is not served by Triton (ready versions: {ready})")
+        live = Live(str(version), history[-20:], iso(time.time() * 1000), by or getpass.getuser())
+        r.hset(
+            live_key(model),
+            mapping={
+                "version": live.version,
+                "history": json.dumps(live.history),
+                "promoted_at": live.promoted_at,
+                "by": live.by,
+            },
+        )
+        return live
+    finally:
+        r.close()
+
+
+class LiveVersion:
+    """The live version as a worker sees it: re-read from Redis by `refresh()` (a timer calls it)."""
+
+    def __init__(self, settings: Settings, pinned: str = "") -> None:
+        self.settings = settings
+        self.pinned = pinned  # a backfill's --model-version wins over the live record
+        self.current = pinned
+        self._redis: Any = None
+
+    async def refresh(self) -> str:
+        if self.pinned:
+            return self.pinned
+        if self._redis is None:
+            self._redis = connections.redis_async(self.settings.redis)
+        raw = await self._redis.hget(live_key(self.settings.triton.model_name), "version")
+        self.current = raw.decode() if raw else ""
+        return self.current
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+
+def training_metrics(repository: Any, model: str, version: str) -> dict[str, Any] | None:
+    """A version's headline training metrics from the model repository's metrics.json, when readable."""
+    from pathlib import Path
+
+    path = Path(repository) / model / version / "metrics.json"
+    try:
+        m = orjson.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    keys = ("accuracy_leaf", "weighted_f1_leaf", "mean_level_weighted_f1", "tag_micro_f1")
+    return {
+        "model": {k: m.get("model", {}).get(k) for k in keys},
+        "baseline": {k: m.get("baseline", {}).get(k) for k in keys},
+        "engine": m.get("engines", {}).get("default"),
+    }

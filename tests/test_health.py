@@ -1,0 +1,91 @@
+"""Health endpoints and production Redis conditions, on the real stack: /readyz follows the dependencies,
+a full Redis is an outage (back-pressure, retries, nothing lost or dead-lettered), not a crash."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest import free_ports
+
+from devtools.workers import WorkerProcess, isolated, produce_raw, wait_group_stable
+from stream import connections
+from support import TITLES, listing, read_topic, redis_items, wait_for
+
+pytestmark = pytest.mark.stack
+
+
+def probe(port: int, path: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+@pytest.fixture
+def worker(stack, tmp_path):
+    s = isolated(stack, "health")
+    [port] = free_ports(1)
+    w = WorkerProcess(s, tmp_path, metrics_port=port).start()
+    try:
+        wait_group_stable(s, workers=[w])
+        wait_for(lambda: probe(port, "/readyz")[0] == 200, 60, "/readyz ready", w.log_tail)
+        yield s, w, port
+    finally:
+        w.kill()
+
+
+def test_readyz_follows_triton_and_healthz_stays_alive(local, worker) -> None:
+    from devtools.stack import control
+
+    _, w, port = worker
+    status, body = probe(port, "/healthz")
+    assert status == 200 and body["ok"]
+    control.down(local, ["triton"])
+    try:
+        wait_for(lambda: probe(port, "/readyz")[0] == 503, 30, "/readyz unready while Triton is down", w.log_tail)
+        status, body = probe(port, "/readyz")
+        assert body["dependencies"]["triton"]["ok"] is False and body["dependencies"]["redis"]["ok"] is True
+        assert probe(port, "/healthz")[0] == 200  # an outage makes it unready, not dead
+        assert w.alive()
+    finally:
+        control.up(local, ["triton"])
+    wait_for(lambda: probe(port, "/readyz")[0] == 200, 60, "/readyz ready again after Triton returns", w.log_tail)
+
+
+def test_full_redis_is_an_outage_not_a_crash(worker) -> None:
+    s, w, port = worker
+    r = connections.redis_sync(s.redis)
+    ids = [f"oom-{i}" for i in range(40)]
+    retries_before = metric(port, "listings_retries_total")
+    used = int(r.info("memory")["used_memory"])
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", str(used + 64 * 1024))
+    try:
+        r.set("filler", "x" * 256 * 1024)  # now at the limit: writes are refused with OOM
+    except Exception:  # noqa: BLE001 - the refusal itself is what we want
+        pass
+    try:
+        produce_raw(s, [listing(i, TITLES[n % len(TITLES)]) for n, i in enumerate(ids)])
+        wait_for(lambda: metric(port, "listings_retries_total") > retries_before, 60, "retries", w.log_tail)
+        wait_for(lambda: probe(port, "/readyz")[0] == 503, 30, "/readyz unready while Redis is full", w.log_tail)
+        assert "OOM" in probe(port, "/readyz")[1]["dependencies"]["redis"]["calls"]
+        assert w.alive() and probe(port, "/healthz")[0] == 200
+        assert len(redis_items(s, ids)) < len(ids)
+    finally:
+        r.delete("filler")
+        r.config_set("maxmemory", "0")
+    wait_for(lambda: len(redis_items(s, ids)) == len(ids), 120, "every event written once Redis has room", w.log_tail)
+    wait_for(lambda: probe(port, "/readyz")[0] == 200, 30, "/readyz ready again")
+    assert read_topic(s, s.topics.dlq, timeout_s=2) == []  # nothing dead-lettered
+    assert w.alive()
+    r.close()
