@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -182,14 +183,12 @@ def char_grams(text: str, lo: int = 2, hi: int = 5) -> list[str]:
     out: list[str] = []
     for w in SPACES.sub(" ", text.lower()).split():
         w = f" {w} "
+        size = len(w)
         for n in range(lo, hi + 1):
-            offset = 0
-            out.append(w[offset : offset + n])
-            while offset + n < len(w):
-                offset += 1
-                out.append(w[offset : offset + n])
-            if offset == 0:
+            if n >= size:  # a short word counts once, whole
+                out.append(w)
                 break
+            out.extend([w[i : i + n] for i in range(size - n + 1)])
     return out
 
 
@@ -229,15 +228,11 @@ class Linear:
         indptr = [0]
         for text in texts:
             for grams, vocab, idf, first in self.parts:
-                counts: dict[int, int] = {}
-                for g in grams(text):
-                    j = vocab.get(g)
-                    if j is not None:
-                        counts[j] = counts.get(j, 0) + 1
+                counts = Counter(j for j in map(vocab.get, grams(text)) if j is not None)
                 if not counts:
                     continue
-                idx = np.fromiter(counts, dtype=np.int64, count=len(counts))
-                w = (1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))) * idf[idx]
+                idx = np.array(list(counts), dtype=np.int64)
+                w = (1.0 + np.log(np.array(list(counts.values()), dtype=np.float64))) * idf[idx]
                 w /= np.sqrt((w * w).sum())
                 cols.extend((idx + first).tolist())
                 data.extend(w.tolist())
