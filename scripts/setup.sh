@@ -14,6 +14,9 @@ command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need_apt+=(maven)
 [ -e /usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0 ] || [ -e /lib/x86_64-linux-gnu/libpython3.11.so.1.0 ] || need_apt+=(libpython3.11)
 command -v go >/dev/null || need_apt+=(golang-go)
+# the review page's browser test (tests/test_review.py): Debian's Chromium and its driver
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

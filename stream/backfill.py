@@ -45,9 +45,10 @@ class BackfillOptions:
     until_ms: int | None = None
     topic: str | None = None  # default: the input topic
     model_version: str = ""  # "" = the version Triton serves
-    rate: float = 0.0  # events/s, 0 = unlimited
+    rate: float = 0.0  # events/s ceiling, 0 = unlimited
     group: str | None = None  # default: derived from the options
     progress: bool = True
+    governor: bool | None = None  # None: LISTINGS_BACKFILL_GOVERNOR
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class Summary(BatchStats):
     topic: str = ""
     resumed_from_committed: bool = False
     duration_s: float = 0.0
+    yielded_s: float = 0.0  # time the governor held the backfill back for live traffic
 
     def to_json(self) -> bytes:
         # not dataclasses.asdict: it rebuilds the `statuses` Counter from (key, value) pairs, counting the pairs
@@ -192,12 +194,25 @@ async def backfill(settings: Settings, options: BackfillOptions) -> Summary:
         await on_consumer(consumer.commit, {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
         bar.update(stats.events)
 
-    conveyor = Conveyor(pipeline, settings.worker.max_in_flight, done)
+    conveyor = Conveyor(pipeline, settings.backfill.max_in_flight, done)
     conveyor.start()
     remaining = set(consumer.assignment())
     rate = options.rate
     sent = 0
     pace_start = time.monotonic()
+    governed = settings.backfill.governor if options.governor is None else options.governor
+    governor = None
+    if governed:
+        from stream.governor import Governor
+
+        governor = Governor(
+            pipeline.store.client,
+            settings.redis.updates_stream,
+            settings.backfill.live_target_ms,
+            min_rate=settings.backfill.min_rate,
+            max_rate=rate,
+            step=settings.backfill.rate_step,
+        )
     try:
         while remaining:
             polled = await on_consumer(consumer.poll, timeout_ms=500, max_records=batch_size)
@@ -217,7 +232,11 @@ async def backfill(settings: Settings, options: BackfillOptions) -> Summary:
                     await on_consumer(consumer.pause, tp)
             if not batch:
                 continue
-            if rate > 0:
+            if governor is not None:
+                await governor.admit(len(batch))
+                bar.set_postfix_str(governor.status(), refresh=False)
+                summary.yielded_s = governor.paused_s
+            elif rate > 0:
                 sent += len(batch)
                 ahead = sent / rate - (time.monotonic() - pace_start)
                 if ahead > 0:
@@ -247,6 +266,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Triton model version to use (default: the live one, see `listings models`)",
     )
     parser.add_argument("--rate", type=float, default=0.0, help="max events/s (0 = unlimited)")
+    parser.add_argument(
+        "--governor",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="yield to live traffic (default LISTINGS_BACKFILL_GOVERNOR, on)",
+    )
     parser.add_argument("--group", default=None, help="consumer group (default: derived from the arguments)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON, no progress bar")
 
@@ -260,6 +285,7 @@ def options_from(args: argparse.Namespace) -> BackfillOptions:
         rate=args.rate,
         group=args.group,
         progress=not args.json,
+        governor=args.governor,
     )
 
 

@@ -137,7 +137,12 @@ class WorkerSettings(_Group):
 class BackfillSettings(_Group):
     model_config = SettingsConfigDict(env_prefix="LISTINGS_BACKFILL_", frozen=True, extra="ignore")
 
-    max_batch: int = Field(64, ge=1, le=4096, description="events per backfill request (smaller = live waits less)")
+    max_batch: int = Field(16, ge=1, le=4096, description="events per backfill request (smaller = live waits less)")
+    max_in_flight: int = Field(2, ge=1, le=256, description="backfill requests in flight to Triton")
+    governor: bool = Field(True, description="yield to live traffic (see stream/governor.py)")
+    live_target_ms: float = Field(250.0, gt=0, description="the live end-to-end latency (p90) the governor protects")
+    min_rate: float = Field(5.0, ge=0)
+    rate_step: float = Field(20.0, gt=0)
 
 
 class ReviewSettings(_Group):

@@ -3,7 +3,8 @@ and wait for a condition (failing the test with `AssertionError`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,9 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, on_fail: Callab
         raise AssertionError(str(exc)) from None
 
 
-def direct_results(settings: Settings, titles: list[str], **columns: list[str]) -> list[dict[str, Any]]:
+def direct_results(
+    settings: Settings, titles: list[str], version: str = "", **columns: list[str]
+) -> list[dict[str, Any]]:
     """The RESULT Triton gives each title when asked directly (no Kafka, no worker): the expected result."""
     import tritonclient.grpc as grpcclient
 
@@ -71,6 +74,7 @@ def direct_results(settings: Settings, titles: list[str], **columns: list[str]) 
         res = client.infer(
             settings.triton.model_name,
             text_inputs(grpcclient, TITLE=titles, **columns),
+            model_version=version,
             outputs=[grpcclient.InferRequestedOutput("RESULT")],
         )
     finally:
@@ -151,3 +155,28 @@ def make_test_ca(folder: Path) -> Path:
         "ext.cnf",
     )
     return folder
+
+
+@contextmanager
+def another_version(
+    local: Any, settings: Settings, edit: Callable[[Path], None] | None = None
+) -> Iterator[tuple[int, int]]:
+    """Serve one more version of the classifier (a copy of the newest, changed by `edit(folder)` if given),
+    removed afterwards. Yields (newest before, the new one)."""
+    import shutil
+
+    from devtools.stack import triton
+    from training import export
+
+    model_dir = local.model_repository / settings.triton.model_name
+    old = export.versions(local.model_repository)[-1]
+    new_dir = model_dir / str(old + 1)
+    shutil.copytree(model_dir / str(old), new_dir)
+    if edit is not None:
+        edit(new_dir)
+    triton.load_model(local, settings.triton.model_name)
+    try:
+        yield old, old + 1
+    finally:
+        shutil.rmtree(new_dir)
+        triton.load_model(local, settings.triton.model_name)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from devtools.workers import WorkerProcess, isolated, produce_raw, wait_group_st
 from stream import connections, keys
 from stream.backfill import BackfillOptions, backfill, default_group
 from stream.config import Settings
-from support import TITLES, listing, read_topic, redis_items, result_fields, wait_for
+from support import TITLES, another_version, listing, read_topic, redis_items, result_fields, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -134,17 +133,8 @@ def test_killed_backfill_resumes_and_matches_a_clean_run(stack, tmp_path) -> Non
 @pytest.fixture
 def two_model_versions(local, stack):
     """Serve a second version of the classifier (same weights, version number + 1), removed afterwards."""
-    from devtools.stack import triton
-    from training import export
-
-    model_dir = local.model_repository / stack.triton.model_name
-    old = export.versions(local.model_repository)[-1]
-    new_dir = model_dir / str(old + 1)
-    shutil.copytree(model_dir / str(old), new_dir)
-    triton.load_model(local, stack.triton.model_name)
-    yield old, old + 1
-    shutil.rmtree(new_dir)
-    triton.load_model(local, stack.triton.model_name)
+    with another_version(local, stack) as versions:
+        yield versions
 
 
 def test_model_version_rule(stack, tmp_path, two_model_versions) -> None:

@@ -33,6 +33,19 @@ def test_bench_quick(stack, tmp_path, capsys) -> None:
     assert set(f["e_workers"]) == {"1", "2"}
     assert all(run["events_per_s"] > 0 for run in f["e_workers"].values())
     assert results["ratios"]["b_over_a"] > 0 and results["ratios"]["b_over_c"] > 0
+    # (a) per engine, in the same run, with the Triton process memory; and the sweep
+    assert set(f["a_engines"]) == {"torch", "onnx", "onnx-int8"}
+    for run in f["a_engines"].values():
+        assert run["titles_per_s"] > 0 and run["triton_rss_mib"] > 100
+    assert f["a_engines"]["torch"]["vs_torch_fp32"] == 1.0
+    assert f["a_triton_raw"]["engine"] in f["a_engines"]
+    assert len(f["a_sweep"]) == 16 and all(p["titles_per_s"] > 0 and p["p99_ms"] > 0 for p in f["a_sweep"])
+    # (d) where the time goes, and the budget / protection verdicts computed from the run's own figures
+    stages = f["d_latency"]["breakdown"]["stages_ms"]
+    assert {"kafka_wait", "batch_forming", "triton_queue", "triton_compute", "redis", "kafka_send"} <= set(stages)
+    limit = results["budget"]["max_wait_ms"] + 2 * stages["triton_compute"]["p99"] + 100
+    assert results["budget"]["limit_ms"] == pytest.approx(limit, abs=0.1)
+    assert results["protection"]["ratio"] > 0 and "share_of_free_capacity" in results["protection"]
     assert results["machine"]["device"] == "CPU, no GPU"
     assert results["model"]["version"] not in ("", "?")
     assert results["config"]["max_batch"] > 0 and results["command"].startswith("listings bench")

@@ -82,3 +82,26 @@ def test_retry_forever_retries_until_success_and_counts() -> None:
         )
     )
     assert out == "ok" and len(calls) == 3 and retried == ["flaky", "flaky"]
+
+
+def test_governor_backs_off_while_live_is_slow_and_speeds_up_after() -> None:
+    """AIMD on the backfill's rate from the live latency (the latency source is replaced: pure logic)."""
+    from stream.governor import Governor
+
+    g = Governor(redis=None, stream="s", target_ms=250, min_rate=5, max_rate=200, step=20, start_rate=80)
+    readings = iter([400.0, 400.0, 400.0, 400.0, 400.0, None, 100.0, 100.0, 100.0])
+
+    async def fake_latency() -> float | None:
+        return next(readings)
+
+    g.live_latency = fake_latency  # type: ignore[method-assign]
+    rates = []
+    for _ in range(8):
+        asyncio.run(g.control())
+        rates.append(g.rate)
+    assert rates[:4] == [40.0, 20.0, 10.0, 5.0] and g.min_rate == 5
+    assert rates[4] == 0.0  # under the floor: paused while live suffers
+    assert rates[5:] == [25.0, 45.0, 65.0]  # no live traffic, then fast live: additive increase
+    g.max_rate = 70
+    asyncio.run(g.control())
+    assert g.rate == 70 and not g.yielding  # the ceiling (--rate) holds

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
@@ -84,6 +84,11 @@ class RedisStore:
         self.stream = settings.updates_stream
         self.maxlen = settings.updates_maxlen
         self.max_backoff_s = max_backoff_s
+
+    @property
+    def client(self) -> Any:
+        """The asyncio Redis client (shared by readers that need no retries of their own)."""
+        return self._redis
 
     async def close(self) -> None:
         await self._redis.aclose()

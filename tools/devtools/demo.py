@@ -1,18 +1,30 @@
-"""`listings demo`: the main job on the embedded local stack.
+"""`listings demo`: the main job on the embedded local stack, and the model lifecycle live.
 
-Sets up the stack (and the model, trained or taken from the cache when absent), starts a worker, streams
-held-out real listings (plus a few malformed events) through Kafka, and shows a live view: rate, batch
-sizes, latency percentiles, accuracy so far against the true categories, example classifications. Then
-it prints where to look and stops what it started."""
+1. The stack comes up while a model is made ready: the full default model when the cache has it, otherwise a
+   quick one (about a minute and a half on two free cores), so the first listing is classified within minutes.
+2. One worker classifies held-out real listings (plus a few malformed events) streamed at a steady rate; the view
+   shows the rate, dead-letter and review counts, latency, accuracy so far against the true categories, and the
+   latest classifications.
+3. Started on the quick model, the demo trains the full one in the background (its progress is in the view). When
+   it is ready it is exported as a new version, **shadowed** on the live stream (agreement with the live version),
+   **promoted** (the worker follows without a restart), and the catalogue is **re-classified** by a governed
+   backfill while the accuracy moves.
+It stops only what it started.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import re
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,13 +37,14 @@ from stream.config import Settings
 from stream.timefmt import iso_ms
 
 HELP = "the main job on the local stack (what `make demo` runs)"
+SHADOW_SECONDS = 40.0
 
 
 @dataclass(frozen=True)
 class DemoOptions:
-    events: int = 3000  # held-out listings to stream
-    rate: float = 0.0  # produce rate, events/s (0 = as fast as possible)
-    quick: bool = False  # use the quick-trained model if none exists
+    events: int = 3000  # held-out listings to stream (cycled while the full model trains)
+    rate: float = 0.0  # produce rate, events/s (0: as fast as possible once; a steady 10/s while training)
+    quick: bool = False  # stop after the quick model's phase (no full training, no lifecycle)
 
 
 def malformed_events(n: int) -> list[bytes]:
@@ -58,31 +71,46 @@ def _scrape(port: int) -> dict[str, float]:
 class Progress:
     """What the live view shows, read from Redis (results) and the worker's metrics."""
 
-    def __init__(self, settings: Settings, rows: list[dict[str, Any]], version: int, metrics_port: int) -> None:
+    def __init__(self, settings: Settings, rows: list[dict[str, Any]], metrics_port: int) -> None:
         self.r = connections.redis_sync(settings.redis, decode_responses=True)
         self.rows = {row["item_id"]: row for row in rows}
-        self.version = str(version)
         self.metrics_port = metrics_port
-        self.done: dict[str, dict[str, str]] = {}
-        self.latencies: list[float] = []
+        self.state: dict[str, dict[str, str]] = {}
+        self.first_at: float | None = None
+        self.latencies: deque[float] = deque(maxlen=2000)
         self.history: deque[tuple[float, int]] = deque(maxlen=20)
-        self.examples: deque[tuple[str, dict[str, str]]] = deque(maxlen=5)
+        self.examples: deque[dict[str, str]] = deque(maxlen=5)
+        self.stage = "starting"
+        self.lifecycle: list[str] = []
 
     def poll(self) -> None:
-        pending = [i for i in self.rows if i not in self.done]
-        fields = ["listing_version", "classified_at", "event_time", "category_path", "confidence", "tags", "title"]
+        fields = [
+            "listing_version",
+            "classified_at",
+            "event_time",
+            "category_path",
+            "confidence",
+            "tags",
+            "title",
+            "model_version",
+        ]
+        ids = list(self.rows)
         pipe = self.r.pipeline(transaction=False)
-        for iid in pending:
+        for iid in ids:
             pipe.hmget(keys.listing(iid), fields)
-        for iid, vals in zip(pending, pipe.execute(), strict=True):
+        for iid, vals in zip(ids, pipe.execute(), strict=True):
             h = dict(zip(fields, vals, strict=True))
-            if h["listing_version"] != self.version:
+            if not h["classified_at"]:
                 continue
-            self.done[iid] = h
-            if h["event_time"] and h["classified_at"]:
-                self.latencies.append(iso_ms(h["classified_at"]) - iso_ms(h["event_time"]))
-            self.examples.append((iid, h))
-        self.history.append((time.monotonic(), len(self.done)))
+            old = self.state.get(iid)
+            if old is None or old["classified_at"] != h["classified_at"]:
+                if self.first_at is None:
+                    self.first_at = time.monotonic()
+                if h["event_time"]:
+                    self.latencies.append(iso_ms(h["classified_at"]) - iso_ms(h["event_time"]))
+                self.examples.append(h)
+            self.state[iid] = h
+        self.history.append((time.monotonic(), sum(1 for _ in self.state)))
 
     def rate(self) -> float:
         if len(self.history) < 2:
@@ -90,22 +118,26 @@ class Progress:
         (t0, n0), (t1, n1) = self.history[0], self.history[-1]
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
 
-    def accuracy(self) -> tuple[float, float, int]:
-        from training.taxonomy import parse_path
-
+    def accuracy(self, version: str | None = None) -> tuple[float, float, int]:
         top = leaf = scored = 0
-        for iid, h in self.done.items():
+        for iid, h in self.state.items():
             truth = self.rows[iid].get("true_category")
-            if not truth or not h["category_path"]:
+            if not truth or not h["category_path"] or (version and h["model_version"] != version):
                 continue
-            want = parse_path(truth)
+            want = tuple(p.strip() for p in truth.split(">") if p.strip())
             got = tuple(p.strip() for p in h["category_path"].split(" > "))
             scored += 1
             top += got[:1] == want[:1]
             leaf += got == want
         return (top / scored if scored else float("nan"), leaf / scored if scored else float("nan"), scored)
 
-    def render(self, produced: int, total: int) -> Any:
+    def by_version(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for h in self.state.values():
+            out[h["model_version"]] = out.get(h["model_version"], 0) + 1
+        return out
+
+    def render(self, produced: int) -> Any:
         from rich.console import Group
         from rich.table import Table
 
@@ -113,23 +145,84 @@ class Progress:
         batches = m.get("listings_batch_size_count", 0.0)
         mean_batch = m.get("listings_batch_size_sum", 0.0) / batches if batches else 0.0
         top, leaf, scored = self.accuracy()
-        lat = self.latencies
+        lat = list(self.latencies)
         stats = Table(title="listing-classifier demo", show_header=False, expand=False)
-        stats.add_row("produced", f"{produced} / {total}")
-        stats.add_row("classified (in Redis)", f"{len(self.done)}  at {self.rate():.0f}/s")
+        stats.add_row("now", self.stage)
+        stats.add_row("produced", f"{produced}")
+        stats.add_row("classified (in Redis)", f"{len(self.state)} items  at {self.rate():.0f}/s")
+        stats.add_row("by model version", ", ".join(f"v{v}: {n}" for v, n in sorted(self.by_version().items())))
         stats.add_row("dead-lettered", f"{m.get('listings_dlq_total', 0):.0f}")
         stats.add_row("sent to review", f"{m.get('listings_review_total', 0):.0f}")
         stats.add_row("Triton batches", f"{batches:.0f}  mean size {mean_batch:.1f}")
-        pct = "  ".join(f"p{q} {percentile(lat, q):.0f} ms" for q in (50, 95, 99))
-        stats.add_row("latency produce→Redis", pct)
-        stats.add_row("accuracy so far", f"top level {top:.1%}  leaf (3 levels) {leaf:.1%}  of {scored}")
+        stats.add_row("latency produce→Redis", "  ".join(f"p{q} {percentile(lat, q):.0f} ms" for q in (50, 95, 99)))
+        stats.add_row("accuracy so far", f"top level {top:.1%}  leaf {leaf:.1%}  of {scored}")
+        for line in self.lifecycle[-6:]:
+            stats.add_row("lifecycle", line)
         ex = Table(title="latest classifications", expand=False)
-        for col in ("title", "category", "conf", "tags"):
+        for col in ("title", "category", "conf", "v", "tags"):
             ex.add_column(col, overflow="fold")
-        for _, h in list(self.examples):
+        for h in list(self.examples):
             tags = ", ".join(orjson.loads(h["tags"] or "[]")) or "-"
-            ex.add_row((h["title"] or "")[:60], h["category_path"] or "", f"{float(h['confidence'] or 0):.2f}", tags)
+            ex.add_row(
+                (h["title"] or "")[:60],
+                h["category_path"] or "",
+                f"{float(h['confidence'] or 0):.2f}",
+                h["model_version"] or "",
+                tags,
+            )
         return Group(stats, ex)
+
+
+class Feeder:
+    """Streams the held-out listings: once as fast as asked, then (while a full model trains) a steady trickle of
+    newer edits, so the lifecycle plays on live traffic."""
+
+    def __init__(self, settings: Settings, rows: list[dict[str, Any]], rate: float) -> None:
+        self.settings = settings
+        self.rows = rows
+        self.rate = rate
+        self.produced = 0
+        self.keep_going = threading.Event()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        from devtools.workers import produce_raw
+        from stream.produce import produce_listings
+
+        produce_raw(self.settings, [(None, b) for b in malformed_events(max(1, len(self.rows) // 200))])
+        version = int(time.time())
+        summary = produce_listings(self.settings, self.rows, rate=self.rate, progress=False, listing_version=version)
+        self.produced += summary["sent"]
+        i = 0
+        while self.keep_going.is_set() and not self.stop.is_set():
+            chunk = [self.rows[(i + k) % len(self.rows)] for k in range(10)]
+            version += 1
+            self.produced += produce_listings(self.settings, chunk, progress=False, listing_version=version)["sent"]
+            i += 10
+            self.stop.wait(1.0)
+
+
+def full_model_cached(stack: StackSettings) -> Path | None:
+    from training import artifact, train
+
+    opts = train.options(train.default_data(stack.data_dir))
+    path = artifact.cache_path(stack.cache_dir, artifact.cache_key(opts.data.files(), opts.as_dict()))
+    return path if artifact.complete(path) else None
+
+
+def training_status(log: Path) -> str:
+    """The background training's progress, from its log."""
+    try:
+        text = log.read_text(errors="replace")[-4000:]
+    except OSError:
+        return "starting"
+    bars = re.findall(r"epoch (\d+)/(\d+):\s+(\d+)%", text)
+    if bars:
+        e, n, pct = bars[-1]
+        return f"epoch {e}/{n} ({pct}%)"
+    if "fusion (dev)" in text:
+        return "fusion, engines and report"
+    return "preparing data"
 
 
 def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
@@ -138,79 +231,161 @@ def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
 
     from devtools.heldout import held_out_listings
     from devtools.stack import triton
-    from devtools.workers import WorkerProcess, produce_raw, wait_group_stable
-    from stream.produce import produce_listings
-    from training.release import ensure_model
+    from devtools.workers import WorkerProcess, wait_group_stable
+    from stream import models
+    from training import export, train
 
-    settings = stack.runtime(base)
-    events, rate = options.events, options.rate
     console = Console()
+    settings = stack.runtime(base)
+    t_start = time.monotonic()
     started = control.status(stack)
-    version = ensure_model(stack, quick=options.quick)
+    cached = full_model_cached(stack)
+    lifecycle = cached is None and not options.quick and not export.versions(stack.model_repository)
+
+    # the stack (Kafka, Redis) comes up while the first model is made ready; Triton once it has a version
+    bring_up = threading.Thread(target=control.up, args=(stack, ["redis", "kafka"]), kwargs={"echo": console.print})
+    bring_up.start()
+    if not export.versions(stack.model_repository):
+        if cached is not None:
+            console.print("exporting the cached full model")
+            export.export(cached, stack.model_repository)
+        else:
+            console.print("training a quick model first (the full one follows in the background)")
+            quick = train.train_or_reuse(stack, train.options(train.default_data(stack.data_dir), quick=True))
+            export.export(quick, stack.model_repository)
+    bring_up.join()
     control.up(stack, echo=console.print)
     if started["triton"]["running"]:
         triton.load_model(stack, settings.triton.model_name)  # a Triton that was already up picks the model up
-    listing_version = int(time.time())  # each demo run is a newer edit of the same listings
-    rows = held_out_listings(stack.data_dir, events)
-    console.print(f"streaming {len(rows)} held-out Flipkart listings (listing_version {listing_version}) + malformed")
+    live_version = str(export.versions(stack.model_repository)[-1])
+
+    rows = held_out_listings(stack.data_dir, options.events)
     metrics_port = settings.worker.metrics_port
-    worker = WorkerProcess(settings, stack.log_dir, name="demo-worker", metrics_port=metrics_port)
-    worker.start()
-    wait_group_stable(settings, workers=[worker])
-    progress = Progress(settings, rows, listing_version, metrics_port)
-    produced = {"n": 0}
-
-    def feed() -> None:
-        bad = malformed_events(max(1, len(rows) // 200))
-        produce_raw(settings, [(None, b) for b in bad])
-        summary = produce_listings(settings, rows, rate=rate, progress=False, listing_version=listing_version)
-        produced["n"] = summary["sent"]
-
-    feeder = threading.Thread(target=feed, daemon=True)
-    t0 = time.monotonic()
-    feeder.start()
+    worker = WorkerProcess(settings, stack.log_dir, name="demo-worker", metrics_port=metrics_port).start()
+    trainer: subprocess.Popen[bytes] | None = None
+    train_log = stack.log_dir / "demo-train.log"
+    progress = Progress(settings, rows, metrics_port)
+    feeder = Feeder(settings, rows, options.rate or (10.0 if lifecycle else 0.0))
     try:
-        with Live(progress.render(0, len(rows)), console=console, refresh_per_second=2) as live:
-            while len(progress.done) < len(rows):
-                time.sleep(1)
+        wait_group_stable(settings, workers=[worker])
+        if lifecycle:
+            feeder.keep_going.set()
+            with open(train_log, "wb") as log:
+                trainer = subprocess.Popen(
+                    [sys.executable, "-m", "stream", "train", "--no-export"], stdout=log, stderr=subprocess.STDOUT
+                )
+        threading.Thread(target=feeder.run, daemon=True).start()
+        with Live(progress.render(0), console=console, refresh_per_second=2) as live:
+
+            def tick(stage: str) -> None:
+                progress.stage = stage
                 progress.poll()
-                live.update(progress.render(produced["n"] or len(progress.done), len(rows)))
+                live.update(progress.render(feeder.produced))
                 if not worker.alive():
-                    console.print(f"[red]the worker exited[/red]; its log:\n{worker.log_tail()}")
-                    return 1
-                if time.monotonic() - t0 > 1800:
-                    console.print("[red]gave up after 30 minutes[/red]")
-                    return 1
-        elapsed = time.monotonic() - t0
+                    raise RuntimeError(f"the worker exited; its log:\n{worker.log_tail()}")
+
+            while len(progress.state) < len(rows):
+                tick(f"serving v{live_version}" + (f"; full model: {training_status(train_log)}" if trainer else ""))
+                time.sleep(1)
+                if time.monotonic() - t_start > 3600:
+                    raise RuntimeError("gave up after an hour")
+            first = progress.first_at - t_start if progress.first_at else float("nan")
+            progress.lifecycle.append(f"first listing classified {first:.0f}s after start; all {len(rows)} done")
+            if trainer is not None:
+                while trainer.poll() is None:
+                    tick(f"serving v{live_version}; full model: {training_status(train_log)}")
+                    time.sleep(2)
+                if trainer.returncode != 0:
+                    raise RuntimeError(f"full training failed; see {train_log}")
+                run_lifecycle(stack, settings, progress, tick, live_version)
+        elapsed = time.monotonic() - t_start
         top, leaf, scored = progress.accuracy()
+        now_live = models.read_live(progress.r, settings.triton.model_name).version or live_version
         console.print(
-            f"\n{len(progress.done)} listings classified in {elapsed:.1f}s "
-            f"({len(progress.done) / elapsed:.0f}/s overall); accuracy top level {top:.1%}, leaf {leaf:.1%} "
-            f"on {scored}; model {settings.triton.model_name} v{version}"
+            f"\n{len(progress.state)} listings classified; first one {first:.0f}s after the demo started, "
+            f"{elapsed / 60:.1f} min in all; accuracy top level {top:.1%}, leaf {leaf:.1%} on {scored}; "
+            f"live model {settings.triton.model_name} v{now_live}"
         )
-        some = next(iter(progress.done))
+        for line in progress.lifecycle:
+            console.print(f"  {line}")
+        some = next(iter(progress.state))
         console.print(
             "\nWhere to look:\n"
             f"  Redis ({settings.redis.url}):  HGETALL {keys.listing(some)}   SMEMBERS {keys.category('<id>')}"
             f"   SMEMBERS {keys.tag('<tag>')}   XREVRANGE {settings.redis.updates_stream} + - COUNT 5\n"
             f"  Kafka ({settings.kafka.bootstrap}): {settings.topics.classified}, {settings.topics.tag_updates}, "
-            f"{settings.topics.review}, {settings.topics.dlq}\n"
+            f"{settings.topics.review}, {settings.topics.dlq}, {settings.topics.shadow}\n"
+            f"  Models: listings models   Review: listings review-ui   Shadow: listings shadow --report\n"
             f"  Worker metrics: http://127.0.0.1:{metrics_port}/metrics  (while a worker runs)\n"
             f"  Triton metrics: http://127.0.0.1:{stack.triton_metrics_port}/metrics\n"
             f"  Logs: {stack.log_dir}"
         )
         return 0
+    except RuntimeError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 1
     finally:
+        feeder.stop.set()
+        if trainer is not None and trainer.poll() is None:
+            trainer.terminate()
         worker.stop()
         mine = [name for name, st in started.items() if not st["running"]]
         if mine:
             control.down(stack, mine, echo=console.print)
 
 
+def run_lifecycle(stack: StackSettings, settings: Settings, progress: Progress, tick: Any, live: str) -> None:
+    """The full model: export, shadow it on live traffic, promote it, re-classify the catalogue with it."""
+    from devtools.stack import triton
+    from stream import models
+    from stream.backfill import BackfillOptions, backfill
+    from stream.shadow import ShadowOptions, read_shadow, shadow, summarize
+    from training import export, train
+
+    full = train.train_or_reuse(stack, train.options(train.default_data(stack.data_dir)))
+    candidate = str(export.export(full, stack.model_repository))
+    triton.load_model(stack, settings.triton.model_name)
+    progress.lifecycle.append(f"full model exported as v{candidate}; shadowing it on the live stream")
+    result: dict[str, Any] = {}
+    shadowing = threading.Thread(
+        target=lambda: result.update(
+            asyncio.run(shadow(settings, ShadowOptions(candidate, max_events=10_000, idle_timeout_s=SHADOW_SECONDS)))
+        ),
+        daemon=True,
+    )
+    shadowing.start()
+    deadline = time.monotonic() + SHADOW_SECONDS
+    while time.monotonic() < deadline:
+        tick(f"shadowing v{candidate} against live v{live}")
+        time.sleep(2)
+    summary = summarize(read_shadow(settings), candidate)
+    progress.lifecycle.append(
+        f"shadow v{candidate}: {summary['compared']} compared, agreement {summary['agreement']}, "
+        f"review flips {summary['review_flips']}"
+    )
+    models.promote(settings, live)  # record the version that served so far, so a rollback has somewhere to go
+    models.promote(settings, candidate)
+    progress.lifecycle.append(f"promoted v{candidate} (rollback: listings promote --rollback)")
+    done = threading.Event()
+    threading.Thread(
+        target=lambda: (asyncio.run(backfill(settings, BackfillOptions(progress=False))), done.set()), daemon=True
+    ).start()
+    while not done.is_set():
+        n = progress.by_version().get(candidate, 0)
+        top, leaf, _ = progress.accuracy(candidate)
+        tick(f"re-classifying the catalogue with v{candidate}: {n}/{len(progress.rows)}, its leaf accuracy {leaf:.1%}")
+        time.sleep(1)
+    tick(f"v{candidate} live")
+    top, leaf, scored = progress.accuracy(candidate)
+    progress.lifecycle.append(f"re-classified with v{candidate}: top level {top:.1%}, leaf {leaf:.1%} on {scored}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int, default=3000, help="held-out listings to stream (default 3000)")
-    parser.add_argument("--rate", type=float, default=0.0, help="produce rate in events/s (0 = as fast as possible)")
-    parser.add_argument("--quick", action="store_true", help="use the quick-trained model if none exists")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="produce rate in events/s (default: as fast as possible)"
+    )
+    parser.add_argument("--quick", action="store_true", help="quick model only: no full training, no lifecycle")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 
 LEVEL_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
-LINEAR_TEMPERATURES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+LINEAR_TEMPERATURES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
 ALPHAS = tuple(round(a, 2) for a in np.arange(0.0, 1.01, 0.1))
 TAG_BETAS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
-TAG_TEMPERATURES = (0.5, 1.0, 2.0, 4.0)
+TAG_TEMPERATURES = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
 
 

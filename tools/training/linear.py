@@ -71,16 +71,21 @@ def fit(
     n_classes: int,
     tag_texts: list[str] | None = None,
     tag_targets: np.ndarray | None = None,
+    tags_only: bool = False,
 ) -> LinearModel:
-    """Fit the vectorizer on every training text (categories and tags), then the category and tag models."""
+    """The served linear part: one vectorizer fitted on every training text (categories and tags, so serving
+    featurizes once), then the category and tag models."""
     from sklearn.svm import LinearSVC
 
     t0 = time.perf_counter()
     vec = vectorizer()
-    vec.fit(cat_texts + (tag_texts or []))
-    x = vec.transform(cat_texts)
-    cat_coef, cat_bias = _svc_weights(LinearSVC(C=1.0).fit(x, cat_labels), n_classes)
-    model = LinearModel(vec, cat_coef, cat_bias)
+    vec.fit(([] if tags_only else cat_texts) + (tag_texts or []))
+    if tags_only:
+        model = LinearModel(vec, np.zeros((0, 0), np.float32), np.zeros(0, np.float32))
+    else:
+        x = vec.transform(cat_texts)
+        cat_coef, cat_bias = _svc_weights(LinearSVC(C=1.0).fit(x, cat_labels), n_classes)
+        model = LinearModel(vec, cat_coef, cat_bias)
     if tag_texts and tag_targets is not None and tag_targets.shape[1]:
         xt = vec.transform(tag_texts)
         n_tags = tag_targets.shape[1]
@@ -94,6 +99,38 @@ def fit(
         model.tag_coef, model.tag_bias = coef, bias
     model.seconds = round(time.perf_counter() - t0, 1)
     return model
+
+
+@dataclass
+class Reference:
+    """The baseline exactly as specified: for categories, TF-IDF fitted on the category training titles + LinearSVC;
+    for tags, TF-IDF fitted on the tag training titles + one-vs-rest LinearSVCs (decision threshold 0)."""
+
+    categories: LinearModel
+    tags: LinearModel | None
+    seconds: float
+
+    def category_scores(self, texts: list[str]) -> np.ndarray:
+        return self.categories.category_scores(texts)
+
+    def tag_scores(self, texts: list[str]) -> np.ndarray | None:
+        return self.tags.tag_scores(texts) if self.tags is not None else None
+
+
+def fit_reference(
+    cat_texts: list[str],
+    cat_labels: list[int],
+    n_classes: int,
+    tag_texts: list[str] | None = None,
+    tag_targets: np.ndarray | None = None,
+) -> Reference:
+    t0 = time.perf_counter()
+    cats = fit(cat_texts, cat_labels, n_classes)
+    tags = None
+    if tag_texts and tag_targets is not None and tag_targets.shape[1]:
+        # the tag model's own vectorizer, fitted on the tag titles (the category part of this fit is unused)
+        tags = fit(tag_texts, [0] * len(tag_texts), 1, tag_texts, tag_targets, tags_only=True)
+    return Reference(cats, tags, round(time.perf_counter() - t0, 1))
 
 
 def _prune(w: np.ndarray, cutoff: float) -> Any:

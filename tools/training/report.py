@@ -30,6 +30,7 @@ def evaluate(
     folder: Path,
     c: Corpus,
     lin: Any,
+    reference: Any,
     params: dict,
     applies: dict,
     opts: Any,
@@ -58,9 +59,10 @@ def evaluate(
     pred = scores.probs.argmax(1)
     model = metrics.category_metrics(true, _paths(classes, pred), depth)
 
-    # the baseline: dense TF-IDF + LinearSVC, same training rows, same test rows
-    lin_test = lin.category_scores(texts)
-    baseline = metrics.category_metrics(true, _paths(classes, lin_test.argmax(1)), depth)
+    # the baseline: TF-IDF + LinearSVC as specified (its own vectorizer), same training rows, same test rows
+    base_test = reference.category_scores(texts)
+    baseline = metrics.category_metrics(true, _paths(classes, base_test.argmax(1)), depth)
+    lin_test = lin.category_scores(texts)  # the fused linear part (dense weights)
 
     # what each lever gives (torch fp32 outputs, test split)
     net_out = finetune.predict_logits(
@@ -110,7 +112,9 @@ def evaluate(
         "test_rows_rare_leaf": int(rare.sum()),
         "accuracy_on_rare_leaf_rows": round(float(correct[rare].mean()), 4) if rare.any() else None,
         "baseline_accuracy_on_rare_leaf_rows": round(
-            float(np.mean([classes[int(p)] == t for p, t, r in zip(lin_test.argmax(1), true, rare, strict=True) if r])),
+            float(
+                np.mean([classes[int(p)] == t for p, t, r in zip(base_test.argmax(1), true, rare, strict=True) if r])
+            ),
             4,
         )
         if rare.any()
@@ -132,11 +136,11 @@ def evaluate(
         tag_scores = served.score_texts([e.text for e in tag_test]).tags
         model_tags = (tag_scores >= served.tag_thresholds).astype(np.int8) & (tag_scores > 0)
         model.update(metrics.tag_metrics(y_t, model_tags, m_t))
-        base_tags = (lin.tag_scores([e.text for e in tag_test]) > 0).astype(np.int8)
+        base_tags = (reference.tag_scores([e.text for e in tag_test]) > 0).astype(np.int8)
         baseline.update(metrics.tag_metrics(y_t, base_tags, m_t))
         tops = [t[0] for t in true]
         served_on_cats = (scores.tags >= served.tag_thresholds) & (scores.tags > 0)
-        base_on_cats = lin.tag_scores(texts) > 0
+        base_on_cats = reference.tag_scores(texts) > 0
         tag_part = {
             "test_titles": len(tag_test),
             "applies_to": applies,
@@ -162,7 +166,8 @@ def evaluate(
         "curve": fit.curve,
         "best_epoch": fit.best_epoch,
         "train_seconds": fit.seconds,
-        "baseline_seconds": lin.seconds,
+        "baseline_seconds": reference.seconds,
+        "linear_part_seconds": lin.seconds,
         "eval_rows_per_second": round(eval_rate, 1),
         "engines": served.meta.get("engines", {}),
         "data": c.stats,

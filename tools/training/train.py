@@ -21,7 +21,7 @@ import numpy as np
 from training import artifact, corpus, dataset, fusion, linear, serving, tags
 from training.config import SERVING_DIR, TrainingSettings
 
-DEFAULTS = {"epochs": 8, "batch_size": 32, "seed": 13, "tags_per_epoch": 4000, "description_chars": 400}
+DEFAULTS = {"epochs": 8, "batch_size": 32, "seed": 13, "tags_per_epoch": 3600, "description_chars": 400}
 MAX_LEN = {"title": 40, "description": 96}  # tokens: titles only / with descriptions
 QUICK = {"epochs": 1, "train_rows": 3000, "eval_rows": 600, "tags_per_epoch": 1000}
 DEPTH_THRESHOLD = 0.5
@@ -164,8 +164,18 @@ def train(opts: TrainOptions, out: Path, threads: int = 2, echo: Callable[[str],
     tag_index = {t: j for j, t in enumerate(c.tag_names)}
     tag_train = c.tags["train"]
     y_tag_train, _ = tags.targets(tag_train, tag_index, complete=c.same_file_tags)
-    echo(f"fitting TF-IDF + LinearSVC on {len(train_cats)} category and {len(tag_train)} tag titles")
+    echo(
+        f"fitting the linear part and the TF-IDF + LinearSVC baseline on {len(train_cats)} category and "
+        f"{len(tag_train)} tag titles"
+    )
     lin = linear.fit(
+        [e.text for e in train_cats],
+        y_train.tolist(),
+        len(tax.classes),
+        [e.text for e in tag_train] or None,
+        y_tag_train if len(tag_train) else None,
+    )
+    reference = linear.fit_reference(
         [e.text for e in train_cats],
         y_train.tolist(),
         len(tax.classes),
@@ -279,7 +289,7 @@ def train(opts: TrainOptions, out: Path, threads: int = 2, echo: Callable[[str],
     # ---------------------------------------------------------------- the report (test split)
     from training import report
 
-    result = report.evaluate(out, c, lin, cat_params, applies, opts, fit, ancestors, echo=echo)
+    result = report.evaluate(out, c, lin, reference, cat_params, applies, opts, fit, ancestors, echo=echo)
     result["total_seconds"] = round(time.perf_counter() - t_start, 1)
     artifact.write_json(out / "metrics.json", result)
     report.plot(result, out / "report.png")

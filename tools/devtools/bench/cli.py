@@ -30,7 +30,7 @@ from training.config import REPO
 HELP = "measure Triton, pipeline and baseline throughput and latency"
 
 DEFAULT_EVENTS = 2000
-QUICK = {"events": 200, "naive_events": 24, "latency_seconds": 4.0}
+QUICK = {"events": 200, "naive_events": 24, "latency_seconds": 4.0, "sweep_seconds": 0.5}
 NOTES = [
     "CPU only, no GPU: Triton runs the model on KIND_CPU instances (cpu_threads from config.pbtxt).",
     "The 2-core machine is shared with other work (training, tests) while the bench runs, and Kafka, Redis, "
@@ -64,6 +64,38 @@ def machine() -> dict[str, Any]:
     }
 
 
+def budget(d: dict[str, Any], max_wait_ms: int) -> dict[str, Any]:
+    """The latency budget at half load: p99 end-to-end <= max wait + 2 x p99 Triton compute + 100 ms."""
+    compute = d["breakdown"]["stages_ms"].get("triton_compute", {}).get("p99", 0.0)
+    limit = max_wait_ms + 2 * compute + 100
+    return {
+        "p99_end_to_end_ms": d["p99_ms"],
+        "limit_ms": round(limit, 1),
+        "p99_triton_compute_ms": compute,
+        "max_wait_ms": max_wait_ms,
+        "met": d["p99_ms"] <= limit,
+    }
+
+
+def protection(figures: dict[str, Any], live_rate: float) -> dict[str, Any]:
+    """Live traffic protected from a backfill: live p99 <= 1.3 x live-only p99, while the backfill uses at least half
+    of the capacity live leaves free ((b) minus the live rate)."""
+    alone, shared = figures["d_latency"], figures["d_latency_with_backfill"]
+    free = max(0.0, figures["b_pipeline"]["events_per_s"] - live_rate)
+    used = shared.get("backfill_rate_during_live", 0.0)
+    ratio = shared["p99_ms"] / alone["p99_ms"] if alone["p99_ms"] else 0.0
+    return {
+        "live_p99_alone_ms": alone["p99_ms"],
+        "live_p99_with_backfill_ms": shared["p99_ms"],
+        "ratio": round(ratio, 2),
+        "ratio_met": ratio <= 1.3,
+        "free_capacity_per_s": round(free, 1),
+        "backfill_per_s_during_live": used,
+        "share_of_free_capacity": round(used / free, 2) if free else None,
+        "share_met": bool(free) and used >= 0.5 * free,
+    }
+
+
 def ensure_stack(settings: StackSettings) -> list[str]:
     """Start the parts of the local stack that are not running; returns the ones this call started."""
     from devtools.stack import control
@@ -73,6 +105,18 @@ def ensure_stack(settings: StackSettings) -> list[str]:
     if missing:
         control.up(settings, missing, echo=lambda m: print(m, file=sys.stderr))
     return missing
+
+
+def served_engine(stack: StackSettings, settings: Settings) -> str:
+    """The engine the served version runs by default (its classifier.json, as Triton loaded it)."""
+    import json
+
+    model = stack.model_repository / settings.triton.model_name
+    versions = sorted((int(p.name) for p in model.iterdir() if p.name.isdigit()), default=0)
+    try:
+        return json.loads((model / str(versions[-1]) / "classifier.json").read_text()).get("default_engine", "torch")
+    except (OSError, IndexError, ValueError):
+        return "unknown"
 
 
 def wait_model(settings: Settings, timeout_s: float) -> None:
@@ -101,6 +145,7 @@ class BenchOptions:
     out: Path = REPO / "bench"
     progress: bool = True
     quick: bool = False
+    sweep_seconds: float = 4.0
 
     @property
     def command(self) -> str:
@@ -143,6 +188,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         out=args.out,
         progress=not args.no_progress,
         quick=args.quick,
+        sweep_seconds=QUICK["sweep_seconds"] if args.quick else 4.0,
     )
 
 
@@ -221,8 +267,15 @@ def measure(stack: StackSettings, s: Settings, options: BenchOptions) -> dict[st
 
     env = bm.Env(s, listings, out, progress, timeout_s=300 + n * 0.3)
     titles = [listings[i % len(listings)]["title"] for i in range(n)]
-    figures["a_triton_raw"] = bm.triton_raw(s, titles, progress)
+    from devtools.bench import engines
+
+    figures["a_engines"] = engines.compare(stack, s, titles, bm.triton_raw, progress)
+    figures["a_triton_raw"] = bm.triton_raw(s, titles, progress)  # the default engine (`auto`)
+    figures["a_triton_raw"]["engine"] = served_engine(stack, s)
+    figures["a_triton_raw"]["triton_rss_mib"] = engines.triton_rss_mib(stack)
     save("a")
+    figures["a_sweep"] = engines.sweep(s, titles, seconds=options.sweep_seconds, progress=progress)
+    save("sweep")
     figures["b_pipeline"] = bm.saturation_run(env, "pipeline", n)
     save("b")
     figures["c_naive"] = bm.saturation_run(
@@ -235,11 +288,13 @@ def measure(stack: StackSettings, s: Settings, options: BenchOptions) -> dict[st
     save("c")
     rate = max(1.0, figures["b_pipeline"]["events_per_s"] / 2)
     figures["d_latency"] = bm.latency_run(env, rate, max(20, int(rate * lat_s)))
+    results["budget"] = budget(figures["d_latency"], s.worker.max_wait_ms)
     save("d")
-    # the same live load while a backfill (Triton priority 2) replays, as fast as it can, a backlog the size
-    # of what the pipeline does at full speed during the live phase
+    # the same live load while a governed backfill (Triton priority 2) replays a backlog the size of what the
+    # pipeline does at full speed during the live phase
     backlog = max(20, int(figures["b_pipeline"]["events_per_s"] * lat_s))
     figures["d_latency_with_backfill"] = bm.latency_run(env, rate, max(20, int(rate * lat_s)), backlog)
+    results["protection"] = protection(figures, rate)
     save("d2")
     figures["e_workers"] = {}
     for k in counts:
@@ -248,7 +303,11 @@ def measure(stack: StackSettings, s: Settings, options: BenchOptions) -> dict[st
     a = figures["a_triton_raw"]["titles_per_s"]
     b = figures["b_pipeline"]["events_per_s"]
     c = figures["c_naive"]["events_per_s"]
-    results["ratios"] = {"b_over_a": round(b / a, 3) if a else 0.0, "b_over_c": round(b / c, 2) if c else 0.0}
+    results["ratios"] = {
+        "b_over_a": round(b / a, 3) if a else 0.0,
+        "b_over_c": round(b / c, 2) if c else 0.0,
+        "default_engine_over_torch_fp32": round(a / figures["a_engines"]["torch"]["titles_per_s"], 2),
+    }
     results["finished_at"] = now_iso()
     save("end")
     plot(results, out / "results.png")

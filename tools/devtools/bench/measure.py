@@ -296,47 +296,98 @@ def saturation_run(
     return out
 
 
-def _backfill_in_thread(env: Env, backlog: int) -> tuple[threading.Thread, dict[str, Any]]:
-    """A backfill (priority 2) over a topic of `backlog` listings, started in a thread."""
+def _backfill_in_thread(env: Env, backlog: int, live: Settings) -> tuple[threading.Thread, dict[str, Any], list[str]]:
+    """A backfill (priority 2, governed) over a topic of `backlog` listings, started in a thread. It shares the live
+    worker's update stream, as a production backfill does, so its governor sees the live latency."""
     from stream.backfill import BackfillOptions, backfill
 
-    sb = isolated(env.settings, "bench-backfill")
-    produce_listings(sb, tagged(env.listings, backlog, uuid.uuid4().hex[:6]), progress=False)
+    sb = isolated(env.settings, "bench-backfill").replace(redis={"updates_stream": live.redis.updates_stream})
+    rows = tagged(env.listings, backlog, uuid.uuid4().hex[:6])
+    produce_listings(sb, rows, progress=False)
     options = BackfillOptions(group=f"{sb.worker.group_id}-bf", progress=False)
-    out: dict[str, Any] = {"backlog": backlog}
+    out: dict[str, Any] = {"backlog": backlog, "governor": sb.backfill.governor}
 
     def go() -> None:
         t0 = time.monotonic()
         summary = asyncio.run(backfill(sb, options))
-        out.update({"backfill_events": summary.events, "backfill_s": round(time.monotonic() - t0, 1)})
+        out.update(
+            {
+                "backfill_events": summary.events,
+                "backfill_s": round(time.monotonic() - t0, 1),
+                "backfill_yielded_s": round(summary.yielded_s, 1),
+            }
+        )
 
     thread = threading.Thread(target=go, daemon=True)
-    return thread, out
+    return thread, out, [r["item_id"] for r in rows]
+
+
+def stage_breakdown(path: Path) -> dict[str, Any]:
+    """Per-stage p50/p99 (ms) of the batches the worker recorded (LISTINGS_TIMINGS_FILE); per-event stages use
+    each batch's slowest event."""
+    import orjson
+
+    rows = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()] if path.exists() else []
+    stages: dict[str, list[float]] = {}
+    for r in rows:
+        for k, v in {**r.get("stages", {}), **r.get("event_stages_max", {})}.items():
+            stages.setdefault(k, []).append(v * 1000)
+    order = ["kafka_wait", "batch_forming", "triton_queue", "triton_compute", "sink_wait", "redis", "kafka_send", "ack"]
+    return {
+        "batches": len(rows),
+        "mean_batch_events": round(sum(r["events"] for r in rows) / len(rows), 1) if rows else 0,
+        "stages_ms": {
+            k: {
+                "p50": round(percentile(stages[k], 50), 2),
+                "p99": round(percentile(stages[k], 99), 2),
+                "mean": round(sum(stages[k]) / len(stages[k]), 2),
+            }
+            for k in order
+            if stages.get(k)
+        },
+    }
 
 
 def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0) -> dict[str, Any]:
     """(d): one worker, caught up, fed `events` at `rate` events/s with `listed_at` stamped at send;
-    latency per event = Redis `classified_at` - `event_time`. With `backfill_backlog`, a backfill of that
-    many listings (its own topics, Triton priority 2) runs during the live phase."""
+    latency per event = Redis `classified_at` - `event_time`; the worker records every batch's stages. With
+    `backfill_backlog`, a governed backfill of that many listings (Triton priority 2) runs during the live phase."""
     s = isolated(env.settings, "bench-latency")
     tag = uuid.uuid4().hex[:6]
     warm = tagged(env.listings, max(8, env.settings.worker.max_batch), f"{tag}w")
     batch = tagged(env.listings[len(warm) :] or env.listings, events, tag)
     ids = [e["item_id"] for e in batch]
-    procs = _start(env, s, 1, "latency", {})
+    timings = env.log_dir / f"timings-{tag}.jsonl"
+    procs = _start(env, s, 1, "latency", {"LISTINGS_TIMINGS_FILE": str(timings)})
+    backfill_out: dict[str, Any] = {}
     try:
         wait_group_stable(s, len(procs), JOIN_TIMEOUT_S, workers=procs)
         produce_listings(s, warm, progress=False)
         wait_in_redis(s, [e["item_id"] for e in warm], procs, env.timeout_s, "(d) warm-up", False)
-        backfill_thread, backfill_out = (None, {})
+        timings.write_bytes(b"")  # the warm-up's batches are not part of the breakdown
+        backfill_thread, backfill_ids = None, []
         if backfill_backlog:
-            backfill_thread, backfill_out = _backfill_in_thread(env, backfill_backlog)
+            backfill_thread, backfill_out, backfill_ids = _backfill_in_thread(env, backfill_backlog, s)
             backfill_thread.start()
+        t0 = time.monotonic()
         summary = produce_listings(s, batch, rate=rate, progress=env.progress)
         if summary["failed"]:
             raise BenchError(f"produce failed: {summary['errors']}")
         wait_in_redis(s, ids, procs, env.timeout_s, "(d) drain", env.progress)
+        live_s = time.monotonic() - t0
         if backfill_thread is not None:
+            r = _redis(s)
+            try:
+                done = _count(r, [keys.listing(i) for i in backfill_ids])
+            finally:
+                r.close()
+            backfill_out.update(
+                {
+                    "backfill_during_live": done,
+                    "backfill_rate_during_live": round(done / live_s, 1),
+                    "live_s": round(live_s, 1),
+                }
+            )
             backfill_thread.join(env.timeout_s)
     finally:
         _stop(procs)
@@ -352,5 +403,6 @@ def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0) -
         "max_ms": round(max(lat), 1),
         "mean_ms": round(sum(lat) / len(lat), 1),
         "latencies_ms": [round(x, 1) for x in lat],
+        "breakdown": stage_breakdown(timings),
         **backfill_out,
     }

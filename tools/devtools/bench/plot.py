@@ -11,7 +11,19 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     f = results["figures"]
     lat = f["d_latency"]
     out = [
-        ("(a) Triton raw", f"{f['a_triton_raw']['titles_per_s']:.1f} titles/s", "async gRPC, batch x in-flight"),
+        (
+            f"(a) Triton raw, {engine} fp32" if engine == "torch" else f"(a) Triton raw, {engine}",
+            f"{run['titles_per_s']:.1f} titles/s",
+            f"x{run['vs_torch_fp32']:.2f} torch fp32, Triton RSS {run['triton_rss_mib']:.0f} MiB",
+        )
+        for engine, run in f.get("a_engines", {}).items()
+    ]
+    out += [
+        (
+            f"(a) Triton raw (default: {f['a_triton_raw'].get('engine', '?')})",
+            f"{f['a_triton_raw']['titles_per_s']:.1f} titles/s",
+            "async gRPC, batch x in-flight",
+        ),
         ("(b) pipeline, 1 worker", f"{f['b_pipeline']['events_per_s']:.1f} events/s", "Kafka -> worker -> Redis"),
         ("(c) naive, 1 req/event", f"{f['c_naive']['events_per_s']:.1f} events/s", "batch 1, in-flight 1"),
         (
@@ -20,6 +32,15 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"{lat['target_rate']:.0f} events/s, {lat['events']} events",
         ),
     ]
+    if "budget" in results:
+        bud = results["budget"]
+        out.append(
+            (
+                "(d) budget",
+                f"p99 {bud['p99_end_to_end_ms']:.0f} <= {bud['limit_ms']:.0f} ms: {'met' if bud['met'] else 'NOT met'}",
+                f"max wait {bud['max_wait_ms']} + 2 x p99 compute {bud['p99_triton_compute_ms']:.0f} + 100",
+            )
+        )
     if "d_latency_with_backfill" in f:
         lb = f["d_latency_with_backfill"]
         out.append(
@@ -27,6 +48,16 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 "(d') same, backfill running",
                 f"p50 {lb['p50_ms']:.0f} / p95 {lb['p95_ms']:.0f} / p99 {lb['p99_ms']:.0f} ms",
                 f"backfill of {lb.get('backlog', 0)} at priority 2 alongside",
+            )
+        )
+    if "protection" in results:
+        pr = results["protection"]
+        out.append(
+            (
+                "(d') live p99 ratio",
+                f"x{pr['ratio']:.2f} ({'met' if pr['ratio_met'] else 'NOT met'} <= 1.3)",
+                f"backfill {pr['backfill_per_s_during_live']:.0f}/s of {pr['free_capacity_per_s']:.0f}/s free "
+                f"({pr['share_of_free_capacity']})",
             )
         )
     for k, run in sorted(f["e_workers"].items(), key=lambda kv: int(kv[0])):
@@ -57,15 +88,48 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     f = results["figures"]
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 5.2), gridspec_kw={"width_ratios": [1.3, 1, 1.2]})
+    fig, axes = plt.subplots(2, 3, figsize=(18, 10))
+    (ax1, ax4, ax5), (ax2, ax3, ax6) = axes
 
-    labels = ["(a) Triton raw\n(titles/s)", "(b) pipeline\n1 worker", "(c) naive\n1 req/event"]
-    values = [f["a_triton_raw"]["titles_per_s"], f["b_pipeline"]["events_per_s"], f["c_naive"]["events_per_s"]]
-    bars = ax1.bar(labels, values, color=["#4c72b0", "#55a868", "#c44e52"])
-    ax1.bar_label(bars, fmt="%.1f")
+    engines = f.get("a_engines", {})
+    labels = [f"(a) {e}" for e in engines] + ["(b) pipeline\n1 worker", "(c) naive\n1 req/event"]
+    values = [r["titles_per_s"] for r in engines.values()] + [
+        f["b_pipeline"]["events_per_s"],
+        f["c_naive"]["events_per_s"],
+    ]
+    bars = ax1.bar(labels, values, color=["#4c72b0"] * len(engines) + ["#55a868", "#c44e52"])
+    ax1.bar_label(bars, fmt="%.0f")
     ax1.set_ylabel("per second")
     r = results["ratios"]
-    ax1.set_title(f"Throughput  (b)/(a) = {r['b_over_a']:.2f},  (b)/(c) = {r['b_over_c']:.1f}")
+    ax1.set_title(
+        f"Throughput: default engine x{r.get('default_engine_over_torch_fp32', 0):.2f} torch fp32; "
+        f"(b)/(a) {r['b_over_a']:.2f}"
+    )
+    ax1.tick_params(axis="x", labelsize=8)
+
+    for c in sorted({p["concurrency"] for p in f.get("a_sweep", [])}):
+        pts = [p for p in f["a_sweep"] if p["concurrency"] == c]
+        ax4.plot([p["p99_ms"] for p in pts], [p["titles_per_s"] for p in pts], marker="o", label=f"concurrency {c}")
+        for p in pts:
+            ax4.annotate(str(p["batch"]), (p["p99_ms"], p["titles_per_s"]), fontsize=7)
+    ax4.set_xlabel("p99 request latency, ms (labels: batch size)")
+    ax4.set_ylabel("titles/s")
+    ax4.set_title(f"(a) sweep, default engine ({f['a_triton_raw'].get('engine', '?')})")
+    if f.get("a_sweep"):
+        ax4.legend(fontsize=8)
+
+    stages = f["d_latency"].get("breakdown", {}).get("stages_ms", {})
+    if stages:
+        names = list(stages)
+        ax5.barh(names[::-1], [stages[n]["p99"] for n in names][::-1], color="#dd8452", label="p99")
+        ax5.barh(names[::-1], [stages[n]["p50"] for n in names][::-1], color="#4c72b0", label="p50")
+        ax5.legend()
+    bud = results.get("budget", {})
+    ax5.set_xlabel("ms per batch (per-event stages: a batch's slowest event)")
+    ax5.set_title(
+        f"(d) where the time goes at half load; budget {'met' if bud.get('met') else 'NOT met'}: "
+        f"p99 {bud.get('p99_end_to_end_ms', 0):.0f} <= {bud.get('limit_ms', 0):.0f} ms"
+    )
 
     ws = sorted(f["e_workers"], key=int)
     wv = [f["e_workers"][k]["events_per_s"] for k in ws]
@@ -78,7 +142,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     lat = f["d_latency"]
     curves = [("live only", lat, "#dd8452")]
     if "d_latency_with_backfill" in f:
-        curves.append(("with a backfill running", f["d_latency_with_backfill"], "#937860"))
+        curves.append(("with a governed backfill", f["d_latency_with_backfill"], "#937860"))
     for name, run, color in curves:
         samples = sorted(run["latencies_ms"])
         if samples:
@@ -88,7 +152,17 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     ax3.set_xlabel("end-to-end latency, ms (Redis classified_at - listed_at)")
     ax3.set_ylabel("fraction of events")
     ax3.set_title(f"(d) Latency CDF at {lat['target_rate']:.0f} events/s (~50% of (b))")
-    for ax in (ax1, ax2, ax3):
+
+    ax6.axis("off")
+    pr = results.get("protection")
+    if pr:
+        text = (
+            f"live p99 alone {pr['live_p99_alone_ms']:.0f} ms\nwith backfill {pr['live_p99_with_backfill_ms']:.0f} ms"
+            f"  (x{pr['ratio']:.2f}, goal <= 1.3)\n\nbackfill during live: {pr['backfill_per_s_during_live']:.0f}/s"
+            f"\nfree capacity: {pr['free_capacity_per_s']:.0f}/s (share {pr['share_of_free_capacity']}, goal >= 0.5)"
+        )
+        ax6.text(0, 0.9, text, va="top", fontsize=11, family="monospace")
+    for ax in (ax1, ax2, ax4):
         ax.grid(axis="y", alpha=0.3)
 
     m = results["machine"]
@@ -101,6 +175,6 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -1,0 +1,106 @@
+"""The backfill governor: a backfill yields to live traffic, and takes the capacity live leaves free.
+
+It watches what live users feel — the end-to-end latency of the most recent live results (the Redis update
+stream names the items; their `event_time` → `classified_at` is the latency) — and steers the backfill's rate
+with AIMD: above the target latency it halves the rate (down to a pause), under it it adds a step, up to the
+ceiling (`--rate`, or unlimited). With no live traffic there is nothing to protect: full speed.
+
+Settings: `LISTINGS_BACKFILL_GOVERNOR` (on by default; `--no-governor` turns it off for one run),
+`LISTINGS_BACKFILL_LIVE_TARGET_MS` (the live latency to protect, p90 of the last `WINDOW_S` seconds),
+`LISTINGS_BACKFILL_MIN_RATE` / `_MAX_RATE` / `_RATE_STEP` (events/s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from stream import keys
+from stream.timefmt import iso_ms
+
+WINDOW_S = 3.0
+INTERVAL_S = 0.5
+
+
+@dataclass
+class Governor:
+    redis: Any  # an asyncio Redis client
+    stream: str  # the update stream (listings:updates)
+    target_ms: float
+    min_rate: float = 5.0
+    max_rate: float = 0.0  # 0: no ceiling
+    step: float = 20.0
+    start_rate: float = 50.0
+    rate: float = field(init=False)
+    live_p90_ms: float | None = field(init=False, default=None)
+    yielding: bool = field(init=False, default=False)
+    _sent: float = field(init=False, default=0.0)
+    _clock: float = field(init=False, default_factory=time.monotonic)
+    _last_control: float = field(init=False, default=0.0)
+    paused_s: float = field(init=False, default=0.0)  # time spent waiting in admit() while yielding
+
+    def __post_init__(self) -> None:
+        self.rate = self.start_rate if not self.max_rate else min(self.start_rate, self.max_rate)
+
+    async def live_latency(self) -> float | None:
+        """p90 end-to-end latency (ms) of the live results written in the last WINDOW_S seconds, or None."""
+        now_ms = int(time.time() * 1000)
+        entries = await self.redis.xrevrange(self.stream, max="+", min=f"{now_ms - int(WINDOW_S * 1000)}-0", count=200)
+        items = [f[b"item_id"].decode() for _, f in entries if f.get(b"source") == b"live"]
+        if not items:
+            return None
+        pipe = self.redis.pipeline(transaction=False)
+        for iid in items:
+            pipe.hmget(keys.listing(iid), "event_time", "classified_at")
+        lat = []
+        for event_time, classified_at in await pipe.execute():
+            if event_time and classified_at:
+                lat.append(iso_ms(classified_at.decode()) - iso_ms(event_time.decode()))
+        if not lat:
+            return None
+        lat.sort()
+        return lat[min(len(lat) - 1, int(0.9 * len(lat)))]
+
+    async def control(self) -> None:
+        """One AIMD step from the current live latency."""
+        self.live_p90_ms = await self.live_latency()
+        ceiling = self.max_rate or float("inf")
+        if self.live_p90_ms is not None and self.live_p90_ms > self.target_ms:
+            self.rate = self.rate / 2 if self.rate / 2 >= self.min_rate else 0.0  # multiplicative decrease; pause
+            self.yielding = True
+        else:
+            self.rate = min(ceiling, max(self.rate, self.min_rate) + self.step)  # additive increase
+            self.yielding = False
+
+    async def admit(self, n: int) -> None:
+        """Wait until `n` more events may go, at the governed rate (re-steering every INTERVAL_S)."""
+        waited = time.monotonic()
+        try:
+            await self._admit(n)
+        finally:
+            if self.yielding:
+                self.paused_s += time.monotonic() - waited
+
+    async def _admit(self, n: int) -> None:
+        while True:
+            now = time.monotonic()
+            if now - self._last_control >= INTERVAL_S:
+                self._last_control = now
+                await self.control()
+            if self.rate == float("inf") or (self.rate > 0 and self._sent <= self._allowance(now)):
+                self._sent += n
+                return
+            await asyncio.sleep(INTERVAL_S / 5)
+
+    def _allowance(self, now: float) -> float:
+        # a token bucket refilled at `rate`, at most one second of burst
+        elapsed = now - self._clock
+        self._clock = now
+        self._sent = max(0.0, self._sent - elapsed * self.rate)
+        return self.rate
+
+    def status(self) -> str:
+        lat = f"live p90 {self.live_p90_ms:.0f} ms" if self.live_p90_ms is not None else "no live traffic"
+        return f"{'yielding' if self.yielding else 'full'} @ {self.rate:.0f}/s, {lat}"

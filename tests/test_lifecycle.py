@@ -1,0 +1,114 @@
+"""Model lifecycle on the real stack: which version is live is an explicit shared record, a running worker
+follows a promotion and a rollback without a restart, an unknown version is refused, and shadow scoring writes
+only `listings.shadow`, with agreement figures a direct computation reproduces."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from devtools.workers import WorkerProcess, isolated, produce_raw, wait_group_stable
+from stream import connections, keys, models
+from stream.shadow import ShadowOptions, read_shadow, shadow, summarize
+from support import TITLES, another_version, direct_results, listing, read_topic, redis_items, wait_for
+
+pytestmark = pytest.mark.stack
+
+
+def transformer_only(folder) -> None:
+    """A candidate that differs from the live version: the same network without the linear part's vote."""
+    meta = json.loads((folder / "classifier.json").read_text())
+    meta["fusion"] = {**meta["fusion"], "alpha": 1.0, "level_weight": 0.0}
+    (folder / "classifier.json").write_text(json.dumps(meta))
+
+
+@pytest.fixture
+def versions(local, stack):
+    with another_version(local, stack, transformer_only) as (old, new):
+        yield str(old), str(new)
+    r = connections.redis_sync(stack.redis)
+    r.delete(models.live_key(stack.triton.model_name))  # back to "newest served" for other tests
+    r.close()
+
+
+def test_promotion_and_rollback_reach_a_running_worker(stack, versions, tmp_path) -> None:
+    old, new = versions
+    s = isolated(stack, "promote")
+    models.promote(s, old)
+    w = WorkerProcess(s, tmp_path).start()
+    try:
+        wait_group_stable(s, workers=[w])
+
+        def classify(tag: str) -> set[str]:
+            ids = [f"{tag}-{i}" for i in range(8)]
+            produce_raw(s, [listing(i, TITLES[n % len(TITLES)]) for n, i in enumerate(ids)])
+            wait_for(lambda: len(redis_items(s, ids)) == len(ids), 120, f"{tag} classified", w.log_tail)
+            return {h["model_version"] for h in redis_items(s, ids).values()}
+
+        rounds = iter(range(1000))
+        assert classify("before") == {old}
+        live = models.promote(s, new)
+        assert live.version == new and live.history[-1] == old
+        wait_for(lambda: classify(f"after-{next(rounds)}") == {new}, 60, "the worker following the promotion")
+        rolled = models.promote(s, None, rollback=True)
+        assert rolled.version == old
+        wait_for(lambda: classify(f"back-{next(rounds)}") == {old}, 60, "the worker following the rollback")
+        assert w.alive()
+    finally:
+        w.kill()
+
+
+def test_promoting_a_version_triton_does_not_serve_is_refused(stack) -> None:
+    env = {**os.environ, **stack.to_env()}
+    out = subprocess.run(
+        [sys.executable, "-m", "stream", "promote", "999"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2 and "999" in out.stderr and "not served by Triton" in out.stderr
+    listed = subprocess.run(
+        [sys.executable, "-m", "stream", "models", "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
+    doc = json.loads(listed.stdout)
+    assert doc["versions"] and all(v["state"] for v in doc["versions"])
+
+
+def test_shadow_writes_only_its_topic_and_its_figures_match_a_direct_computation(stack, versions, tmp_path) -> None:
+    old, new = versions
+    s = isolated(stack, "shadow")
+    models.promote(s, old)
+    titles = [TITLES[i % len(TITLES)] + (" steel" if i % 3 else "") for i in range(24)]
+    ids = [f"sh-{i}" for i in range(len(titles))]
+    produce_raw(s, [listing(i, t) for i, t in zip(ids, titles, strict=True)])
+    w = WorkerProcess(s, tmp_path).start()
+    try:
+        wait_for(lambda: len(redis_items(s, ids)) == len(ids), 120, "live results", w.log_tail)
+    finally:
+        w.stop()
+    before_state = redis_items(s, ids)
+    outputs = {
+        t: len(read_topic(s, t, timeout_s=2)) for t in (s.topics.classified, s.topics.review, s.topics.tag_updates)
+    }
+    r = connections.redis_sync(s.redis)
+    stream_len = r.xlen(s.redis.updates_stream)
+
+    counts = asyncio.run(shadow(s, ShadowOptions(new, from_beginning=True, max_events=len(ids), idle_timeout_s=20)))
+    assert counts["events"] == len(ids) and counts["compared"] == len(ids)
+    assert redis_items(s, ids) == before_state  # nothing written to the item state
+    assert r.xlen(s.redis.updates_stream) == stream_len and r.zcard(keys.REVIEW_QUEUE) >= 0
+    assert {t: len(read_topic(s, t, timeout_s=2)) for t in outputs} == outputs  # nor to any output topic
+    r.close()
+
+    summary = summarize(read_shadow(s), new)
+    candidate = direct_results(s, titles, version=new)
+    agree = [before_state[i]["category_id"] == c["category"]["id"] for i, c in zip(ids, candidate, strict=True)]
+    assert summary["compared"] == len(ids)
+    assert summary["agreement"] == pytest.approx(sum(agree) / len(agree), abs=1e-4)
+    flips = sum(
+        (before_state[i]["needs_review"] == "1") != (c["confidence"] < s.worker.review_threshold)
+        for i, c in zip(ids, candidate, strict=True)
+    )
+    assert summary["review_flips"] == flips

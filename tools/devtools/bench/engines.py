@@ -1,0 +1,136 @@
+"""(a) per engine: the same titles through Triton with each serving engine of the version (torch fp32, ONNX fp32,
+ONNX int8), switched by the model config's `engine` parameter and a reload, in one run; the Triton process
+memory (server + python-backend stub, RSS) with that engine loaded; and a concurrency x batch-size sweep of the
+default engine (throughput against p99 request latency).
+
+The sweep is our own async gRPC load generator: the PyPI `perf-analyzer` package is a placeholder without the
+binary, and Triton's perf_analyzer is not in the nvidia-pytriton wheel."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from devtools.config import StackSettings
+from devtools.stats import percentile
+from stream.classify.triton_client import text_inputs
+from stream.config import Settings
+from stream.retry import poll
+
+ENGINES = ("torch", "onnx", "onnx-int8")
+SWEEP_CONCURRENCY = (1, 2, 4, 8)
+SWEEP_BATCH = (1, 8, 32, 64)
+
+
+def triton_rss_mib(stack: StackSettings) -> float:
+    """Resident memory of the Triton server and every process under it (the python-backend stubs)."""
+    from devtools.stack import triton
+
+    pid = triton.part(stack).pid()
+    if pid is None:
+        return 0.0
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            m = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{p}/status").read_text())
+            total += int(m.group(1)) if m else 0
+        except OSError:
+            continue
+    return round(total / 1024, 1)
+
+
+def use_engine(stack: StackSettings, s: Settings, engine: str) -> None:
+    """Serve the model with `engine` (config parameter), reloading it and waiting until it is ready."""
+    import tritonclient.grpc as grpcclient
+
+    from devtools.stack import triton
+
+    config = stack.model_repository / s.triton.model_name / "config.pbtxt"
+    text = re.sub(r'(key: "engine", value: \{ string_value: ")[^"]*(")', rf"\g<1>{engine}\g<2>", config.read_text())
+    config.write_text(text)
+    triton.load_model(stack, s.triton.model_name)
+    client = grpcclient.InferenceServerClient(s.triton.url)
+    try:
+        poll(lambda: client.is_model_ready(s.triton.model_name), 300, f"{s.triton.model_name} ready with {engine}")
+    finally:
+        client.close()
+
+
+async def _load(s: Settings, titles: Sequence[str], batch: int, concurrency: int, seconds: float) -> dict[str, Any]:
+    """Closed-loop load: `concurrency` clients each sending `batch` titles back to back for `seconds`."""
+    import tritonclient.grpc.aio as grpcclient
+
+    client = grpcclient.InferenceServerClient(s.triton.url)
+    latencies: list[float] = []
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def one(k: int) -> None:
+        nonlocal done
+        i = k * batch
+        while time.perf_counter() < stop:
+            chunk = [titles[(i + j) % len(titles)] for j in range(batch)]
+            i += batch * concurrency
+            t = time.perf_counter()
+            await client.infer(
+                s.triton.model_name,
+                text_inputs(grpcclient, TITLE=chunk),
+                outputs=[grpcclient.InferRequestedOutput("RESULT")],
+                client_timeout=120,
+            )
+            latencies.append(time.perf_counter() - t)
+            done += batch
+
+    try:
+        await asyncio.gather(*(one(k) for k in range(concurrency)))  # warm-up round included, then measured
+    finally:
+        await client.close()
+    return {
+        "batch": batch,
+        "concurrency": concurrency,
+        "titles_per_s": round(done / seconds, 1),
+        "p50_ms": round(percentile(latencies, 50) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 1),
+        "requests": len(latencies),
+    }
+
+
+def sweep(s: Settings, titles: Sequence[str], seconds: float = 4.0, progress: bool = True) -> list[dict[str, Any]]:
+    from tqdm import tqdm
+
+    points = [(c, b) for c in SWEEP_CONCURRENCY for b in SWEEP_BATCH]
+    out = []
+    for c, b in tqdm(points, desc="(a) sweep", disable=not progress, unit="point"):
+        asyncio.run(_load(s, titles, b, c, 1.0))  # settle
+        out.append(asyncio.run(_load(s, titles, b, c, seconds)))
+    return out
+
+
+def compare(stack: StackSettings, s: Settings, titles: Sequence[str], raw: Any, progress: bool) -> dict[str, Any]:
+    """(a) for every engine in one run, then back to the version's default (`auto`)."""
+    out: dict[str, Any] = {}
+    try:
+        for engine in ENGINES:
+            use_engine(stack, s, engine)
+            run = raw(s, titles, progress)
+            run["triton_rss_mib"] = triton_rss_mib(stack)
+            out[engine] = run
+    finally:
+        use_engine(stack, s, "auto")
+    torch = out["torch"]["titles_per_s"]
+    for run in out.values():
+        run["vs_torch_fp32"] = round(run["titles_per_s"] / torch, 2) if torch else 0.0
+    return out
