@@ -290,9 +290,10 @@ def options_from(args: argparse.Namespace) -> BackfillOptions:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from stream import logs
+    from stream import logs, preflight
 
-    logs.setup("WARNING")
+    logs.setup("WARNING", quiet=True)
+    preflight.one_shot(settings)
     summary = asyncio.run(backfill(settings, options_from(args)))
     if args.json:
         print(summary.to_json().decode())

@@ -25,19 +25,26 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc, default=str).decode()
 
 
-def logging_config(level: str = "INFO") -> dict[str, Any]:
-    """A dictConfig for the worker (Faust's own loggers included)."""
+def logging_config(level: str = "INFO", quiet: bool = False) -> dict[str, Any]:
+    """A dictConfig for the worker (Faust's own loggers included). `quiet`: the Kafka client libraries say
+    nothing (one-shot commands report a dependency problem in one line of their own)."""
+    libraries = {"kafka": {"level": "CRITICAL"}, "aiokafka": {"level": "CRITICAL"}} if quiet else {}
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": JsonFormatter}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
         "root": {"handlers": ["stderr"], "level": level},
-        "loggers": {"aiokafka": {"level": "WARNING"}, "faust": {"level": "WARNING"}, "mode": {"level": "WARNING"}},
+        "loggers": {
+            "aiokafka": {"level": "WARNING"},
+            "faust": {"level": "WARNING"},
+            "mode": {"level": "WARNING"},
+            **libraries,
+        },
     }
 
 
-def setup(level: str = "INFO") -> None:
+def setup(level: str = "INFO", quiet: bool = False) -> None:
     import logging.config
 
-    logging.config.dictConfig(logging_config(level))
+    logging.config.dictConfig(logging_config(level, quiet))

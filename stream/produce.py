@@ -302,9 +302,12 @@ def parse_map(pairs: Iterable[str]) -> dict[str, str]:
 def run(args: argparse.Namespace, s: Settings) -> int:
     from kafka.errors import KafkaError
 
+    from stream import preflight
+
     if args.rate < 0 or (args.limit is not None and args.limit < 0):
         print("produce: --rate and --limit must be >= 0", file=sys.stderr)
         return 2
+    preflight.one_shot(s, redis=False)
     try:
         listings = list(read_listings(args.file, args.limit, parse_map(args.map)))
     except (OSError, ValueError) as exc:

@@ -307,8 +307,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from stream import health, logs, models
+    from stream import health, logs, models, preflight
 
+    logs.setup("WARNING", quiet=True)
+    preflight.one_shot(settings, redis=not args.report)
     if args.report:
         summary = summarize(read_shadow(settings), args.candidate)
         args.out.mkdir(parents=True, exist_ok=True)
@@ -327,7 +329,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if models.served_versions(settings).get(args.candidate) != "READY":
         print(f"listings shadow: version {args.candidate} is not served by Triton", file=sys.stderr)
         return 2
-    logs.setup("WARNING")
     port = args.metrics_port if args.metrics_port is not None else settings.worker.metrics_port
     health.serve(settings.worker.metrics_host, port)
     options = ShadowOptions(args.candidate, args.group, args.from_beginning, args.max_events, args.idle_timeout)

@@ -224,13 +224,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
     import faust
 
-    from stream import health, logs
+    from stream import health, logs, preflight
 
     if args.metrics_port is not None:
         settings = settings.replace(worker={"metrics_port": args.metrics_port})
     logs.setup(args.log_level)
+    try:  # Kafka and Redis reachable, and our credentials accepted (waits while they are down)
+        asyncio.run(preflight.wait_ready(settings))
+    except preflight.CredentialsRefused as exc:
+        log.critical(str(exc))
+        return EXIT_CONFIG
     health.HEALTH.stall_timeout_s = settings.worker.stall_timeout_s
     health.serve(settings.worker.metrics_host, settings.worker.metrics_port)
     app = make_app(settings)

@@ -87,11 +87,11 @@ malformed = st.one_of(
     ),
     st.builds(
         lambda p: orjson.dumps({"item_id": "x", "title": "phone case", "price": p}),
-        st.one_of(st.integers(max_value=-1), st.text(max_size=3), st.booleans()),
+        st.one_of(st.integers(min_value=-(2**63), max_value=-1), st.text(max_size=3), st.booleans()),
     ),
     st.builds(
         lambda v: orjson.dumps({"item_id": "x", "title": "phone case", "listing_version": v}),
-        st.one_of(st.integers(max_value=-1), st.floats(allow_nan=False), st.text(max_size=3)),
+        st.one_of(st.integers(min_value=-(2**63), max_value=-1), st.floats(allow_nan=False), st.text(max_size=3)),
     ),
 )
 

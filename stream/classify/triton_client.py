@@ -84,18 +84,24 @@ class TritonClassifier:
         return self._client
 
     async def taxonomy(self, version: str = "") -> dict[str, Any]:
-        """The categories (id, name, path) and tags of a served version (the model's INFO request)."""
+        """The categories (id, name, path) and tags of a served version (the model's INFO request); retried
+        while Triton is unavailable, like a classification."""
         import tritonclient.grpc.aio as grpcclient
 
         key = version or self.model_version
         if key not in self._taxonomies:
-            client = self._connect()
-            res = await client.infer(
-                self.model_name,
-                text_inputs(grpcclient, TITLE=["-"], INFO=["taxonomy"]),
-                model_version=key,
-                outputs=[grpcclient.InferRequestedOutput("RESULT")],
-                client_timeout=self.timeout_s,
+
+            async def ask() -> Any:
+                return await self._call(
+                    text_inputs(grpcclient, TITLE=["-"], INFO=["taxonomy"]), key, ["RESULT"], priority=0
+                )
+
+            res = await retry_forever(
+                "triton taxonomy",
+                ask,
+                retryable=(TritonUnavailable,),
+                max_backoff=self.max_backoff_s,
+                on_retry=health.on_retry("triton"),
             )
             self._taxonomies[key] = orjson.loads(res.as_numpy("RESULT").reshape(-1)[0])
         return self._taxonomies[key]
@@ -112,17 +118,23 @@ class TritonClassifier:
 
     async def _infer_once(self, titles: Sequence[str], descriptions: Sequence[str], brands: Sequence[str]) -> Any:
         import tritonclient.grpc.aio as grpcclient
+
+        inputs = text_inputs(grpcclient, TITLE=titles, DESCRIPTION=descriptions, BRAND=brands)
+        return await self._call(inputs, self.model_version, ["RESULT", "TIMING"], self.priority)
+
+    async def _call(self, inputs: list[Any], version: str, outputs: list[str], priority: int) -> Any:
+        """One request; an unreachable or not-ready Triton becomes TritonUnavailable (retried by the callers)."""
+        import tritonclient.grpc.aio as grpcclient
         from tritonclient.utils import InferenceServerException
 
         client = self._connect()
-        inputs = text_inputs(grpcclient, TITLE=titles, DESCRIPTION=descriptions, BRAND=brands)
         try:
             return await client.infer(
                 self.model_name,
                 inputs,
-                model_version=self.model_version,
-                outputs=[grpcclient.InferRequestedOutput("RESULT"), grpcclient.InferRequestedOutput("TIMING")],
-                priority=self.priority,
+                model_version=version,
+                outputs=[grpcclient.InferRequestedOutput(o) for o in outputs],
+                priority=priority,
                 client_timeout=self.timeout_s,
             )
         except InferenceServerException as exc:

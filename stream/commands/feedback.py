@@ -82,6 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from stream import logs, preflight
+
+    logs.setup("WARNING", quiet=True)
+    preflight.one_shot(settings)
     counts = export(settings, args.out)
     print(
         f"wrote {args.out}: {counts['accepted']} accepted, {counts['corrected']} corrected "

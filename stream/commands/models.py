@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from stream import preflight
+
+    preflight.one_shot(settings, kafka=False)
     served = models.served_versions(settings)
     r = connections.redis_sync(settings.redis)
     try:

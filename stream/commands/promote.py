@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from stream import preflight
+
+    preflight.one_shot(settings, kafka=False)
     try:
         live = models.promote(settings, args.version, rollback=args.rollback)
     except models.UnknownVersion as exc:

@@ -20,6 +20,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         specs = [{"name": t.name, "partitions": t.partitions, "config": t.config} for t in topics.specs(settings)]
         print(json.dumps(specs, indent=2))
         return 0
+    from stream import logs, preflight
+
+    logs.setup("WARNING", quiet=True)
+    preflight.one_shot(settings, redis=False)
     created = topics.ensure(settings)
     print(f"created {', '.join(created)}" if created else "every topic exists")
     return 0

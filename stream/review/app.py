@@ -262,7 +262,10 @@ def run(args: Any, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    logs.setup("INFO")
+    logs.setup("INFO", quiet=True)
+    from stream import preflight
+
+    preflight.one_shot(settings)
     print(f"review page on http://{host}:{port}/")
     web.run_app(make_app(settings), host=host, port=port, print=None, access_log=None)
     return 0

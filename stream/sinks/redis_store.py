@@ -30,6 +30,17 @@ def redis_outage(exc: BaseException) -> bool:
         return False
     if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | OSError):
         return True
+    # redis-py maps the reply prefix to a class and drops it from the message (a pipeline prefixes its own text)
+    names = (
+        "OutOfMemoryError",
+        "ReadOnlyError",
+        "BusyLoadingError",
+        "MasterDownError",
+        "TryAgainError",
+        "ClusterDownError",
+    )
+    if isinstance(exc, tuple(getattr(rexc, n) for n in names if hasattr(rexc, n))):
+        return True
     return isinstance(exc, rexc.ResponseError) and str(exc).upper().startswith(OUTAGE_REPLIES)
 
 

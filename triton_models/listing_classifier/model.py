@@ -107,7 +107,39 @@ class TritonPythonModel:
         except Exception as exc:  # noqa: BLE001 - answer every request instead of crashing the stub
             return [_error(f"classifier failed: {exc!r}", internal=True) for _ in requests]
         timing = [(time.perf_counter() - started) * 1000, float(len(texts))]
-        return [self._response(span, scores, timing) if not isinstance(span, str) else _error(span) for span in spans]
+        out = []
+        for span in spans:
+            if isinstance(span, str):
+                out.append(_error(span))
+            elif isinstance(span, bytes):
+                out.append(self._info_response(span))
+            else:
+                out.append(self._response(span, scores, timing))
+        return out
+
+    def _info(self, what: bytes) -> bytes | str:
+        """What an INFO request asks about this version (`taxonomy`: categories and tags)."""
+        if what.strip() != b"taxonomy":
+            return f"unknown INFO {what[:40]!r}: ask for 'taxonomy'"
+        doc = {
+            "categories": [
+                {"id": c["id"], "name": c["name"], "path": c["path"]} for c in self.model.labels["categories"]
+            ],
+            "tags": self.model.tag_names,
+        }
+        return json.dumps(doc, ensure_ascii=False).encode()
+
+    def _info_response(self, doc: bytes):
+        n_tags = max(1, len(self.model.tag_names))
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor("CATEGORY_IDS", np.full((1, TOP_K), -1, dtype=np.int32)),
+                pb_utils.Tensor("CATEGORY_SCORES", np.zeros((1, TOP_K), dtype=np.float32)),
+                pb_utils.Tensor("TAG_SCORES", np.zeros((1, n_tags), dtype=np.float32)),
+                pb_utils.Tensor("RESULT", np.array([[doc]], dtype=object)),
+                pb_utils.Tensor("TIMING", np.zeros((1, 2), dtype=np.float32)),
+            ]
+        )
 
     def _response(self, span: tuple[int, int], scores, timing: list[float]):
         start, n = span
