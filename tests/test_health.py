@@ -78,7 +78,7 @@ def test_full_redis_is_an_outage_not_a_crash(worker) -> None:
         produce_raw(s, [listing(i, TITLES[n % len(TITLES)]) for n, i in enumerate(ids)])
         wait_for(lambda: metric(port, "listings_retries_total") > retries_before, 60, "retries", w.log_tail)
         wait_for(lambda: probe(port, "/readyz")[0] == 503, 30, "/readyz unready while Redis is full", w.log_tail)
-        assert "OOM" in probe(port, "/readyz")[1]["dependencies"]["redis"]["calls"]
+        assert "OutOfMemoryError" in probe(port, "/readyz")[1]["dependencies"]["redis"]["calls"]
         assert w.alive() and probe(port, "/healthz")[0] == 200
         assert len(redis_items(s, ids)) < len(ids)
     finally:

@@ -91,7 +91,11 @@ malformed = st.one_of(
     ),
     st.builds(
         lambda v: orjson.dumps({"item_id": "x", "title": "phone case", "listing_version": v}),
-        st.one_of(st.integers(min_value=-(2**63), max_value=-1), st.floats(allow_nan=False), st.text(max_size=3)),
+        st.one_of(
+            st.integers(min_value=-(2**63), max_value=-1),
+            st.floats(allow_nan=False, allow_infinity=False),  # orjson writes infinity as null, a valid value
+            st.text(max_size=3),
+        ),
     ),
 )
 

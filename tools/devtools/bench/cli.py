@@ -112,7 +112,7 @@ def served_engine(stack: StackSettings, settings: Settings) -> str:
     import json
 
     model = stack.model_repository / settings.triton.model_name
-    versions = sorted((int(p.name) for p in model.iterdir() if p.name.isdigit()), default=0)
+    versions = sorted(int(p.name) for p in model.iterdir() if p.name.isdigit())
     try:
         return json.loads((model / str(versions[-1]) / "classifier.json").read_text()).get("default_engine", "torch")
     except (OSError, IndexError, ValueError):
