@@ -28,8 +28,8 @@ import orjson
 
 from stream import connections
 from stream.config import Settings
+from stream.files import JSONL_SUFFIXES, jsonl_objects
 
-JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
 FLUSH_TIMEOUT_S = 120.0
 MAX_ERROR_SAMPLES = 5
 INT_FIELDS = ("listing_version", "schema_version", "listed_at")
@@ -74,20 +74,11 @@ def read_listings(
         return
     n = 0
     if path.suffix.lower() in JSONL_SUFFIXES:
-        with path.open("rb") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{lineno}: not JSON: {exc}") from None
-                if not isinstance(obj, dict):
-                    raise ValueError(f"{path}:{lineno}: not a JSON object")
-                yield obj
-                n += 1
-                if limit is not None and n >= limit:
-                    return
+        for _, obj in jsonl_objects(path):
+            yield obj
+            n += 1
+            if limit is not None and n >= limit:
+                return
         return
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)

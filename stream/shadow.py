@@ -248,20 +248,9 @@ def summarize(records: list[dict], candidate: str | None = None) -> dict:
 
 
 def read_shadow(settings: Settings, timeout_s: float = 5.0) -> list[dict]:
-    from kafka import KafkaConsumer
+    from stream.topics import read_all
 
-    consumer = KafkaConsumer(
-        settings.topics.shadow,
-        **connections.kafka(settings.kafka),
-        group_id=None,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=int(timeout_s * 1000),
-    )
-    try:
-        return [orjson.loads(m.value) for m in consumer]
-    finally:
-        consumer.close()
+    return [orjson.loads(m.value) for m in read_all(settings, settings.topics.shadow, timeout_s)]
 
 
 def plot(summary: dict, path: Path) -> Path:

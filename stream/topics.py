@@ -61,3 +61,23 @@ def ensure(settings: Settings) -> list[str]:
         return [t.name for t in new]
     finally:
         admin.close()
+
+
+def read_all(settings: Settings, topic: str, timeout_s: float = 5.0) -> list:
+    """Every record of a topic from its beginning, stopping after `timeout_s` without a new one (no group)."""
+    from kafka import KafkaConsumer
+
+    from stream import connections
+
+    consumer = KafkaConsumer(
+        topic,
+        **connections.kafka(settings.kafka),
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=int(timeout_s * 1000),
+    )
+    try:
+        return list(consumer)
+    finally:
+        consumer.close()

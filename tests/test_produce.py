@@ -71,7 +71,7 @@ def test_read_jsonl_and_bad_files(tmp_path: Path) -> None:
     path.write_text('{"item_id": "a", "title": "A", "x": 1}\n\n{"item_id": "b", "title": "B"}\n')
     assert list(read_listings(path)) == [{"item_id": "a", "title": "A", "x": 1}, {"item_id": "b", "title": "B"}]
     (tmp_path / "bad.jsonl").write_text('{"item_id": "a"}\n[1]\n')
-    with pytest.raises(ValueError, match=":2: not a JSON object"):
+    with pytest.raises(ValueError, match="line 2: not a JSON object"):
         list(read_listings(tmp_path / "bad.jsonl"))
     (tmp_path / "bad.csv").write_text("foo,bar\n1,2\n")
     with pytest.raises(ValueError, match="needs item_id and title columns"):

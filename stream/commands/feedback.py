@@ -21,27 +21,17 @@ COLUMNS = ["title", "category", "tags", "decision", "reviewer", "item_id", "list
 
 
 def latest_decisions(settings: Settings, timeout_s: float = 5.0) -> dict[str, dict]:
-    from kafka import KafkaConsumer
+    """The latest decision per item on `listings.feedback` (later records win, as compaction keeps them)."""
+    from stream.topics import read_all
 
-    consumer = KafkaConsumer(
-        settings.topics.feedback,
-        **connections.kafka(settings.kafka),
-        group_id=None,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=int(timeout_s * 1000),
-    )
     out: dict[str, dict] = {}
-    try:
-        for m in consumer:
-            try:
-                d = orjson.loads(m.value)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(d, dict) and isinstance(d.get("item_id"), str):
-                out[d["item_id"]] = d
-    finally:
-        consumer.close()
+    for m in read_all(settings, settings.topics.feedback, timeout_s):
+        try:
+            d = orjson.loads(m.value)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(d, dict) and isinstance(d.get("item_id"), str):
+            out[d["item_id"]] = d
     return out
 
 
