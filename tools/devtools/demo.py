@@ -45,6 +45,7 @@ class DemoOptions:
     events: int = 3000  # held-out listings to stream (cycled while the full model trains)
     rate: float = 0.0  # produce rate, events/s (0: as fast as possible once; a steady 10/s while training)
     quick: bool = False  # stop after the quick model's phase (no full training, no lifecycle)
+    rehearse: bool = False  # the lifecycle with a second quick model instead of the full one (minutes, for checks)
 
 
 def malformed_events(n: int) -> list[bytes]:
@@ -240,13 +241,14 @@ def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
     t_start = time.monotonic()
     started = control.status(stack)
     cached = full_model_cached(stack)
-    lifecycle = cached is None and not options.quick and not export.versions(stack.model_repository)
+    lifecycle = (cached is None or options.rehearse) and not options.quick
+    lifecycle = lifecycle and not export.versions(stack.model_repository)
 
     # the stack (Kafka, Redis) comes up while the first model is made ready; Triton once it has a version
     bring_up = threading.Thread(target=control.up, args=(stack, ["redis", "kafka"]), kwargs={"echo": console.print})
     bring_up.start()
     if not export.versions(stack.model_repository):
-        if cached is not None:
+        if cached is not None and not options.rehearse:
             console.print("exporting the cached full model")
             export.export(cached, stack.model_repository)
         else:
@@ -272,7 +274,9 @@ def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
             feeder.keep_going.set()
             with open(train_log, "wb") as log:
                 trainer = subprocess.Popen(
-                    [sys.executable, "-m", "stream", "train", "--no-export"], stdout=log, stderr=subprocess.STDOUT
+                    [sys.executable, "-m", "stream", "train", "--no-export", *full_args(options)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                 )
         threading.Thread(target=feeder.run, daemon=True).start()
         with Live(progress.render(0), console=console, refresh_per_second=2) as live:
@@ -297,7 +301,7 @@ def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
                     time.sleep(2)
                 if trainer.returncode != 0:
                     raise RuntimeError(f"full training failed; see {train_log}")
-                run_lifecycle(stack, settings, progress, tick, live_version)
+                run_lifecycle(stack, settings, progress, tick, live_version, options)
         elapsed = time.monotonic() - t_start
         top, leaf, scored = progress.accuracy()
         now_live = models.read_live(progress.r, settings.triton.model_name).version or live_version
@@ -334,7 +338,15 @@ def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
             control.down(stack, mine, echo=console.print)
 
 
-def run_lifecycle(stack: StackSettings, settings: Settings, progress: Progress, tick: Any, live: str) -> None:
+def full_args(options: DemoOptions) -> list[str]:
+    """`listings train` arguments of the model the lifecycle brings in: the default one, or for a rehearsal a
+    second quick model (another seed, so it differs from the first)."""
+    return ["--quick", "--seed", "14"] if options.rehearse else []
+
+
+def run_lifecycle(
+    stack: StackSettings, settings: Settings, progress: Progress, tick: Any, live: str, options: DemoOptions
+) -> None:
     """The full model: export, shadow it on live traffic, promote it, re-classify the catalogue with it."""
     from devtools.stack import triton
     from stream import models
@@ -342,7 +354,8 @@ def run_lifecycle(stack: StackSettings, settings: Settings, progress: Progress, 
     from stream.shadow import ShadowOptions, read_shadow, shadow, summarize
     from training import export, train
 
-    full = train.train_or_reuse(stack, train.options(train.default_data(stack.data_dir)))
+    seed = {"seed": 14} if options.rehearse else {}
+    full = train.train_or_reuse(stack, train.options(train.default_data(stack.data_dir), options.rehearse, **seed))
     candidate = str(export.export(full, stack.model_repository))
     triton.load_model(stack, settings.triton.model_name)
     progress.lifecycle.append(f"full model exported as v{candidate}; shadowing it on the live stream")
@@ -386,6 +399,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rate", type=float, default=0.0, help="produce rate in events/s (default: as fast as possible)"
     )
     parser.add_argument("--quick", action="store_true", help="quick model only: no full training, no lifecycle")
+    parser.add_argument(
+        "--rehearse", action="store_true", help="play the lifecycle with a second quick model (a few minutes)"
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -393,7 +409,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from devtools.stack.process import StackError
 
     try:
-        return demo(config.load(), settings, DemoOptions(args.events, args.rate, args.quick))
+        return demo(config.load(), settings, DemoOptions(args.events, args.rate, args.quick, args.rehearse))
     except StackError as exc:
         print(f"demo failed: {exc}")
         return 1
