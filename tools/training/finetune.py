@@ -178,7 +178,7 @@ def fit(
             {"epoch": epoch + 1, "dev_accuracy_leaf": round(acc, 4), "seconds": round(time.perf_counter() - t0)}
         )
         echo(f"epoch {epoch + 1}: dev leaf accuracy {acc:.4f} ({time.perf_counter() - t0:.0f}s)")
-        if acc > best[0]:
+        if acc >= best[0]:  # ties: the later epoch (more training, same dev accuracy)
             best = (acc, epoch + 1)
             best_state = copy.deepcopy(net.state_dict())
     if best_state is not None:

@@ -74,15 +74,21 @@ def tune_categories(
         trans = hierarchical(leaf, levels, ancestors, lam)
         for temp in temps:
             lin = log_softmax(temp * linear) if linear is not None else None
+            accs = []
             for a in alphas:
                 s = trans if lin is None or a >= 1.0 else a * trans + (1 - a) * lin
-                acc = float(np.mean(s[ok].argmax(1) == y[ok]))
+                accs.append(float(np.mean(s[ok].argmax(1) == y[ok])))
+            # choose alpha on the 3-point moving average of dev accuracy: a lone spike on a few hundred
+            # dev rows is noise, a plateau is not
+            for i, a in enumerate(alphas):
+                window = accs[max(0, i - 1) : i + 2]
+                smooth = sum(window) / len(window)
                 # ties: prefer more transformer, less hierarchy term, lower temperature (simplest)
-                key = (acc, a, -lam, -temp)
+                key = (round(smooth, 6), a, -lam, -temp)
                 if best is None or key > best[:4]:
-                    best = (*key, 0.0)
+                    best = (*key, accs[i])
     assert best is not None
-    acc, a, neg_lam, neg_temp, _ = best
+    _, a, neg_lam, neg_temp, acc = best
     lam, temp = -neg_lam, -neg_temp
     scores = fuse(hierarchical(leaf, levels, ancestors, lam), linear, a, temp)
     return {

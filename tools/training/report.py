@@ -78,7 +78,8 @@ def evaluate(
         ("transformer+hierarchy", hier),
         ("fused (torch fp32)", fused),
         ("served", pred),
-        ("baseline", lin_test.argmax(1)),
+        ("linear part alone", lin_test.argmax(1)),
+        ("baseline", base_test.argmax(1)),
     ):
         m = metrics.category_metrics(true, _paths(classes, p), depth)
         levers[name] = {k: round(m[k], 4) for k in ("accuracy_leaf", "weighted_f1_leaf", "mean_level_weighted_f1")}

@@ -21,7 +21,7 @@ import numpy as np
 from training import artifact, corpus, dataset, fusion, linear, serving, tags
 from training.config import SERVING_DIR, TrainingSettings
 
-DEFAULTS = {"epochs": 8, "batch_size": 32, "seed": 13, "tags_per_epoch": 3600, "description_chars": 400}
+DEFAULTS = {"epochs": 8, "batch_size": 32, "seed": 13, "tags_per_epoch": 4000, "description_chars": 400}
 MAX_LEN = {"title": 40, "description": 96}  # tokens: titles only / with descriptions
 QUICK = {"epochs": 1, "train_rows": 3000, "eval_rows": 600, "tags_per_epoch": 1000}
 DEPTH_THRESHOLD = 0.5
