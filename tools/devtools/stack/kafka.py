@@ -19,12 +19,7 @@ LOG4J = ROOT / "deploy" / "kafka-log4j.properties"
 
 
 def part(settings: StackSettings) -> Managed:
-    return Managed(
-        "kafka",
-        settings.state_dir / "run" / "kafka.pid",
-        settings.log_dir / "kafka.log",
-        marker="kafka.Kafka",
-    )
+    return Managed.of("kafka", settings.state_dir, settings.log_dir, marker="kafka.Kafka")
 
 
 def jar_dir(settings: StackSettings) -> Path:

@@ -25,6 +25,11 @@ class Managed:
     log_file: Path
     marker: str
 
+    @classmethod
+    def of(cls, name: str, state_dir: Path, log_dir: Path, marker: str) -> Managed:
+        """The part `name` of a stack: its pid file under `state_dir/run`, its log under `log_dir`."""
+        return cls(name, state_dir / "run" / f"{name}.pid", log_dir / f"{name}.log", marker=marker)
+
     def pid(self) -> int | None:
         """The pid of our running process, or None (a stale pid file is removed)."""
         try:

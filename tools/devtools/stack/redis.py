@@ -9,12 +9,7 @@ from devtools.stack.process import Managed, StackError, wait_until
 
 
 def part(settings: StackSettings) -> Managed:
-    return Managed(
-        "redis",
-        settings.state_dir / "run" / "redis.pid",
-        settings.log_dir / "redis.log",
-        marker="redis-server",
-    )
+    return Managed.of("redis", settings.state_dir, settings.log_dir, marker="redis-server")
 
 
 def ready(settings: StackSettings) -> bool:

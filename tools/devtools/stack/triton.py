@@ -16,12 +16,7 @@ PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 def part(settings: StackSettings) -> Managed:
-    return Managed(
-        "triton",
-        settings.state_dir / "run" / "triton.pid",
-        settings.log_dir / "triton.log",
-        marker="tritonserver",
-    )
+    return Managed.of("triton", settings.state_dir, settings.log_dir, marker="tritonserver")
 
 
 def _pytriton_dir() -> Path:
