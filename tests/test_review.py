@@ -24,6 +24,7 @@ from stream.backfill import BackfillOptions, backfill
 from support import TITLES, listing, read_topic, redis_items, wait_for
 
 pytestmark = pytest.mark.stack
+REVIEW_DB = 5  # the shared test Redis's database for the review tests
 XSS_TITLE = '<script>window.pwned = 1</script><img src=x onerror="window.pwned=2"> Silicone back cover'
 
 
@@ -41,8 +42,16 @@ def decision(item: str, version: int, category: str, tags: list[str], kind: str 
 
 @pytest.fixture
 def reviewing(stack, tmp_path):
-    """A worker that sends every result to review (threshold 1.0), with a handful of classified items."""
-    s = isolated(stack, "review").replace(worker={"review_threshold": 1.0})
+    """A worker that sends every result to review (threshold 1.0), with a handful of classified items.
+
+    The review queue and the decision counts are global keys, and other tests fill them on the shared Redis, so the
+    review tests use a Redis database of their own, emptied first."""
+    s = isolated(stack, "review").replace(
+        worker={"review_threshold": 1.0}, redis={"url": stack.redis.url.rsplit("/", 1)[0] + f"/{REVIEW_DB}"}
+    )
+    r = connections.redis_sync(s.redis)
+    r.flushdb()
+    r.close()
     ids = [f"rv-{i}" for i in range(6)]
     titles = [*(TITLES[i % len(TITLES)] for i in range(5)), XSS_TITLE]
     produce_raw(s, [listing(i, t, listing_version=3) for i, t in zip(ids, titles, strict=True)])
