@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from stream.files import JSONL_SUFFIXES, jsonl_objects
+
 SPLITS = ("train", "dev", "test")
 
 
@@ -71,18 +73,11 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     suffix = path.suffix.lower()
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        with path.open("rb") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    raise DataError(f"{path}, line {n}: not JSON ({exc})") from None
-                if not isinstance(obj, dict):
-                    raise DataError(f"{path}, line {n}: not a JSON object")
-                yield n, obj
+    if suffix in JSONL_SUFFIXES:
+        try:
+            yield from jsonl_objects(path)
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
     elif suffix in (".parquet", ".pq"):
         try:
             import pyarrow.parquet as pq

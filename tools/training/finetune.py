@@ -169,7 +169,7 @@ def fit(
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             opt.step()
             sched.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)  # drawn with the count, at its interval
         bar.close()
         leaf_dev = predict_logits(net, dev_ids, pad_id, dev)[0]
         ok = dev_labels >= 0
