@@ -209,6 +209,7 @@ async def backfill(settings: Settings, options: BackfillOptions) -> Summary:
             pipeline.store.client,
             settings.redis.updates_stream,
             settings.backfill.live_target_ms,
+            tolerance=settings.backfill.live_tolerance,
             min_rate=settings.backfill.min_rate,
             max_rate=rate,
             step=settings.backfill.rate_step,

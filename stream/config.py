@@ -140,7 +140,10 @@ class BackfillSettings(_Group):
     max_batch: int = Field(16, ge=1, le=4096, description="events per backfill request (smaller = live waits less)")
     max_in_flight: int = Field(2, ge=1, le=256, description="backfill requests in flight to Triton")
     governor: bool = Field(True, description="yield to live traffic (see stream/governor.py)")
-    live_target_ms: float = Field(250.0, gt=0, description="the live end-to-end latency (p90) the governor protects")
+    live_target_ms: float = Field(
+        0.0, ge=0, description="a fixed live end-to-end p90 (ms) to protect; 0: tolerance x live's own p90 alone"
+    )
+    live_tolerance: float = Field(1.2, ge=1.0, le=10.0, description="live p90 allowed, relative to live alone")
     min_rate: float = Field(5.0, ge=0)
     rate_step: float = Field(20.0, gt=0)
 

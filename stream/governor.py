@@ -5,8 +5,14 @@ stream names the items; their `event_time` â†’ `classified_at` is the latency) â
 with AIMD: above the target latency it halves the rate (down to a pause), under it it adds a step, up to the
 ceiling (`--rate`, or unlimited). With no live traffic there is nothing to protect: full speed.
 
+The target is either fixed (`LISTINGS_BACKFILL_LIVE_TARGET_MS`, an SLO) or, by default, relative to what live
+traffic gets without the backfill: the governor pauses for `PROBE_S` seconds at its start and every `REPROBE_S`
+seconds after (and whenever live traffic appears), takes the live p90 at the end of the pause as the baseline, and
+protects `LISTINGS_BACKFILL_LIVE_TOLERANCE` x that baseline. A fixed absolute target is wrong on any machine
+it was not tuned on: below what live gets alone, the backfill never runs; far above it, live is not protected.
+
 Settings: `LISTINGS_BACKFILL_GOVERNOR` (on by default; `--no-governor` turns it off for one run),
-`LISTINGS_BACKFILL_LIVE_TARGET_MS` (the live latency to protect, p90 of the last `WINDOW_S` seconds),
+`LISTINGS_BACKFILL_LIVE_TARGET_MS` (0 = relative), `LISTINGS_BACKFILL_LIVE_TOLERANCE`,
 `LISTINGS_BACKFILL_MIN_RATE` / `_MAX_RATE` / `_RATE_STEP` (events/s).
 """
 
@@ -20,15 +26,18 @@ from typing import Any
 from stream import keys
 from stream.timefmt import iso_ms
 
-WINDOW_S = 3.0
-INTERVAL_S = 0.5
+WINDOW_S = 3.0  # the live latency is the p90 of the live results written in the last WINDOW_S seconds
+INTERVAL_S = 0.5  # one control step every INTERVAL_S
+PROBE_S = WINDOW_S + 1.0  # a pause long enough for the window to hold only results of live-only traffic
+REPROBE_S = 60.0  # the live baseline is measured again this often (live load changes)
 
 
 @dataclass
 class Governor:
     redis: Any  # an asyncio Redis client
     stream: str  # the update stream (listings:updates)
-    target_ms: float
+    target_ms: float  # a fixed live p90 to protect; 0: `tolerance` x the live-only baseline
+    tolerance: float = 1.2
     min_rate: float = 5.0
     max_rate: float = 0.0  # 0: no ceiling
     step: float = 20.0
@@ -40,6 +49,11 @@ class Governor:
     _clock: float = field(init=False, default_factory=time.monotonic)
     _last_control: float = field(init=False, default=0.0)
     paused_s: float = field(init=False, default=0.0)  # time spent waiting in admit() while yielding
+    baseline_ms: float | None = field(init=False, default=None)  # live p90 with the backfill paused
+    probing: bool = field(init=False, default=False)
+    _probe_end: float = field(init=False, default=0.0)
+    _next_probe: float = field(init=False, default=0.0)  # 0: at the first sight of live traffic
+    _rate_before_probe: float = field(init=False, default=0.0)
 
     def __post_init__(self) -> None:
         self.rate = self.start_rate if not self.max_rate else min(self.start_rate, self.max_rate)
@@ -63,16 +77,46 @@ class Governor:
         lat.sort()
         return lat[min(len(lat) - 1, int(0.9 * len(lat)))]
 
-    async def control(self) -> None:
-        """One AIMD step from the current live latency."""
+    @property
+    def target(self) -> float | None:
+        """The live p90 (ms) protected now; None while no baseline is known."""
+        if self.target_ms:
+            return self.target_ms
+        return self.tolerance * self.baseline_ms if self.baseline_ms is not None else None
+
+    async def control(self, now: float | None = None) -> None:
+        """One step: a probe of the live baseline when one is due, else AIMD from the current live latency."""
+        now = time.monotonic() if now is None else now
         self.live_p90_ms = await self.live_latency()
+        if not self.target_ms and self._probe(now):
+            return
         ceiling = self.max_rate or float("inf")
-        if self.live_p90_ms is not None and self.live_p90_ms > self.target_ms:
+        target = self.target
+        if self.live_p90_ms is not None and target is not None and self.live_p90_ms > target:
             self.rate = self.rate / 2 if self.rate / 2 >= self.min_rate else 0.0  # multiplicative decrease; pause
             self.yielding = True
         else:
             self.rate = min(ceiling, max(self.rate, self.min_rate) + self.step)  # additive increase
             self.yielding = False
+
+    def _probe(self, now: float) -> bool:
+        """Pause to measure what live traffic gets alone; True while the probe holds the rate at 0."""
+        if self.probing:
+            if now < self._probe_end:
+                return True
+            self.probing = False
+            if self.live_p90_ms is not None:
+                self.baseline_ms = self.live_p90_ms
+            self._next_probe = now + REPROBE_S
+            self.rate = self._rate_before_probe
+            return False
+        if self.live_p90_ms is not None and now >= self._next_probe:
+            self.probing, self.yielding = True, True
+            self._probe_end = now + PROBE_S
+            self._rate_before_probe = self.rate
+            self.rate = 0.0
+            return True
+        return False
 
     async def admit(self, n: int) -> None:
         """Wait until `n` more events may go, at the governed rate (re-steering every INTERVAL_S)."""
@@ -102,5 +146,8 @@ class Governor:
         return self.rate
 
     def status(self) -> str:
+        if self.probing:
+            return "yielding: measuring live alone"
         lat = f"live p90 {self.live_p90_ms:.0f} ms" if self.live_p90_ms is not None else "no live traffic"
-        return f"{'yielding' if self.yielding else 'full'} @ {self.rate:.0f}/s, {lat}"
+        target = f" (target {self.target:.0f})" if self.target is not None and self.live_p90_ms is not None else ""
+        return f"{'yielding' if self.yielding else 'full'} @ {self.rate:.0f}/s, {lat}{target}"

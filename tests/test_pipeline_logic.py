@@ -105,3 +105,33 @@ def test_governor_backs_off_while_live_is_slow_and_speeds_up_after() -> None:
     g.max_rate = 70
     asyncio.run(g.control())
     assert g.rate == 70 and not g.yielding  # the ceiling (--rate) holds
+
+
+def test_governor_measures_live_alone_and_protects_a_multiple_of_it() -> None:
+    """Relative target (the default): a pause measures the live baseline, AIMD then holds live at tolerance x it."""
+    from stream.governor import PROBE_S, REPROBE_S, Governor
+
+    g = Governor(redis=None, stream="s", target_ms=0, tolerance=1.2, min_rate=5, step=20, start_rate=80)
+    reading: list[float | None] = [None]
+
+    async def fake_latency() -> float | None:
+        return reading[0]
+
+    g.live_latency = fake_latency  # type: ignore[method-assign]
+
+    def step(at: float, latency: float | None) -> float:
+        reading[0] = latency
+        asyncio.run(g.control(now=at))
+        return g.rate
+
+    assert step(0.0, None) == 100.0 and g.target is None  # no live traffic: nothing to protect, speeds up
+    assert step(1.0, 900.0) == 0.0 and g.probing and g.yielding  # live appears: pause to measure it alone
+    assert step(1.0 + PROBE_S / 2, 700.0) == 0.0  # still measuring
+    # baseline 500 ms; the rate before the probe (100), then one step under the 600 ms target
+    assert step(1.0 + PROBE_S, 500.0) == 120.0 and not g.probing
+    assert g.baseline_ms == 500.0 and g.target == 600.0
+    assert step(6.0, 590.0) == 140.0  # under 1.2 x baseline: additive increase
+    assert step(6.5, 650.0) == 70.0 and g.yielding  # over it: halve
+    assert step(7.0 + REPROBE_S, 650.0) == 0.0 and g.probing  # the baseline is measured again
+    assert step(7.0 + REPROBE_S + PROBE_S, 800.0) == 90.0 and g.target == 960.0  # live got slower on its own
+    assert "target 960" in g.status()

@@ -1,11 +1,15 @@
 """`listings bench`: throughput and latency of the model, the pipeline and a naive baseline, in one run.
 
-Figures (each pipeline run on topics and a consumer group of its own, see `stream.bench_measure`):
-  (a) raw Triton: async gRPC straight to the model, batches of `max_batch`, `max_in_flight` in flight;
+Figures (each pipeline run on topics and a consumer group of its own, see `devtools.bench.measure`):
+  (a) raw Triton: async gRPC straight to the model, batches of `max_batch`, `max_in_flight` in flight, for every
+      engine the served version has (torch fp32, onnx, onnx-int8), with the Triton process's RSS per engine, and a
+      concurrency x batch sweep (throughput vs p99; see devtools.bench.engines);
   (b) the pipeline at saturation: N listings pre-produced, one worker, rate from first to last Redis write;
   (c) naive baseline: the same pipeline and worker with LISTINGS_MAX_BATCH=1, LISTINGS_MAX_IN_FLIGHT=1,
       i.e. one Triton request (and one Redis/Kafka round) per event;
-  (d) end-to-end latency percentiles at ~50% of (b): Redis `classified_at` - `event_time` (the send time);
+  (d) end-to-end latency percentiles at ~50% of (b): Redis `classified_at` - `event_time` (the send time), with
+      the worker's per-stage breakdown and the latency budget; (d') the same with a governed backfill alongside
+      (live protection);
   (e) throughput of 1, 2, 4 worker processes in one group over the input topic's partitions.
 Writes `<out>/results.json` and `<out>/results.png`; worker logs go to `<out>/*.log` (git-ignored)."""
 
