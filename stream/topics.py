@@ -64,20 +64,32 @@ def ensure(settings: Settings) -> list[str]:
 
 
 def read_all(settings: Settings, topic: str, timeout_s: float = 5.0) -> list:
-    """Every record of a topic from its beginning, stopping after `timeout_s` without a new one (no group)."""
-    from kafka import KafkaConsumer
+    """Every record of a topic from its beginning up to its end *as of the call* (no group): a topic something is
+    still writing to (a running shadow, live feedback) is read to that end, not followed forever. Stops early after
+    `timeout_s` without a record (an unreachable partition leader)."""
+    import time
+
+    from kafka import KafkaConsumer, TopicPartition
 
     from stream import connections
 
-    consumer = KafkaConsumer(
-        topic,
-        **connections.kafka(settings.kafka),
-        group_id=None,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=int(timeout_s * 1000),
-    )
+    consumer = KafkaConsumer(**connections.kafka(settings.kafka), group_id=None, enable_auto_commit=False)
     try:
-        return list(consumer)
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        records: list = []
+        idle_until = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < end[tp] for tp in tps) and time.monotonic() < idle_until:
+            polled = consumer.poll(timeout_ms=500)
+            for tp, batch in polled.items():
+                records += [m for m in batch if m.offset < end[tp]]
+            if polled:
+                idle_until = time.monotonic() + timeout_s
+        return records
     finally:
         consumer.close()

@@ -112,3 +112,35 @@ def test_shadow_writes_only_its_topic_and_its_figures_match_a_direct_computation
         for i, c in zip(ids, candidate, strict=True)
     )
     assert summary["review_flips"] == flips
+
+
+def test_a_topic_still_being_written_is_read_to_its_end_at_the_call(stack) -> None:
+    """`listings shadow --report` and the feedback export read a whole topic while a shadow or reviewers may still
+    be writing to it: the read stops at the end the topic had when it started, instead of following it forever."""
+    import threading
+    import time
+
+    from stream.topics import read_all
+
+    s = isolated(stack, "read-all")
+    produce_raw(s, [(f"k{i}".encode(), b"{}") for i in range(20)], topic=s.topics.shadow)
+    stop = threading.Event()
+
+    def keep_writing() -> None:
+        while not stop.is_set():
+            produce_raw(s, [(b"later", b"{}")], topic=s.topics.shadow)
+            time.sleep(0.3)
+
+    got: list = []
+    writer = threading.Thread(target=keep_writing, daemon=True)
+    reader = threading.Thread(target=lambda: got.extend(read_all(s, s.topics.shadow, timeout_s=5)), daemon=True)
+    writer.start()
+    try:
+        time.sleep(1)
+        reader.start()
+        reader.join(60)
+        assert not reader.is_alive(), "read_all followed a topic that is still written instead of stopping at its end"
+    finally:
+        stop.set()
+        writer.join(10)
+    assert {f"k{i}".encode() for i in range(20)} <= {m.key for m in got}  # everything there when the read began

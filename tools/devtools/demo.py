@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
 import re
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+import warnings
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,6 +230,20 @@ def training_status(log: Path) -> str:
     return "preparing data"
 
 
+@contextlib.contextmanager
+def quiet_export() -> Iterator[None]:
+    """The ONNX export's tracer and quantizer warnings are for model developers, not for the demo's viewer."""
+    root = logging.getLogger()
+    level = root.level
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        root.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            root.setLevel(level)
+
+
 def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
     from rich.console import Console
     from rich.live import Live
@@ -253,7 +271,8 @@ def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
             export.export(cached, stack.model_repository)
         else:
             console.print("training a quick model first (the full one follows in the background)")
-            quick = train.train_or_reuse(stack, train.options(train.default_data(stack.data_dir), quick=True))
+            with quiet_export():
+                quick = train.train_or_reuse(stack, train.options(train.default_data(stack.data_dir), quick=True))
             export.export(quick, stack.model_repository)
     bring_up.join()
     control.up(stack, echo=console.print)

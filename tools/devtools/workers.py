@@ -3,6 +3,7 @@ own per run, each worker a real `listings worker` process (so it can be SIGKILLe
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -102,6 +103,9 @@ def group_members(settings: Settings, group: str | None = None) -> int:
     from kafka import KafkaAdminClient
 
     name = group or settings.worker.group_id
+    # Faust's member metadata is not the consumer protocol kafka-python decodes: it warns on every call; the
+    # members and the state, all this needs, are read regardless
+    logging.getLogger("kafka.admin").setLevel(logging.ERROR)
     admin = KafkaAdminClient(**connections.kafka(settings.kafka, request_timeout_ms=10000))
     try:
         g = admin.describe_groups([name]).get(name, {})
