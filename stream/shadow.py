@@ -48,6 +48,7 @@ class ShadowOptions:
     from_beginning: bool = False
     max_events: int = 0  # stop after this many events (0: run until interrupted)
     idle_timeout_s: float = 0.0  # stop after this long without events (0: never)
+    duration_s: float = 0.0  # stop after this long in all (0: never)
 
 
 def _metrics() -> dict[str, Any]:
@@ -140,9 +141,11 @@ async def shadow(settings: Settings, options: ShadowOptions) -> dict[str, int]:
     await out.start()
     threshold = settings.worker.review_threshold
     counts = Counter[str]()
-    last_event = time.monotonic()
+    last_event = started = time.monotonic()
     try:
         while not options.max_events or counts["events"] < options.max_events:
+            if options.duration_s and time.monotonic() - started > options.duration_s:
+                break
             polled = await loop.run_in_executor(pool, lambda: consumer.poll(timeout_ms=500))
             msgs = [msg for batch in polled.values() for msg in batch]
             if not msgs:
@@ -289,6 +292,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group", help="consumer group (default listings-shadow-<model>-v<candidate>)")
     parser.add_argument("--max-events", type=int, default=0, help="stop after N events (default: run until stopped)")
     parser.add_argument("--idle-timeout", type=float, default=0.0, help="stop after S seconds without events")
+    parser.add_argument("--duration", type=float, default=0.0, help="stop after S seconds in all")
     parser.add_argument(
         "--metrics-port", type=int, default=None, help="Prometheus port (default LISTINGS_METRICS_PORT)"
     )
@@ -320,7 +324,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     port = args.metrics_port if args.metrics_port is not None else settings.worker.metrics_port
     health.serve(settings.worker.metrics_host, port)
-    options = ShadowOptions(args.candidate, args.group, args.from_beginning, args.max_events, args.idle_timeout)
+    options = ShadowOptions(
+        args.candidate, args.group, args.from_beginning, args.max_events, args.idle_timeout, args.duration
+    )
     counts = asyncio.run(shadow(settings, options))
     print(orjson.dumps(counts).decode())
     return 0

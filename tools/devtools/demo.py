@@ -284,6 +284,7 @@ def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
     metrics_port = settings.worker.metrics_port
     worker = WorkerProcess(settings, stack.log_dir, name="demo-worker", metrics_port=metrics_port).start()
     trainer: subprocess.Popen[bytes] | None = None
+    feeding: threading.Thread | None = None
     train_log = stack.log_dir / "demo-train.log"
     progress = Progress(settings, rows, metrics_port)
     feeder = Feeder(settings, rows, options.rate or (10.0 if lifecycle else 0.0))
@@ -297,7 +298,8 @@ def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                 )
-        threading.Thread(target=feeder.run, daemon=True).start()
+        feeding = threading.Thread(target=feeder.run, daemon=True)
+        feeding.start()
         with Live(progress.render(0), console=console, refresh_per_second=2) as live:
 
             def tick(stage: str) -> None:
@@ -349,6 +351,8 @@ def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
         return 1
     finally:
         feeder.stop.set()
+        if feeding is not None:
+            feeding.join(30)  # its producer closes before Kafka stops
         if trainer is not None and trainer.poll() is None:
             trainer.terminate()
         worker.stop()
@@ -381,7 +385,7 @@ def run_lifecycle(
     result: dict[str, Any] = {}
     shadowing = threading.Thread(
         target=lambda: result.update(
-            asyncio.run(shadow(settings, ShadowOptions(candidate, max_events=10_000, idle_timeout_s=SHADOW_SECONDS)))
+            asyncio.run(shadow(settings, ShadowOptions(candidate, duration_s=SHADOW_SECONDS)))
         ),
         daemon=True,
     )
@@ -390,6 +394,7 @@ def run_lifecycle(
     while time.monotonic() < deadline:
         tick(f"shadowing v{candidate} against live v{live}")
         time.sleep(2)
+    shadowing.join(30)  # it stops on its own at SHADOW_SECONDS
     summary = summarize(read_shadow(settings), candidate)
     progress.lifecycle.append(
         f"shadow v{candidate}: {summary['compared']} compared, agreement {summary['agreement']}, "
