@@ -322,6 +322,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if models.served_versions(settings).get(args.candidate) != "READY":
         print(f"listings shadow: version {args.candidate} is not served by Triton", file=sys.stderr)
         return 2
+    r = connections.redis_sync(settings.redis)
+    try:
+        live = models.read_live(r, settings.triton.model_name).version
+    finally:
+        r.close()
+    if live in ("", args.candidate):
+        why = "no live version is recorded, so workers serve the newest" if not live else "it is the live version"
+        print(
+            f"listings shadow: v{args.candidate} would be compared with itself ({why}); "
+            "record the version live traffic should keep first: listings promote N",
+            file=sys.stderr,
+        )
+        return 2
     port = args.metrics_port if args.metrics_port is not None else settings.worker.metrics_port
     health.serve(settings.worker.metrics_host, port)
     options = ShadowOptions(

@@ -379,6 +379,9 @@ def run_lifecycle(
 
     seed = {"seed": 14} if options.rehearse else {}
     full = train.train_or_reuse(stack, train.options(train.default_data(stack.data_dir), options.rehearse, **seed))
+    # record the version that served so far *before* the candidate appears: without a record workers follow the
+    # newest version, and the shadow would compare the candidate with itself (a rollback also needs it)
+    models.promote(settings, live)
     candidate = str(export.export(full, stack.model_repository))
     triton.load_model(stack, settings.triton.model_name)
     progress.lifecycle.append(f"full model exported as v{candidate}; shadowing it on the live stream")
@@ -400,7 +403,6 @@ def run_lifecycle(
         f"shadow v{candidate}: {summary['compared']} compared, agreement {summary['agreement']}, "
         f"review flips {summary['review_flips']}"
     )
-    models.promote(settings, live)  # record the version that served so far, so a rollback has somewhere to go
     models.promote(settings, candidate)
     progress.lifecycle.append(f"promoted v{candidate} (rollback: listings promote --rollback)")
     done = threading.Event()
