@@ -65,6 +65,23 @@ def test_every_training_leaf_is_a_class(prepared: corpus.Corpus) -> None:
     assert tax.head_levels == [1, 2]
 
 
+def test_duplicate_titles_keep_the_majority_path_and_that_paths_majority_tags() -> None:
+    """Tags in the categories file: the majority path and the majority tag set of all rows may belong to no row
+    together (this raised StopIteration on Myntra's own category_path)."""
+    from training.dataset import Row
+
+    rows = [
+        Row("f, row 2", "Blue Shirt", path=("Apparel", "Shirts"), tags=("colour:blue",)),
+        Row("f, row 3", "blue  shirt", path=("Apparel", "Shirts"), tags=("colour:navy",)),
+        Row("f, row 4", "Blue shirt", path=("Apparel", "Tshirts"), tags=("colour:white",)),
+        Row("f, row 5", "BLUE SHIRT", path=("Apparel", "Tshirts"), tags=("colour:white",)),
+        Row("f, row 6", "Blue Shirt", path=("Apparel", "Shirts"), tags=("colour:blue",)),
+    ]
+    [example], stats = corpus.dedupe(rows, lambda r: r.title)
+    assert example.path == ("Apparel", "Shirts") and example.tags == ("colour:blue",)
+    assert stats == {"rows": 5, "titles": 1, "duplicates_merged": 4}
+
+
 def test_taxonomy_of_any_depth_and_unique_ids() -> None:
     tax = Taxonomy.build([("A", "B", "C", "D"), ("A", "B"), ("A", "B", "C", "D"), ("Men & Boys",), ("Men and Boys",)])
     assert tax.depth == 4 and tax.head_levels == [1, 2, 3]

@@ -80,8 +80,9 @@ def dedupe(rows: Iterable[Row], compose: Callable[[Row], str], extra: bool = Fal
     out = []
     for key, rs in groups.items():
         path = Counter(r.path for r in rs).most_common(1)[0][0]
-        tags = Counter(r.tags for r in rs).most_common(1)[0][0]
-        first = next(r for r in rs if r.path == path and r.tags == tags)
+        with_path = [r for r in rs if r.path == path]
+        tags = Counter(r.tags for r in with_path).most_common(1)[0][0]  # the majority tags *of that path's rows*
+        first = next(r for r in with_path if r.tags == tags)
         splits = {r.split for r in rs if r.split}
         if len(splits) > 1:
             raise DataError(f"{first.where}: the same title is in several splits ({', '.join(sorted(splits))})")
