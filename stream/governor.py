@@ -13,7 +13,7 @@ it was not tuned on: below what live gets alone, the backfill never runs; far ab
 
 Settings: `LISTINGS_BACKFILL_GOVERNOR` (on by default; `--no-governor` turns it off for one run),
 `LISTINGS_BACKFILL_LIVE_TARGET_MS` (0 = relative), `LISTINGS_BACKFILL_LIVE_TOLERANCE`,
-`LISTINGS_BACKFILL_MIN_RATE` / `_MAX_RATE` / `_RATE_STEP` (events/s).
+`LISTINGS_BACKFILL_MIN_RATE` / `_RATE_STEP` (events/s); the ceiling is the backfill's `--rate`.
 """
 
 from __future__ import annotations
