@@ -27,7 +27,6 @@ import orjson
 
 from devtools.config import StackSettings
 from stream.config import Settings
-from stream.retry import poll
 from stream.timefmt import now_iso
 from training.config import REPO
 
@@ -123,23 +122,6 @@ def served_engine(stack: StackSettings, settings: Settings) -> str:
         return "unknown"
 
 
-def wait_model(settings: Settings, timeout_s: float) -> None:
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import InferenceServerException
-
-    client = grpcclient.InferenceServerClient(settings.triton.url)
-    try:
-        poll(
-            lambda: client.is_model_ready(settings.triton.model_name),
-            timeout_s,
-            f"model {settings.triton.model_name} ready on {settings.triton.url}",
-            interval=1.0,
-            tolerate=(InferenceServerException,),
-        )
-    finally:
-        client.close()
-
-
 @dataclass(frozen=True)
 class BenchOptions:
     events: int = DEFAULT_EVENTS  # events per throughput run, titles for (a)
@@ -223,6 +205,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def measure(stack: StackSettings, s: Settings, options: BenchOptions) -> dict[str, Any]:
+    from devtools.bench import engines
     from devtools.bench import measure as bm
     from devtools.bench.plot import plot
     from devtools.heldout import held_out_listings
@@ -234,7 +217,7 @@ def measure(stack: StackSettings, s: Settings, options: BenchOptions) -> dict[st
     naive_n = options.naive_events
     lat_s = options.latency_seconds
     counts = list(options.workers)
-    wait_model(s, stack.startup_timeout)
+    engines.wait_model(s, stack.startup_timeout)
     listings = held_out_listings(stack.data_dir)
     data_desc = "flipkart_20k.csv held-out split of the default model, distinct titles"
     model = bm.served_model(s)
@@ -271,8 +254,6 @@ def measure(stack: StackSettings, s: Settings, options: BenchOptions) -> dict[st
 
     env = bm.Env(s, listings, out, progress, timeout_s=300 + n * 0.3)
     titles = [listings[i % len(listings)]["title"] for i in range(n)]
-    from devtools.bench import engines
-
     figures["a_engines"] = engines.compare(stack, s, titles, bm.triton_raw, progress)
     figures["a_triton_raw"] = bm.triton_raw(s, titles, progress)  # the default engine (`auto`)
     figures["a_triton_raw"]["engine"] = served_engine(stack, s)

@@ -52,21 +52,33 @@ def triton_rss_mib(stack: StackSettings) -> float:
     return round(total / 1024, 1)
 
 
+def wait_model(settings: Settings, timeout_s: float) -> None:
+    """Until Triton reports the model ready (errors while it loads count as not yet)."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(settings.triton.url)
+    try:
+        poll(
+            lambda: client.is_model_ready(settings.triton.model_name),
+            timeout_s,
+            f"model {settings.triton.model_name} ready on {settings.triton.url}",
+            interval=1.0,
+            tolerate=(InferenceServerException,),
+        )
+    finally:
+        client.close()
+
+
 def use_engine(stack: StackSettings, s: Settings, engine: str) -> None:
     """Serve the model with `engine` (config parameter), reloading it and waiting until it is ready."""
-    import tritonclient.grpc as grpcclient
-
     from devtools.stack import triton
 
     config = stack.model_repository / s.triton.model_name / "config.pbtxt"
     text = re.sub(r'(key: "engine", value: \{ string_value: ")[^"]*(")', rf"\g<1>{engine}\g<2>", config.read_text())
     config.write_text(text)
     triton.load_model(stack, s.triton.model_name)
-    client = grpcclient.InferenceServerClient(s.triton.url)
-    try:
-        poll(lambda: client.is_model_ready(s.triton.model_name), 300, f"{s.triton.model_name} ready with {engine}")
-    finally:
-        client.close()
+    wait_model(s, 300)
 
 
 async def _load(s: Settings, titles: Sequence[str], batch: int, concurrency: int, seconds: float) -> dict[str, Any]:
