@@ -42,6 +42,7 @@ from stream.timefmt import iso_ms
 
 HELP = "the main job on the local stack (what `make demo` runs)"
 SHADOW_SECONDS = 40.0
+REHEARSAL_SEED = 14  # --rehearse: the second quick model's seed (differs from the first model's, 13)
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class Progress:
                     self.latencies.append(iso_ms(h["classified_at"]) - iso_ms(h["event_time"]))
                 self.examples.append(h)
             self.state[iid] = h
-        self.history.append((time.monotonic(), sum(1 for _ in self.state)))
+        self.history.append((time.monotonic(), len(self.state)))
 
     def rate(self) -> float:
         if len(self.history) < 2:
@@ -364,7 +365,7 @@ def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
 def full_args(options: DemoOptions) -> list[str]:
     """`listings train` arguments of the model the lifecycle brings in: the default one, or for a rehearsal a
     second quick model (another seed, so it differs from the first)."""
-    return ["--quick", "--seed", "14"] if options.rehearse else []
+    return ["--quick", "--seed", str(REHEARSAL_SEED)] if options.rehearse else []
 
 
 def run_lifecycle(
@@ -377,7 +378,7 @@ def run_lifecycle(
     from stream.shadow import ShadowOptions, read_shadow, shadow, summarize
     from training import export, train
 
-    seed = {"seed": 14} if options.rehearse else {}
+    seed = {"seed": REHEARSAL_SEED} if options.rehearse else {}  # the model `full_args` has the trainer train
     full = train.train_or_reuse(stack, train.options(train.default_data(stack.data_dir), options.rehearse, **seed))
     # record the version that served so far *before* the candidate appears: without a record workers follow the
     # newest version, and the shadow would compare the candidate with itself (a rollback also needs it)
