@@ -168,20 +168,16 @@ def train(opts: TrainOptions, out: Path, threads: int = 2, echo: Callable[[str],
         f"fitting the linear part and the TF-IDF + LinearSVC baseline on {len(train_cats)} category and "
         f"{len(tag_train)} tag titles"
     )
-    lin = linear.fit(
+    # the same training rows for the served linear part and for the baseline
+    rows = (
         [e.text for e in train_cats],
         y_train.tolist(),
         len(tax.classes),
         [e.text for e in tag_train] or None,
         y_tag_train if len(tag_train) else None,
     )
-    reference = linear.fit_reference(
-        [e.text for e in train_cats],
-        y_train.tolist(),
-        len(tax.classes),
-        [e.text for e in tag_train] or None,
-        y_tag_train if len(tag_train) else None,
-    )
+    lin = linear.fit(*rows)
+    reference = linear.fit_reference(*rows)
     applies = tags.applicability(c, lin)
 
     # ---------------------------------------------------------------- fine-tuning
