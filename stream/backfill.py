@@ -210,7 +210,6 @@ async def backfill(settings: Settings, options: BackfillOptions) -> Summary:
             settings.redis.updates_stream,
             settings.backfill.live_target_ms,
             tolerance=settings.backfill.live_tolerance,
-            slack_ms=settings.backfill.live_slack_ms,
             min_rate=settings.backfill.min_rate,
             max_rate=rate,
             step=settings.backfill.rate_step,

@@ -144,9 +144,6 @@ class BackfillSettings(_Group):
         0.0, ge=0, description="a fixed live end-to-end p90 (ms) to protect; 0: tolerance x live's own p90 alone"
     )
     live_tolerance: float = Field(1.2, ge=1.0, le=10.0, description="live p90 allowed, relative to live alone")
-    live_slack_ms: float = Field(
-        100.0, ge=0, description="with no fixed target: the live p90 allowed is at least live alone + this many ms"
-    )
     min_rate: float = Field(5.0, ge=0)
     rate_step: float = Field(20.0, gt=0)
 

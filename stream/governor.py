@@ -2,22 +2,17 @@
 
 It watches what live users feel — the end-to-end latency of the most recent live results (the Redis update
 stream names the items; their `event_time` → `classified_at` is the latency) — and steers the backfill's rate
-with AIMD on an exponential average of those readings (one 3-second p90 is noisy): above the target latency it
-halves the rate (down to a pause), under it it adds a step, up to the
+with AIMD: above the target latency it halves the rate (down to a pause), under it it adds a step, up to the
 ceiling (`--rate`, or unlimited). With no live traffic there is nothing to protect: full speed.
 
 The target is either fixed (`LISTINGS_BACKFILL_LIVE_TARGET_MS`, an SLO) or, by default, relative to what live
 traffic gets without the backfill: the governor pauses for `PROBE_S` seconds at its start and every `REPROBE_S`
 seconds after (and whenever live traffic appears), takes the live p90 at the end of the pause as the baseline, and
-protects `LISTINGS_BACKFILL_LIVE_TOLERANCE` x that baseline, or the baseline + `LISTINGS_BACKFILL_LIVE_SLACK_MS`
-when that is more: on a fast path (a p90 of ~100 ms) live latency alone swings by more than 20% from one 3-second
-window to the next, and a target inside that noise would pause the backfill for nothing (measured: it held a
-backfill to 6-11% of the free capacity while pausing it changed nothing). A fixed absolute target is wrong on any
-machine it was not tuned on: below what live gets alone, the backfill never runs; far above it, live is not
-protected.
+protects `LISTINGS_BACKFILL_LIVE_TOLERANCE` x that baseline. A fixed absolute target is wrong on any machine
+it was not tuned on: below what live gets alone, the backfill never runs; far above it, live is not protected.
 
 Settings: `LISTINGS_BACKFILL_GOVERNOR` (on by default; `--no-governor` turns it off for one run),
-`LISTINGS_BACKFILL_LIVE_TARGET_MS` (0 = relative), `LISTINGS_BACKFILL_LIVE_TOLERANCE`, `_LIVE_SLACK_MS`,
+`LISTINGS_BACKFILL_LIVE_TARGET_MS` (0 = relative), `LISTINGS_BACKFILL_LIVE_TOLERANCE`,
 `LISTINGS_BACKFILL_MIN_RATE` / `_RATE_STEP` (events/s); the ceiling is the backfill's `--rate`.
 """
 
@@ -32,7 +27,6 @@ from stream import keys
 from stream.timefmt import iso_ms
 
 WINDOW_S = 3.0  # the live latency is the p90 of the live results written in the last WINDOW_S seconds
-SMOOTHING = 0.3  # decisions follow an exponential average of the readings (weight of the newest reading)
 INTERVAL_S = 0.5  # one control step every INTERVAL_S
 PROBE_S = WINDOW_S + 1.0  # a pause long enough for the window to hold only results of live-only traffic
 REPROBE_S = 60.0  # the live baseline is measured again this often (live load changes)
@@ -44,14 +38,12 @@ class Governor:
     stream: str  # the update stream (listings:updates)
     target_ms: float  # a fixed live p90 to protect; 0: `tolerance` x the live-only baseline
     tolerance: float = 1.2
-    slack_ms: float = 0.0  # the relative target is at least baseline + slack_ms
     min_rate: float = 5.0
     max_rate: float = 0.0  # 0: no ceiling
     step: float = 20.0
     start_rate: float = 50.0
     rate: float = field(init=False)
     live_p90_ms: float | None = field(init=False, default=None)
-    smoothed_ms: float | None = field(init=False, default=None)  # what the AIMD steps compare with the target
     yielding: bool = field(init=False, default=False)
     _sent: float = field(init=False, default=0.0)
     _clock: float = field(init=False, default_factory=time.monotonic)
@@ -90,9 +82,7 @@ class Governor:
         """The live p90 (ms) protected now; None while no baseline is known."""
         if self.target_ms:
             return self.target_ms
-        if self.baseline_ms is None:
-            return None
-        return max(self.tolerance * self.baseline_ms, self.baseline_ms + self.slack_ms)
+        return self.tolerance * self.baseline_ms if self.baseline_ms is not None else None
 
     async def control(self, now: float | None = None) -> None:
         """One step: a probe of the live baseline when one is due, else AIMD from the current live latency."""
@@ -100,17 +90,9 @@ class Governor:
         self.live_p90_ms = await self.live_latency()
         if not self.target_ms and self._probe(now):
             return
-        # one 3-second p90 swings by tens of percent on its own; halving on every swing starves the backfill
-        reading = self.live_p90_ms
-        if reading is None:
-            self.smoothed_ms = None
-        elif self.smoothed_ms is None:
-            self.smoothed_ms = reading
-        else:
-            self.smoothed_ms += SMOOTHING * (reading - self.smoothed_ms)
         ceiling = self.max_rate or float("inf")
         target = self.target
-        if self.smoothed_ms is not None and target is not None and self.smoothed_ms > target:
+        if self.live_p90_ms is not None and target is not None and self.live_p90_ms > target:
             self.rate = self.rate / 2 if self.rate / 2 >= self.min_rate else 0.0  # multiplicative decrease; pause
             self.yielding = True
         else:
@@ -125,7 +107,6 @@ class Governor:
             self.probing = False
             if self.live_p90_ms is not None:
                 self.baseline_ms = self.live_p90_ms
-            self.smoothed_ms = self.live_p90_ms  # the average restarts from live alone
             self._next_probe = now + REPROBE_S
             self.rate = self._rate_before_probe
             return False

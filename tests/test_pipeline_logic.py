@@ -131,33 +131,7 @@ def test_governor_measures_live_alone_and_protects_a_multiple_of_it() -> None:
     assert step(1.0 + PROBE_S, 500.0) == 120.0 and not g.probing
     assert g.baseline_ms == 500.0 and g.target == 600.0
     assert step(6.0, 590.0) == 140.0  # under 1.2 x baseline: additive increase
-    # the average of the readings decides, not one 3-second p90: 527 + 0.3 x (800 - 527) = 609 > 600: halve
-    assert step(6.5, 800.0) == 70.0 and g.yielding
+    assert step(6.5, 650.0) == 70.0 and g.yielding  # over it: halve
     assert step(7.0 + REPROBE_S, 650.0) == 0.0 and g.probing  # the baseline is measured again
     assert step(7.0 + REPROBE_S + PROBE_S, 800.0) == 90.0 and g.target == 960.0  # live got slower on its own
     assert "target 960" in g.status()
-
-
-def test_governor_ignores_one_noisy_reading_and_keeps_a_floor_of_slack() -> None:
-    """One 3-second p90 over the target does not halve the backfill (the average decides); and on a fast path the
-    target is at least the baseline + slack, not a tolerance inside the live latency's own noise."""
-    from stream.governor import PROBE_S, Governor
-
-    g = Governor(redis=None, stream="s", target_ms=0, tolerance=1.2, slack_ms=100, min_rate=5, step=20, start_rate=80)
-    reading: list[float | None] = [None]
-
-    async def fake_latency() -> float | None:
-        return reading[0]
-
-    g.live_latency = fake_latency  # type: ignore[method-assign]
-
-    def step(at: float, latency: float | None) -> float:
-        reading[0] = latency
-        asyncio.run(g.control(now=at))
-        return g.rate
-
-    step(0.0, 120.0)  # live seen: probe
-    assert step(PROBE_S, 100.0) == 100.0 and g.target == 200.0  # max(1.2 x 100, 100 + 100)
-    assert step(PROBE_S + 0.5, 300.0) == 120.0 and not g.yielding  # one spike: average 160 < 200, keep going
-    assert step(PROBE_S + 1.0, 300.0) == 60.0 and g.yielding  # it persists: average 202 > 200, halve
-    assert step(PROBE_S + 1.5, 100.0) == 80.0  # back under: average 171
