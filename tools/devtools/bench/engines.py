@@ -81,7 +81,9 @@ def use_engine(stack: StackSettings, s: Settings, engine: str) -> None:
     wait_model(s, 300)
 
 
-async def _load(s: Settings, titles: Sequence[str], batch: int, concurrency: int, seconds: float) -> dict[str, Any]:
+async def closed_loop(
+    s: Settings, titles: Sequence[str], batch: int, concurrency: int, seconds: float
+) -> dict[str, Any]:
     """Closed-loop load: `concurrency` clients each sending `batch` titles back to back for `seconds`."""
     import tritonclient.grpc.aio as grpcclient
 
@@ -126,8 +128,8 @@ def sweep(s: Settings, titles: Sequence[str], seconds: float = 4.0, progress: bo
     points = [(c, b) for c in SWEEP_CONCURRENCY for b in SWEEP_BATCH]
     out = []
     for c, b in tqdm(points, desc="(a) sweep", disable=not progress, unit="point"):
-        asyncio.run(_load(s, titles, b, c, 1.0))  # settle
-        out.append(asyncio.run(_load(s, titles, b, c, seconds)))
+        asyncio.run(closed_loop(s, titles, b, c, 1.0))  # settle
+        out.append(asyncio.run(closed_loop(s, titles, b, c, seconds)))
     return out
 
 
