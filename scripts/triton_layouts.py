@@ -18,15 +18,13 @@ from devtools import config
 from devtools.bench import engines
 from devtools.bench.cli import ensure_stack
 from devtools.heldout import held_out_listings
-from devtools.stack import triton
 from stream.config import Settings
 
 
 def with_layout(text: str, count: int, threads: int, engine: str) -> str:
     text = re.sub(r"instance_group \[ \{ count: \d+", f"instance_group [ {{ count: {count}", text)
-    for key, value in (("cpu_threads", str(threads)), ("engine", engine)):
-        text = re.sub(rf'(key: "{key}", value: \{{ string_value: ")[^"]*(")', rf"\g<1>{value}\g<2>", text)
-    return text
+    text = engines.set_parameter(text, "cpu_threads", str(threads))
+    return engines.set_parameter(text, "engine", engine)
 
 
 def main() -> None:
@@ -48,8 +46,7 @@ def main() -> None:
             for count, threads in layouts:
                 for engine in args.engines.split(","):
                     path.write_text(with_layout(original, count, threads, engine))
-                    triton.load_model(stack, s.triton.model_name)
-                    engines.wait_model(s, 300)
+                    engines.reload_model(stack, s)
                     asyncio.run(engines.closed_loop(s, titles, 64, 4, 3.0))  # settle
                     for batch, concurrency in ((64, 4), (16, 2)):
                         point = asyncio.run(engines.closed_loop(s, titles, batch, concurrency, args.seconds))
@@ -58,7 +55,7 @@ def main() -> None:
                         print(json.dumps(point), flush=True)
     finally:
         path.write_text(original)
-        triton.load_model(stack, s.triton.model_name)
+        engines.reload_model(stack, s)
 
 
 if __name__ == "__main__":

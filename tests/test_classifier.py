@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.request
 from itertools import pairwise
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stream.retry import poll
 from training import corpus, dataset, export, serving, tags, train
 from training.artifact import REQUIRED
 from training.config import MODEL_NAME, REPO, SERVING_DIR, TrainingSettings
@@ -341,11 +341,14 @@ def test_concurrent_requests_are_batched(local, prepared: corpus.Corpus) -> None
 
     # an instance records its statistics after it has sent the responses: with two instances the last execution's
     # counts may land a moment after the last answer
-    deadline = time.monotonic() + 10
+    poll(
+        lambda: counted()[0] >= len(titles),
+        10,
+        f"Triton's statistics to count {len(titles)} inferences",
+        interval=0.1,
+        detail=lambda: f"counted (inferences, executions) = {counted()}",
+    )
     inferences, executions = counted()
-    while inferences < len(titles) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        inferences, executions = counted()
     print(f"batching: {inferences} inferences in {executions} executions")
     assert inferences == len(titles)
     assert executions < inferences

@@ -70,15 +70,24 @@ def wait_model(settings: Settings, timeout_s: float) -> None:
         client.close()
 
 
-def use_engine(stack: StackSettings, s: Settings, engine: str) -> None:
-    """Serve the model with `engine` (config parameter), reloading it and waiting until it is ready."""
+def set_parameter(config_text: str, key: str, value: str) -> str:
+    """`config.pbtxt` text with the string parameter `key` set to `value`."""
+    return re.sub(rf'(key: "{key}", value: \{{ string_value: ")[^"]*(")', rf"\g<1>{value}\g<2>", config_text)
+
+
+def reload_model(stack: StackSettings, s: Settings) -> None:
+    """Make Triton reload the model from its (rewritten) config and wait until it is ready."""
     from devtools.stack import triton
 
-    config = stack.model_repository / s.triton.model_name / "config.pbtxt"
-    text = re.sub(r'(key: "engine", value: \{ string_value: ")[^"]*(")', rf"\g<1>{engine}\g<2>", config.read_text())
-    config.write_text(text)
     triton.load_model(stack, s.triton.model_name)
     wait_model(s, 300)
+
+
+def use_engine(stack: StackSettings, s: Settings, engine: str) -> None:
+    """Serve the model with `engine` (config parameter), reloading it and waiting until it is ready."""
+    config = stack.model_repository / s.triton.model_name / "config.pbtxt"
+    config.write_text(set_parameter(config.read_text(), "engine", engine))
+    reload_model(stack, s)
 
 
 async def closed_loop(
