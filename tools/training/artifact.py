@@ -31,6 +31,7 @@ CODE = [
         "finetune.py",
         "fusion.py",
         "engines.py",
+        "cascade.py",
         "train.py",
         "metrics.py",
         "report.py",

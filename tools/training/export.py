@@ -18,12 +18,29 @@ def versions(repo: Path, name: str = MODEL_NAME) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+GPU_INSTANCES = "\n".join(
+    [
+        "# one instance per GPU: the encoder runs its length buckets (up to 256 rows) on the device, the ONNX graph",
+        "# on CUDA (engine auto) or torch in fp16; cpu_threads below applies to CPU instances only. Add instances",
+        "# (count: 2) only when `listings bench` shows the GPU idle while the instance tokenizes and writes results.",
+        "instance_group [ { count: 1, kind: KIND_GPU } ]",
+    ]
+)
+
+
 def gpu_config_text(cpu_text: str) -> str:
-    """The GPU variant of config.pbtxt: same contract, instances on the GPU (model.py then runs fp16)."""
-    if "kind: KIND_CPU" not in cpu_text:
-        raise ValueError("config.pbtxt has no KIND_CPU instance group to turn into KIND_GPU")
-    header = "# GPU variant (`listings train --gpu-config PATH` writes it), generated from config.pbtxt\n"
-    return header + cpu_text.replace("KIND_CPU", "KIND_GPU")
+    """The GPU variant of config.pbtxt: same contract and batching, one instance on each GPU instead of the CPU
+    instance group and the comment that explains it."""
+    lines = cpu_text.splitlines()
+    at = [i for i, line in enumerate(lines) if line.startswith("instance_group") and "KIND_CPU" in line]
+    if len(at) != 1:
+        raise ValueError("config.pbtxt needs exactly one KIND_CPU instance_group line to turn into KIND_GPU")
+    start = at[0]
+    while start > 0 and lines[start - 1].startswith("#"):  # the CPU layout's comment goes with it
+        start -= 1
+    header = "# GPU variant (`listings train --gpu-config PATH` writes it), generated from config.pbtxt"
+    out = [header, *lines[:start], GPU_INSTANCES, *lines[at[0] + 1 :]]
+    return "\n".join(out) + "\n"
 
 
 def write_gpu_config(path: Path) -> None:

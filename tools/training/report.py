@@ -171,6 +171,12 @@ def evaluate(
         "linear_part_seconds": lin.seconds,
         "eval_rows_per_second": round(eval_rate, 1),
         "engines": served.meta.get("engines", {}),
+        "cascade": {
+            **served.meta.get("cascade", {}),
+            "test_rows_skipping_the_encoder": int(served.easy_rows(served.linear(texts)[0]).sum())
+            if served.linear is not None
+            else 0,
+        },
         "data": c.stats,
         "options": opts.as_dict(),
     }
@@ -200,6 +206,12 @@ def format_metrics(result: dict) -> str:
         lines.append(f"{label:<30}{m:>10.4f}{b:>10.4f}{(m - b) * 100:>+8.2f}")
     cal = result["calibration"]["served"]["ece"]
     lines.append(f"calibration ECE {cal:.4f}; best epoch {result['best_epoch']}; train {result['train_seconds']:.0f}s")
+    cascade = result.get("cascade") or {}
+    if cascade.get("linear_margin") is not None:
+        lines.append(
+            f"cascade: linear margin {cascade['linear_margin']}: {cascade['test_rows_skipping_the_encoder']} of "
+            f"{result['policies']['test_rows']} test titles skip the encoder"
+        )
     for g, v in (result.get("tags") or {}).get("leakage_model", {}).items():
         lines.append(f"tag group {g}: {v['share_tagged']:.1%} of {v['outside_listings']} listings outside it tagged")
     return "\n".join(lines)

@@ -282,6 +282,15 @@ def train(opts: TrainOptions, out: Path, threads: int = 2, echo: Callable[[str],
     meta["default_engine"] = meta["engines"]["default"]
     artifact.write_json(out / "classifier.json", meta)
 
+    # ---------------------------------------------------------------- the cascade margin (dev)
+    from training import cascade
+
+    tag_dev = None
+    if c.tag_names:
+        tag_dev = cascade.TagDev([e.text for e in c.tags["dev"]], y_tdev, m_tdev)
+    meta["cascade"] = cascade.choose(out, meta["default_engine"], [e.text for e in dev_cats], y_dev, tag_dev, echo)
+    artifact.write_json(out / "classifier.json", meta)
+
     # ---------------------------------------------------------------- the report (test split)
     from training import report
 

@@ -7,8 +7,9 @@ other requests of the batch are served. Titles are truncated (1,000 characters, 
 limit), never rejected for length.
 
 Config parameters (`config.pbtxt`): `engine` = `auto` (the version's default, chosen at export by the accuracy
-bound) | `torch` | `onnx` | `onnx-int8`; `cpu_threads` for CPU instances. A GPU instance runs on its device
-(ONNX Runtime's CUDA provider, or torch in fp16).
+bound) | `torch` | `onnx` | `onnx-int8`; `cascade` = `on` (rows the linear part is sure of skip the encoder, at
+the margin the version chose at export; see `classifier.py`) | `off`; `cpu_threads` for CPU instances. A GPU
+instance runs on its device (ONNX Runtime's CUDA provider, or torch in fp16).
 """
 
 from __future__ import annotations
@@ -62,8 +63,15 @@ class TritonPythonModel:
         engine = params.get("engine", "auto") or "auto"
         if gpu and engine == "auto":
             engine = "onnx"  # int8 dynamic quantization is a CPU speed-up; on a GPU fp32 ONNX runs on CUDA
-        self.model = classifier.Classifier(here, engine=engine, device=device, threads=threads)
-        pb_utils.Logger.log_info(f"listing_classifier: engine {self.model.engine_name} on {device}")
+        cascade = (params.get("cascade", "on") or "on").lower()
+        if cascade not in ("on", "off"):
+            raise ValueError(f"config parameter cascade must be on or off, not {cascade!r}")
+        self.model = classifier.Classifier(here, engine=engine, device=device, threads=threads, cascade=cascade == "on")
+        margin = self.model.cascade_margin
+        pb_utils.Logger.log_info(
+            f"listing_classifier: engine {self.model.engine_name} on {device}, "
+            + (f"cascade at linear margin {margin}" if margin is not None else "no cascade")
+        )
 
     def _rows(self, request) -> tuple[list[str], list[str | None], list[str | None]]:
         titles = _strings(request, "TITLE")
