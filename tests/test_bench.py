@@ -14,7 +14,7 @@ pytestmark = pytest.mark.stack
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def test_bench_quick(stack, tmp_path, capsys) -> None:
+def test_bench_quick(stack, local, tmp_path, capsys) -> None:
     out = tmp_path / "bench"
     rc = cli.main(["bench", "--quick", "--no-progress", "--workers", "1,2", "--out", str(out)])
     printed = capsys.readouterr().out
@@ -34,11 +34,23 @@ def test_bench_quick(stack, tmp_path, capsys) -> None:
     assert all(run["events_per_s"] > 0 for run in f["e_workers"].values())
     assert results["ratios"]["b_over_a"] > 0 and results["ratios"]["b_over_c"] > 0
     # (a) per engine, in the same run, with the Triton process memory; and the sweep
-    assert set(f["a_engines"]) == {"torch", "onnx", "onnx-int8"}
+    assert set(f["a_engines"]) == {"torch", "onnx", "onnx-int8", "torch+cascade"}
     for run in f["a_engines"].values():
         assert run["titles_per_s"] > 0 and run["triton_rss_mib"] > 100
     assert f["a_engines"]["torch"]["vs_torch_fp32"] == 1.0
-    assert f["a_triton_raw"]["engine"] in f["a_engines"]
+    assert [f["a_engines"][k]["cascade"] for k in ("torch", "onnx", "onnx-int8", "torch+cascade")] == [
+        "off",
+        "off",
+        "off",
+        "on",
+    ]
+    # the default: the version's engine, with its cascade when export chose one
+    version_dir = local.model_repository / "listing_classifier" / str(results["model"]["version"])
+    served = json.loads((version_dir / "classifier.json").read_text())
+    margin = served["cascade"]["linear_margin"]
+    assert f["a_triton_raw"]["engine"] == served["default_engine"] + (
+        f"+cascade (margin {margin})" if margin is not None else ""
+    )
     assert len(f["a_sweep"]) == 16 and all(p["titles_per_s"] > 0 and p["p99_ms"] > 0 for p in f["a_sweep"])
     # (d) where the time goes, and the budget / protection verdicts computed from the run's own figures
     stages = f["d_latency"]["breakdown"]["stages_ms"]

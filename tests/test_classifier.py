@@ -292,6 +292,7 @@ def test_every_engine_agrees_with_torch_through_triton(local, prepared: corpus.C
     """The ONNX engines, served by the real Triton, give the PyTorch fp32 answer on real titles."""
     import tritonclient.grpc as grpcclient
 
+    from devtools.bench.engines import set_parameter
     from devtools.stack import triton
 
     version_dir = _served_version(local)
@@ -308,9 +309,72 @@ def test_every_engine_agrees_with_torch_through_triton(local, prepared: corpus.C
             ids = np.array([c["id"] for c in json.loads((version_dir / "labels.json").read_text())["categories"]])
             agreement = float(np.mean(got == ids[torch_top]))
             assert agreement >= 0.99, (engine, agreement)
+        # `cascade: off` in the config: Triton serves every row through the encoder, as the code does without it
+        config.write_text(set_parameter(original, "cascade", "off"))
+        triton.load_model(local, MODEL_NAME)
+        got = np.array([json.loads(r[0])["category"]["id"] for r in _infer(client, titles).as_numpy("RESULT")])
+        ids = np.array([c["id"] for c in json.loads((version_dir / "labels.json").read_text())["categories"]])
+        no_cascade = serving.classifier().Classifier(version_dir, cascade=False).score(titles).probs.argmax(1)
+        assert (got == ids[no_cascade]).all()
     finally:
         config.write_text(original)
         triton.load_model(local, MODEL_NAME)
+
+
+@pytest.mark.stack
+def test_cascade_skips_the_encoder_only_for_rows_the_linear_part_is_sure_of(local, prepared: corpus.Corpus) -> None:
+    """Rows at or past the cascade margin never reach the encoder and get the fusion's linear term alone; the
+    other rows get exactly what the full model gives them."""
+    mod = serving.classifier()
+    version_dir = _served_version(local)
+    full = mod.Classifier(version_dir, engine="torch", cascade=False)
+    cascaded = mod.Classifier(version_dir, engine="torch", cascade=False)
+    texts = [e.text for e in prepared.categories["test"][:128]]
+    lin_cat, lin_tag = full.linear(texts)
+    top2 = np.sort(lin_cat, axis=1)[:, -2:]
+    cascaded.cascade_margin = float(np.median(top2[:, 1] - top2[:, 0]))  # about half the rows are sure
+    encoded: list[int] = []
+    engine = cascaded.engine
+    cascaded.engine = lambda ids, mask: (encoded.append(len(ids)), engine(ids, mask))[1]
+    got, want = cascaded.score_texts(texts), full.score_texts(texts)
+    easy = cascaded.easy_rows(lin_cat)
+    assert 0 < easy.sum() < len(texts)
+    assert sum(encoded) == (~easy).sum()  # only the unsure rows went through the encoder
+    np.testing.assert_allclose(got.probs[~easy], want.probs[~easy], atol=1e-4)
+    np.testing.assert_allclose(got.tags[~easy], want.tags[~easy], atol=1e-4)
+    linear_only = mod.softmax(cascaded.linear_log_scores(lin_cat[easy]))
+    np.testing.assert_allclose(got.probs[easy], linear_only, atol=1e-6)
+    assert (got.probs[easy].argmax(1) == lin_cat[easy].argmax(1)).all()
+    if full.tag_names:
+        tops = full.top_of_class[linear_only.argmax(1)]
+        gated = np.where(full.allowed[:, tops].T, mod.sigmoid(cascaded.linear_tag_logits(lin_tag[easy])), 0.0)
+        np.testing.assert_allclose(got.tags[easy], gated, atol=1e-6)
+    # no cascade asked for: every row through the encoder
+    encoded.clear()
+    cascaded.cascade_margin = None
+    cascaded.score_texts(texts)
+    assert sum(encoded) == len(texts)
+
+
+@pytest.mark.stack
+def test_export_kept_the_smallest_cascade_margin_inside_its_bounds(local) -> None:
+    """The served version's cascade block: margins tried largest first, the first that breaks a bound ends the
+    search, and the margin kept is the last one inside every bound."""
+    from training import cascade
+
+    block = json.loads((_served_version(local) / "classifier.json").read_text())["cascade"]
+    grid = block["grid"]
+    assert [r["linear_margin"] for r in grid] == list(cascade.GRID[: len(grid)])
+    passing = [r for r in grid if not r["why_not"]]
+    assert grid[: len(passing)] == passing and len(grid) - len(passing) <= 1
+    assert block["linear_margin"] == (passing[-1]["linear_margin"] if passing else None)
+    without = block["without"]
+    for r in passing:
+        assert r["top1_agreement"] >= cascade.MIN_AGREEMENT
+        assert without["accuracy_leaf"] - r["accuracy_leaf"] <= cascade.MAX_ACCURACY_LOSS + 1e-9
+        assert r["ece"] - without["ece"] <= cascade.MAX_ECE_GAIN + 1e-9
+        assert "tag_micro_f1" not in r or without["tag_micro_f1"] - r["tag_micro_f1"] <= cascade.MAX_TAG_F1_LOSS + 1e-9
+    assert [r["skipped_share"] for r in grid] == sorted(r["skipped_share"] for r in grid)
 
 
 @pytest.mark.stack

@@ -111,15 +111,18 @@ def ensure_stack(settings: StackSettings) -> list[str]:
 
 
 def served_engine(stack: StackSettings, settings: Settings) -> str:
-    """The engine the served version runs by default (its classifier.json, as Triton loaded it)."""
+    """What the served version runs by default (its classifier.json, as Triton loaded it): the engine, and
+    `+cascade` when rows the linear part is sure of skip the encoder."""
     import json
 
     model = stack.model_repository / settings.triton.model_name
     versions = sorted(int(p.name) for p in model.iterdir() if p.name.isdigit())
     try:
-        return json.loads((model / str(versions[-1]) / "classifier.json").read_text()).get("default_engine", "torch")
+        meta = json.loads((model / str(versions[-1]) / "classifier.json").read_text())
     except (OSError, IndexError, ValueError):
         return "unknown"
+    margin = (meta.get("cascade") or {}).get("linear_margin")
+    return meta.get("default_engine", "torch") + (f"+cascade (margin {margin})" if margin is not None else "")
 
 
 @dataclass(frozen=True)
@@ -292,6 +295,9 @@ def measure(stack: StackSettings, s: Settings, options: BenchOptions) -> dict[st
         "b_over_a": round(b / a, 3) if a else 0.0,
         "b_over_c": round(b / c, 2) if c else 0.0,
         "default_engine_over_torch_fp32": round(a / figures["a_engines"]["torch"]["titles_per_s"], 2),
+        "onnx_int8_over_torch_fp32": round(
+            figures["a_engines"]["onnx-int8"]["titles_per_s"] / figures["a_engines"]["torch"]["titles_per_s"], 2
+        ),
     }
     results["finished_at"] = now_iso()
     save("end")

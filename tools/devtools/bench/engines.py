@@ -1,7 +1,8 @@
 """(a) per engine: the same titles through Triton with each serving engine of the version (torch fp32, ONNX fp32,
-ONNX int8), switched by the model config's `engine` parameter and a reload, in one run; the Triton process
-memory (server + python-backend stub, RSS) with that engine loaded; and a concurrency x batch-size sweep of the
-default engine (throughput against p99 request latency).
+ONNX int8) with every row through the encoder (`cascade: off`), and torch fp32 with the version's cascade, switched
+by the model config's `engine` / `cascade` parameters and a reload, in one run; the Triton process memory (server
++ python-backend stubs, RSS) with that engine loaded; and a concurrency x batch-size sweep of the default
+(`auto`, cascade on) configuration (throughput against p99 request latency).
 
 The sweep is our own async gRPC load generator: the PyPI `perf-analyzer` package is a placeholder without the
 binary, and Triton's perf_analyzer is not in the nvidia-pytriton wheel."""
@@ -21,7 +22,13 @@ from stream.classify.triton_client import text_inputs
 from stream.config import Settings
 from stream.retry import poll
 
-ENGINES = ("torch", "onnx", "onnx-int8")
+# label -> (engine, cascade): the engines alone, then the cascade's own share on the reference engine
+CONFIGS = {
+    "torch": ("torch", "off"),
+    "onnx": ("onnx", "off"),
+    "onnx-int8": ("onnx-int8", "off"),
+    "torch+cascade": ("torch", "on"),
+}
 SWEEP_CONCURRENCY = (1, 2, 4, 8)
 SWEEP_BATCH = (1, 8, 32, 64)
 
@@ -83,10 +90,10 @@ def reload_model(stack: StackSettings, s: Settings) -> None:
     wait_model(s, 300)
 
 
-def use_engine(stack: StackSettings, s: Settings, engine: str) -> None:
-    """Serve the model with `engine` (config parameter), reloading it and waiting until it is ready."""
+def use_engine(stack: StackSettings, s: Settings, engine: str, cascade: str = "on") -> None:
+    """Serve the model with `engine` and `cascade` (config parameters), reloading it and waiting until it is ready."""
     config = stack.model_repository / s.triton.model_name / "config.pbtxt"
-    config.write_text(set_parameter(config.read_text(), "engine", engine))
+    config.write_text(set_parameter(set_parameter(config.read_text(), "engine", engine), "cascade", cascade))
     reload_model(stack, s)
 
 
@@ -143,16 +150,18 @@ def sweep(s: Settings, titles: Sequence[str], seconds: float = 4.0, progress: bo
 
 
 def compare(stack: StackSettings, s: Settings, titles: Sequence[str], raw: Any, progress: bool) -> dict[str, Any]:
-    """(a) for every engine in one run, then back to the version's default (`auto`)."""
+    """(a) for every configuration of `CONFIGS` in one run, then back to the version's default (`auto`, cascade
+    on)."""
     out: dict[str, Any] = {}
     try:
-        for engine in ENGINES:
-            use_engine(stack, s, engine)
+        for label, (engine, cascade) in CONFIGS.items():
+            use_engine(stack, s, engine, cascade)
             run = raw(s, titles, progress)
             run["triton_rss_mib"] = triton_rss_mib(stack)
-            out[engine] = run
+            run["engine"], run["cascade"] = engine, cascade
+            out[label] = run
     finally:
-        use_engine(stack, s, "auto")
+        use_engine(stack, s, "auto", "on")
     torch = out["torch"]["titles_per_s"]
     for run in out.values():
         run["vs_torch_fp32"] = round(run["titles_per_s"] / torch, 2) if torch else 0.0

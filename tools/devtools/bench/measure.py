@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from devtools.stats import percentile
 from devtools.workers import WorkerProcess, isolated, wait_group_stable
@@ -296,37 +299,64 @@ def saturation_run(
     return out
 
 
-def _backfill_in_thread(env: Env, backlog: int, live: Settings) -> tuple[threading.Thread, dict[str, Any], list[str]]:
-    """A backfill (priority 2, governed) over a topic of `backlog` listings, started in a thread. It shares the live
-    worker's update stream, as a production backfill does, so its governor sees the live latency."""
-    from stream.backfill import BackfillOptions, backfill
+class BackfillProcess:
+    """`listings backfill` (priority 2, governed) over a topic of `backlog` listings, as its own process, the way
+    it runs in production: its CPU and GIL are not the bench's (the bench produces the live load and stamps its
+    event times). It shares the live worker's update stream, as a production backfill does, so its governor sees
+    the live latency."""
 
-    sb = isolated(env.settings, "bench-backfill").replace(redis={"updates_stream": live.redis.updates_stream})
-    rows = tagged(env.listings, backlog, uuid.uuid4().hex[:6])
-    produce_listings(sb, rows, progress=False)
-    options = BackfillOptions(group=f"{sb.worker.group_id}-bf", progress=False)
-    out: dict[str, Any] = {"backlog": backlog, "governor": sb.backfill.governor}
+    def __init__(self, env: Env, backlog: int, live: Settings) -> None:
+        self.settings = isolated(env.settings, "bench-backfill").replace(
+            redis={"updates_stream": live.redis.updates_stream}
+        )
+        rows = tagged(env.listings, backlog, uuid.uuid4().hex[:6])
+        produce_listings(self.settings, rows, progress=False)
+        self.ids = [r["item_id"] for r in rows]
+        self.out: dict[str, Any] = {"backlog": backlog, "governor": self.settings.backfill.governor}
+        self.log_path = env.log_dir / f"backfill-{uuid.uuid4().hex[:4]}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
 
-    def go() -> None:
-        t0 = time.monotonic()
-        summary = asyncio.run(backfill(sb, options))
-        out.update(
+    def start(self) -> None:
+        group = f"{self.settings.worker.group_id}-bf"
+        cmd = [sys.executable, "-m", "stream", "backfill", "--from-beginning", "--group", group, "--json"]
+        env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        self.started = time.monotonic()
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+
+    def finish(self, timeout_s: float) -> dict[str, Any]:
+        """Wait for the run to end; its summary (`--json`) joins the figures."""
+        assert self.proc is not None
+        try:
+            stdout, _ = self.proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise BenchError(f"backfill did not finish in {timeout_s:.0f}s; log {self.log_path}") from None
+        if self.proc.returncode != 0:
+            raise BenchError(f"backfill exited with {self.proc.returncode}; log {self.log_path}")
+        summary = orjson.loads(stdout.strip().splitlines()[-1])
+        self.out.update(
             {
-                "backfill_events": summary.events,
-                "backfill_s": round(time.monotonic() - t0, 1),
-                "backfill_yielded_s": round(summary.yielded_s, 1),
+                "backfill_events": summary["events"],
+                "backfill_s": round(time.monotonic() - self.started, 1),
+                "backfill_yielded_s": round(summary["yielded_s"], 1),
             }
         )
+        return self.out
 
-    thread = threading.Thread(target=go, daemon=True)
-    return thread, out, [r["item_id"] for r in rows]
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
 
 def stage_breakdown(path: Path) -> dict[str, Any]:
     """Per-stage p50/p99 (ms) of the batches the worker recorded (LISTINGS_TIMINGS_FILE); per-event stages use
     each batch's slowest event."""
-    import orjson
-
     rows = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()] if path.exists() else []
     stages: dict[str, list[float]] = {}
     for r in rows:
@@ -365,22 +395,22 @@ def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0) -
         produce_listings(s, warm, progress=False)
         wait_in_redis(s, [e["item_id"] for e in warm], procs, env.timeout_s, "(d) warm-up", False)
         timings.write_bytes(b"")  # the warm-up's batches are not part of the breakdown
-        backfill_thread, backfill_ids = None, []
-        if backfill_backlog:
-            backfill_thread, backfill_out, backfill_ids = _backfill_in_thread(env, backfill_backlog, s)
-            backfill_thread.start()
+        backfill = BackfillProcess(env, backfill_backlog, s) if backfill_backlog else None
+        if backfill is not None:
+            backfill.start()
         t0 = time.monotonic()
         summary = produce_listings(s, batch, rate=rate, progress=env.progress)
         if summary["failed"]:
             raise BenchError(f"produce failed: {summary['errors']}")
         wait_in_redis(s, ids, procs, env.timeout_s, "(d) drain", env.progress)
         live_s = time.monotonic() - t0
-        if backfill_thread is not None:
+        if backfill is not None:
             r = _redis(s)
             try:
-                done = _count(r, [keys.listing(i) for i in backfill_ids])
+                done = _count(r, [keys.listing(i) for i in backfill.ids])
             finally:
                 r.close()
+            backfill_out = backfill.finish(env.timeout_s)
             backfill_out.update(
                 {
                     "backfill_during_live": done,
@@ -388,8 +418,9 @@ def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0) -
                     "live_s": round(live_s, 1),
                 }
             )
-            backfill_thread.join(env.timeout_s)
     finally:
+        if backfill is not None:
+            backfill.stop()
         _stop(procs)
     rows = stored(s, ids)
     lat = [iso_ms(r["classified_at"]) - iso_ms(r["event_time"]) for r in rows]

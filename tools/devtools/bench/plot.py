@@ -12,7 +12,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     lat = f["d_latency"]
     out = [
         (
-            f"(a) Triton raw, {engine} fp32" if engine == "torch" else f"(a) Triton raw, {engine}",
+            f"(a) Triton raw, {engine} fp32" if engine.startswith("torch") else f"(a) Triton raw, {engine}",
             f"{run['titles_per_s']:.1f} titles/s",
             f"x{run['vs_torch_fp32']:.2f} torch fp32, Triton RSS {run['triton_rss_mib']:.0f} MiB",
         )
