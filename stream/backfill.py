@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -294,6 +295,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from stream import logs, preflight
 
     logs.setup("WARNING", quiet=True)
+    if settings.backfill.nice:
+        os.nice(settings.backfill.nice)  # the kernel serves a live worker on the same host first
     preflight.one_shot(settings)
     summary = asyncio.run(backfill(settings, options_from(args)))
     if args.json:

@@ -146,6 +146,7 @@ class BackfillSettings(_Group):
     live_tolerance: float = Field(1.2, ge=1.0, le=10.0, description="live p90 allowed, relative to live alone")
     min_rate: float = Field(5.0, ge=0)
     rate_step: float = Field(20.0, gt=0)
+    nice: int = Field(10, ge=0, le=19, description="CPU niceness of the backfill process (live work goes first)")
 
 
 class ReviewSettings(_Group):
