@@ -31,25 +31,34 @@ def isolated(settings: Settings, name: str) -> Settings:
 
 
 class WorkerProcess:
-    """`listings worker` as a child process with these settings, logging to a file."""
+    """`listings worker` (or, with `args`, another `listings` command) as a child process with these settings,
+    logging to a file; `capture_stdout` keeps its standard output apart (a `--json` summary) for the caller."""
 
     def __init__(
-        self, settings: Settings, log_dir: Path, name: str = "worker", metrics_port: int = 0, **extra_env: str
+        self,
+        settings: Settings,
+        log_dir: Path,
+        name: str = "worker",
+        metrics_port: int = 0,
+        args: Sequence[str] | None = None,
+        capture_stdout: bool = False,
+        **extra_env: str,
     ) -> None:
         self.settings = settings
         self.log_path = Path(log_dir) / f"{name}-{uuid.uuid4().hex[:4]}.log"
         self.env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1", **extra_env}
-        self.metrics_port = metrics_port
+        self.args = list(args) if args is not None else ["worker", "--metrics-port", str(metrics_port)]
+        self.capture_stdout = capture_stdout
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "stream", "worker", "--metrics-port", str(self.metrics_port)],
+                [sys.executable, "-m", "stream", *self.args],
                 env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                stdout=subprocess.PIPE if self.capture_stdout else log,
+                stderr=log if self.capture_stdout else subprocess.STDOUT,
                 start_new_session=True,
             )
         return self

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import subprocess
 import sys
 import time
@@ -306,35 +305,36 @@ class BackfillProcess:
     the live latency."""
 
     def __init__(self, env: Env, backlog: int, live: Settings) -> None:
-        self.settings = isolated(env.settings, "bench-backfill").replace(
-            redis={"updates_stream": live.redis.updates_stream}
-        )
+        settings = isolated(env.settings, "bench-backfill").replace(redis={"updates_stream": live.redis.updates_stream})
         rows = tagged(env.listings, backlog, uuid.uuid4().hex[:6])
-        produce_listings(self.settings, rows, progress=False)
+        produce_listings(settings, rows, progress=False)
         self.ids = [r["item_id"] for r in rows]
-        self.out: dict[str, Any] = {"backlog": backlog, "governor": self.settings.backfill.governor}
-        self.log_path = env.log_dir / f"backfill-{uuid.uuid4().hex[:4]}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.out: dict[str, Any] = {"backlog": backlog, "governor": settings.backfill.governor}
+        group = f"{settings.worker.group_id}-bf"
+        self.process = WorkerProcess(
+            settings,
+            env.log_dir,
+            "backfill",
+            args=["backfill", "--from-beginning", "--group", group, "--json"],
+            capture_stdout=True,
+        )
         self.started = 0.0
 
     def start(self) -> None:
-        group = f"{self.settings.worker.group_id}-bf"
-        cmd = [sys.executable, "-m", "stream", "backfill", "--from-beginning", "--group", group, "--json"]
-        env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
         self.started = time.monotonic()
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+        self.process.start()
 
     def finish(self, timeout_s: float) -> dict[str, Any]:
         """Wait for the run to end; its summary (`--json`) joins the figures."""
-        assert self.proc is not None
+        proc, log = self.process.proc, self.process.log_path
+        assert proc is not None
         try:
-            stdout, _ = self.proc.communicate(timeout=timeout_s)
+            stdout, _ = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise BenchError(f"backfill did not finish in {timeout_s:.0f}s; log {self.log_path}") from None
-        if self.proc.returncode != 0:
-            raise BenchError(f"backfill exited with {self.proc.returncode}; log {self.log_path}")
+            self.process.kill()
+            raise BenchError(f"backfill did not finish in {timeout_s:.0f}s; log {log}") from None
+        if proc.returncode != 0:
+            raise BenchError(f"backfill exited with {proc.returncode}; log {log}")
         summary = orjson.loads(stdout.strip().splitlines()[-1])
         self.out.update(
             {
@@ -344,14 +344,6 @@ class BackfillProcess:
             }
         )
         return self.out
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 def stage_breakdown(path: Path) -> dict[str, Any]:
@@ -390,6 +382,7 @@ def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0) -
     timings = env.log_dir / f"timings-{tag}.jsonl"
     procs = _start(env, s, 1, "latency", {"LISTINGS_TIMINGS_FILE": str(timings)})
     backfill_out: dict[str, Any] = {}
+    backfill: BackfillProcess | None = None
     try:
         wait_group_stable(s, len(procs), JOIN_TIMEOUT_S, workers=procs)
         produce_listings(s, warm, progress=False)
@@ -420,7 +413,7 @@ def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0) -
             )
     finally:
         if backfill is not None:
-            backfill.stop()
+            backfill.process.stop(20)
         _stop(procs)
     rows = stored(s, ids)
     lat = [iso_ms(r["classified_at"]) - iso_ms(r["event_time"]) for r in rows]
