@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ from stream.config import Settings
 from stream.pipeline.process import BatchStats
 
 HELP = "replay a topic range through the pipeline under its own group"
+TIMELINE_S = 2.0  # the summary's timeline has one point this often
 
 
 def parse_time(text: str) -> int:
@@ -76,6 +77,8 @@ class Summary(BatchStats):
     resumed_from_committed: bool = False
     duration_s: float = 0.0
     yielded_s: float = 0.0  # time the governor held the backfill back for live traffic
+    # every TIMELINE_S: seconds since start, events done, and the governor's rate / live p90 / yielding
+    timeline: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> bytes:
         # not dataclasses.asdict: it rebuilds the `statuses` Counter from (key, value) pairs, counting the pairs
@@ -191,9 +194,13 @@ async def backfill(settings: Settings, options: BackfillOptions) -> Summary:
     )
     await pipeline.start()
 
+    completed = 0
+
     async def done(offsets: dict[Any, int], stats: BatchStats) -> None:
+        nonlocal completed
         await on_consumer(consumer.commit, {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
         bar.update(stats.events)
+        completed += stats.events
 
     conveyor = Conveyor(pipeline, settings.backfill.max_in_flight, done)
     conveyor.start()
@@ -215,8 +222,21 @@ async def backfill(settings: Settings, options: BackfillOptions) -> Summary:
             max_rate=rate,
             step=settings.backfill.rate_step,
         )
+    next_point = started
+
+    def point(now: float) -> None:
+        p: dict[str, Any] = {"t": round(now - started, 1), "events": completed}
+        if governor is not None:
+            p.update(rate=round(min(governor.rate, 1e9), 1), yielding=governor.yielding, probing=governor.probing)
+            p["live_p90_ms"] = None if governor.live_p90_ms is None else round(governor.live_p90_ms)
+        summary.timeline.append(p)
+
     try:
         while remaining:
+            now = time.monotonic()
+            if now >= next_point:
+                point(now)
+                next_point = now + TIMELINE_S
             polled = await on_consumer(consumer.poll, timeout_ms=500, max_records=batch_size)
             polled_ms = time.time() * 1000
             batch: list[InRecord] = []
@@ -245,6 +265,7 @@ async def backfill(settings: Settings, options: BackfillOptions) -> Summary:
                     await asyncio.sleep(ahead)
             await conveyor.submit(batch, offsets)
         await conveyor.drain()
+        point(time.monotonic())
     finally:
         await conveyor.cancel()
         await pipeline.stop()

@@ -3,7 +3,13 @@
 It watches what live users feel — the end-to-end latency of the most recent live results (the Redis update
 stream names the items; their `event_time` → `classified_at` is the latency) — and steers the backfill's rate
 with AIMD: above the target latency it halves the rate (down to a pause), under it it adds a step, up to the
-ceiling (`--rate`, or unlimited). With no live traffic there is nothing to protect: full speed.
+ceiling (`--rate`, or unlimited). With no live traffic there is nothing to protect: it speeds up the same way.
+
+Two rules keep the AIMD honest about a signal that lags (the window holds WINDOW_S seconds of results, like TCP's
+one reduction per round trip): after a cut it does not cut again until the window holds only results written
+after that cut, so one slow spell costs one halving, not six; and the rate never runs more than twice ahead of
+what the backfill actually achieved in the last window, so a rate it cannot reach is never a rate it must later
+be cut down from (after a long spell without live traffic the allowance would otherwise have grown without bound).
 
 The target is either fixed (`LISTINGS_BACKFILL_LIVE_TARGET_MS`, an SLO) or, by default, relative to what live
 traffic gets without the backfill: the governor pauses for `PROBE_S` seconds at its start and every `REPROBE_S`
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +61,9 @@ class Governor:
     _probe_end: float = field(init=False, default=0.0)
     _next_probe: float = field(init=False, default=0.0)  # 0: at the first sight of live traffic
     _rate_before_probe: float = field(init=False, default=0.0)
+    _hold_until: float = field(init=False, default=0.0)  # no further cut before this (the window must renew)
+    _uncapped_until: float = field(init=False, default=0.0)
+    _admitted: deque[tuple[float, int]] = field(init=False, default_factory=deque)  # (when, events) in the window
 
     def __post_init__(self) -> None:
         self.rate = self.start_rate if not self.max_rate else min(self.start_rate, self.max_rate)
@@ -91,13 +101,27 @@ class Governor:
         if not self.target_ms and self._probe(now):
             return
         ceiling = self.max_rate or float("inf")
+        if now >= self._uncapped_until:  # (just after a probe the window holds the pause: the rate is capped already)
+            ceiling = min(ceiling, max(self.start_rate, 2 * self.achieved(now)))
         target = self.target
         if self.live_p90_ms is not None and target is not None and self.live_p90_ms > target:
-            self.rate = self.rate / 2 if self.rate / 2 >= self.min_rate else 0.0  # multiplicative decrease; pause
             self.yielding = True
+            if now >= self._hold_until:  # multiplicative decrease (a pause under the floor), once per window
+                self.rate = self.rate / 2 if self.rate / 2 >= self.min_rate else 0.0
+                self._hold_until = now + WINDOW_S
         else:
             self.rate = min(ceiling, max(self.rate, self.min_rate) + self.step)  # additive increase
             self.yielding = False
+
+    def admitted(self, n: int, now: float | None = None) -> None:
+        """Count `n` events let through (what `achieved` measures)."""
+        self._admitted.append((time.monotonic() if now is None else now, n))
+
+    def achieved(self, now: float) -> float:
+        """Events/s let through over the last WINDOW_S."""
+        while self._admitted and self._admitted[0][0] < now - WINDOW_S:
+            self._admitted.popleft()
+        return sum(n for _, n in self._admitted) / WINDOW_S
 
     def _probe(self, now: float) -> bool:
         """Pause to measure what live traffic gets alone; True while the probe holds the rate at 0."""
@@ -109,11 +133,12 @@ class Governor:
                 self.baseline_ms = self.live_p90_ms
             self._next_probe = now + REPROBE_S
             self.rate = self._rate_before_probe
+            self._uncapped_until = now + WINDOW_S
             return False
         if self.live_p90_ms is not None and now >= self._next_probe:
             self.probing, self.yielding = True, True
             self._probe_end = now + PROBE_S
-            self._rate_before_probe = self.rate
+            self._rate_before_probe = min(self.rate, max(self.start_rate, 2 * self.achieved(now)))
             self.rate = 0.0
             return True
         return False
@@ -135,6 +160,7 @@ class Governor:
                 await self.control()
             if self.rate == float("inf") or (self.rate > 0 and self._sent <= self._allowance(now)):
                 self._sent += n
+                self.admitted(n, now)
                 return
             await asyncio.sleep(INTERVAL_S / 5)
 

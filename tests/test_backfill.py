@@ -117,6 +117,10 @@ def test_killed_backfill_resumes_and_matches_a_clean_run(stack, tmp_path) -> Non
     assert out.returncode == 0, out.stderr[-3000:]
     summary = orjson.loads(out.stdout.strip().splitlines()[-1])
     assert summary["resumed_from_committed"] and 0 < summary["events"] < n
+    # the timeline (what the bench plots): points in time order, ending at every event of this run
+    points = summary["timeline"]
+    assert [p["t"] for p in points] == sorted(p["t"] for p in points)
+    assert points[-1]["events"] == summary["events"]
     final = redis_items(s, ids)
     assert len(final) == n
     # what the killed run wrote stayed as it was; everything else matches a clean run of the same model

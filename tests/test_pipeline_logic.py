@@ -85,26 +85,52 @@ def test_retry_forever_retries_until_success_and_counts() -> None:
 
 
 def test_governor_backs_off_while_live_is_slow_and_speeds_up_after() -> None:
-    """AIMD on the backfill's rate from the live latency (the latency source is replaced: pure logic)."""
-    from stream.governor import Governor
+    """AIMD on the backfill's rate from the live latency (the latency source is replaced: pure logic): one cut
+    per window of results, a pause under the floor, additive increase, the ceiling."""
+    from stream.governor import WINDOW_S, Governor
 
     g = Governor(redis=None, stream="s", target_ms=250, min_rate=5, max_rate=200, step=20, start_rate=80)
-    readings = iter([400.0, 400.0, 400.0, 400.0, 400.0, None, 100.0, 100.0, 100.0])
+    reading: list[float | None] = [None]
 
     async def fake_latency() -> float | None:
-        return next(readings)
+        return reading[0]
 
     g.live_latency = fake_latency  # type: ignore[method-assign]
-    rates = []
-    for _ in range(8):
-        asyncio.run(g.control())
-        rates.append(g.rate)
-    assert rates[:4] == [40.0, 20.0, 10.0, 5.0] and g.min_rate == 5
-    assert rates[4] == 0.0  # under the floor: paused while live suffers
-    assert rates[5:] == [25.0, 45.0, 65.0]  # no live traffic, then fast live: additive increase
+
+    def step(at: float, latency: float | None) -> float:
+        reading[0] = latency
+        asyncio.run(g.control(now=at))
+        return g.rate
+
+    assert step(0.0, 400.0) == 40.0 and g.yielding
+    # the window still holds results from before the cut: no second cut until it has renewed
+    assert step(0.5, 400.0) == 40.0 and step(WINDOW_S - 0.1, 400.0) == 40.0 and g.yielding
+    assert [step(k * WINDOW_S, 400.0) for k in (1, 2, 3)] == [20.0, 10.0, 5.0] and g.min_rate == 5
+    assert step(4 * WINDOW_S, 400.0) == 0.0  # under the floor: paused while live suffers
+    t = 4 * WINDOW_S
+    assert [step(t + k, lat) for k, lat in ((1, None), (2, 100.0), (3, 100.0))] == [25.0, 45.0, 65.0]
+    assert not g.yielding  # no live traffic, then fast live: additive increase
     g.max_rate = 70
-    asyncio.run(g.control())
-    assert g.rate == 70 and not g.yielding  # the ceiling (--rate) holds
+    assert step(t + 4, 100.0) == 70 and not g.yielding  # the ceiling (--rate) holds
+
+
+def test_governor_never_runs_far_ahead_of_what_the_backfill_achieves() -> None:
+    """Without live traffic the rate grows, but at most to twice what was let through in the last window: a rate
+    the backfill cannot reach is not one it would have to be cut down from when live traffic appears."""
+    from stream.governor import WINDOW_S, Governor
+
+    g = Governor(redis=None, stream="s", target_ms=250, min_rate=5, step=100, start_rate=50)
+
+    async def no_live() -> float | None:
+        return None
+
+    g.live_latency = no_live  # type: ignore[method-assign]
+    g.admitted(3 * 60, now=0.0)  # 60 events/s achieved over the window
+    for k in range(20):
+        asyncio.run(g.control(now=1.0 + k * 0.1))
+    assert g.rate == 120.0  # 2 x 60/s, not 20 steps of 100
+    asyncio.run(g.control(now=1.0 + WINDOW_S))  # nothing let through in the last window: back to the start rate
+    assert g.rate == 50.0
 
 
 def test_governor_measures_live_alone_and_protects_a_multiple_of_it() -> None:
@@ -121,6 +147,7 @@ def test_governor_measures_live_alone_and_protects_a_multiple_of_it() -> None:
 
     def step(at: float, latency: float | None) -> float:
         reading[0] = latency
+        g.admitted(10_000, now=at)  # the backfill keeps up with any rate here: the cap stays out of the way
         asyncio.run(g.control(now=at))
         return g.rate
 

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from devtools.config import StackSettings
+from devtools.stats import cpu_shares, cpu_times
 from stream.config import Settings
 from stream.timefmt import now_iso
 from training.config import REPO
@@ -37,8 +38,8 @@ QUICK = {"events": 200, "naive_events": 24, "latency_seconds": 4.0, "sweep_secon
 NOTES = [
     "CPU only, no GPU: Triton runs the model on KIND_CPU instances (cpu_threads from config.pbtxt).",
     "The 2-core machine is shared with other work (training, tests) while the bench runs, and Kafka, Redis, "
-    "Triton, the worker(s) and the producer all share the same cores: figures are noisy; load averages are "
-    "recorded per phase.",
+    "Triton, the worker(s) and the producer all share the same cores: figures are noisy; load averages and the "
+    "share of CPU time busy and stolen by the hypervisor (cpu_shares, from /proc/stat) are recorded per phase.",
     "Pipeline rates are (events written after the first Redis write) / (last - first classified_at).",
 ]
 
@@ -246,13 +247,18 @@ def measure(stack: StackSettings, s: Settings, options: BenchOptions) -> dict[st
         "data": {"source": data_desc, "distinct_listings": len(listings)},
         "notes": list(NOTES),
         "load_average": {"start": os.getloadavg()},
+        "cpu_shares": {},
         "figures": {},
     }
+    cpu_mark = [cpu_times()]
     figures: dict[str, Any] = results["figures"]
     json_path = out / "results.json"
 
     def save(phase: str) -> None:
         results["load_average"][phase] = os.getloadavg()
+        now = cpu_times()
+        results["cpu_shares"][phase] = cpu_shares(cpu_mark[0], now)  # over the phase that just ended
+        cpu_mark[0] = now
         json_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
 
     env = bm.Env(s, listings, out, progress, timeout_s=300 + n * 0.3)
