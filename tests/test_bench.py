@@ -64,6 +64,25 @@ def test_bench_quick(stack, local, tmp_path, capsys) -> None:
     # the worker wrote every run's events with the model version Triton serves
     assert f["b_pipeline"]["model_versions"] == [str(results["model"]["version"])]
 
+    # what the runs wrote is gone once read: no bench topic, no bench item, no bench entry in the indexes
+    from kafka import KafkaAdminClient
+
+    from stream import connections
+
+    admin = KafkaAdminClient(**connections.kafka(stack.kafka))
+    try:
+        left = [n for n in admin.list_topics() if n.startswith("t.bench-")]
+    finally:
+        admin.close()
+    assert left == [] and f["b_pipeline"]["input_topic"].startswith("t.bench-")
+    r = connections.redis_sync(stack.redis, decode_responses=True)
+    try:
+        assert list(r.scan_iter("listing:bench-*", count=1000)) == []
+        indexed = [k for k in r.scan_iter("category:*") if any(m.startswith("bench-") for m in r.smembers(k))]
+        assert indexed == [] and not any(m.startswith("bench-") for m in r.zrange("review:queue", 0, -1))
+    finally:
+        r.close()
+
     png = out / "results.png"
     assert png.stat().st_size > 1000
     assert png.read_bytes()[:8] == PNG_MAGIC

@@ -136,12 +136,13 @@ class BenchOptions:
     progress: bool = True
     quick: bool = False
     sweep_seconds: float = 4.0
+    keep_data: bool = False
 
     @property
     def command(self) -> str:
         workers = ",".join(map(str, self.workers))
         parts = ["listings", "bench", "--events", str(self.events), "--out", str(self.out), "--workers", workers]
-        return " ".join([*parts, "--quick"] if self.quick else parts)
+        return " ".join([*parts, *(["--quick"] if self.quick else []), *(["--keep-data"] if self.keep_data else [])])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -159,6 +160,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, e.g. the test suite)")
     parser.add_argument("--out", type=Path, default=REPO / "bench", help="output folder (default bench/)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--keep-data",
+        action="store_true",
+        help="keep each run's topics, groups and Redis items (default: deleted once its figures are read)",
+    )
 
 
 def options_from(args: argparse.Namespace) -> BenchOptions:
@@ -179,6 +185,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         progress=not args.no_progress,
         quick=args.quick,
         sweep_seconds=QUICK["sweep_seconds"] if args.quick else 4.0,
+        keep_data=args.keep_data,
     )
 
 
@@ -261,7 +268,7 @@ def measure(stack: StackSettings, s: Settings, options: BenchOptions) -> dict[st
         cpu_mark[0] = now
         json_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
 
-    env = bm.Env(s, listings, out, progress, timeout_s=300 + n * 0.3)
+    env = bm.Env(s, listings, out, progress, timeout_s=300 + n * 0.3, keep=options.keep_data)
     titles = [listings[i % len(listings)]["title"] for i in range(n)]
     figures["a_engines"] = engines.compare(stack, s, titles, bm.triton_raw, progress)
     figures["a_triton_raw"] = bm.triton_raw(s, titles, progress)  # the default engine (`auto`)

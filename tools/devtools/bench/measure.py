@@ -224,6 +224,17 @@ class Env:
     log_dir: Path
     progress: bool
     timeout_s: float
+    keep: bool = False  # keep what the runs wrote (topics, groups, Redis items) instead of deleting it after each
+
+
+def discard(env: Env, s: Settings, item_ids: Sequence[str], groups: Sequence[str]) -> None:
+    """Delete what one run wrote once its figures are read (see `devtools.cleanup`), unless `env.keep`."""
+    if env.keep:
+        return
+    from devtools.cleanup import drop_run, forget_items
+
+    forget_items(s, item_ids)
+    drop_run(s, groups)
 
 
 def _start(env: Env, s: Settings, n: int, name: str, worker_env: dict[str, str]) -> list[WorkerProcess]:
@@ -276,6 +287,7 @@ def saturation_run(
     finally:
         _stop(procs)
     rows = stored(s, ids)
+    discard(env, s, ids, [s.worker.group_id])
     out = write_rate(rows)
     if out["distinct_write_ms"] < MIN_WRITES:  # too few batches for a span: time to all in Redis instead
         out["events_per_s"] = round(len(ids) / max(1e-3, t_done - t_start), 1)
@@ -310,7 +322,8 @@ class BackfillProcess:
         produce_listings(settings, rows, progress=False)
         self.ids = [r["item_id"] for r in rows]
         self.out: dict[str, Any] = {"backlog": backlog, "governor": settings.backfill.governor}
-        group = f"{settings.worker.group_id}-bf"
+        self.settings, self.group = settings, f"{settings.worker.group_id}-bf"
+        group = self.group
         self.process = WorkerProcess(
             settings,
             env.log_dir,
@@ -319,6 +332,7 @@ class BackfillProcess:
             capture_stdout=True,
         )
         self.started = 0.0
+        self.done_at_start = 0  # backfill results already in Redis when the live phase began
 
     def start(self, env: Env, timeout_s: float) -> None:
         """Start the process and wait until its first results are in Redis: its start-up (imports, the plan, the
@@ -331,7 +345,8 @@ class BackfillProcess:
             def first_results() -> bool:
                 if not self.process.alive():
                     raise BenchError(f"backfill exited at start; log {self.process.log_path}")
-                return _count(r, [keys.listing(i) for i in self.ids]) > 0
+                self.done_at_start = _count(r, [keys.listing(i) for i in self.ids])
+                return self.done_at_start > 0
 
             poll(first_results, timeout_s, "the backfill's first results", interval=0.2)
         except TimeoutError as exc:
@@ -424,8 +439,8 @@ def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0) -
             backfill_out = backfill.finish(env.timeout_s)
             backfill_out.update(
                 {
-                    "backfill_during_live": done,
-                    "backfill_rate_during_live": round(done / live_s, 1),
+                    "backfill_during_live": done - backfill.done_at_start,
+                    "backfill_rate_during_live": round((done - backfill.done_at_start) / live_s, 1),
                     "live_s": round(live_s, 1),
                 }
             )
@@ -434,6 +449,9 @@ def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0) -
             backfill.process.stop(20)
         _stop(procs)
     rows = stored(s, ids)
+    discard(env, s, [*ids, *(e["item_id"] for e in warm)], [s.worker.group_id])
+    if backfill is not None:
+        discard(env, backfill.settings, backfill.ids, [backfill.group])
     lat = [iso_ms(r["classified_at"]) - iso_ms(r["event_time"]) for r in rows]
     return {
         "events": len(lat),
