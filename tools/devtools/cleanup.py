@@ -64,9 +64,10 @@ def drop_run(settings: Settings, groups: Sequence[str] = ()) -> None:
         if gone:
             admin.delete_topics(gone)
         if groups:
-            result = admin.delete_groups(list(groups)) or {}  # {group: None or the error's name}
+            result = admin.delete_groups(list(groups)) or {}  # {group: "OK" or the error's name}
             for group, error in dict(result).items():
-                if error and "GroupIdNotFound" not in str(error):  # (a group that never committed has nothing)
+                # (a group that never committed has nothing to delete)
+                if error and str(error) not in ("OK", "NoError") and "GroupIdNotFound" not in str(error):
                     log.warning("consumer group %s not deleted: %s", group, error)
     except KafkaError as exc:
         log.warning("could not delete the run's topics or groups: %s", exc)
