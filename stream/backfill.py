@@ -227,7 +227,7 @@ async def backfill(settings: Settings, options: BackfillOptions) -> Summary:
     def point(now: float) -> None:
         p: dict[str, Any] = {"t": round(now - started, 1), "events": completed}
         if governor is not None:
-            p.update(rate=round(min(governor.rate, 1e9), 1), yielding=governor.yielding, probing=governor.probing)
+            p.update(rate=round(governor.rate, 1), yielding=governor.yielding, probing=governor.probing)
             p["live_p90_ms"] = None if governor.live_p90_ms is None else round(governor.live_p90_ms)
         summary.timeline.append(p)
 

@@ -158,7 +158,7 @@ class Governor:
             if now - self._last_control >= INTERVAL_S:
                 self._last_control = now
                 await self.control()
-            if self.rate == float("inf") or (self.rate > 0 and self._sent <= self._allowance(now)):
+            if self.rate > 0 and self._sent <= self._allowance(now):
                 self._sent += n
                 self.admitted(n, now)
                 return

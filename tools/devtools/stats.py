@@ -18,7 +18,8 @@ def percentile(values: Sequence[float], q: float) -> float:
 def cpu_times() -> tuple[int, int, int] | None:
     """(total, idle, steal) jiffies of all CPUs from /proc/stat, or None where there is none (not Linux)."""
     try:
-        fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
     except (OSError, ValueError):
         return None
     # user nice system idle iowait irq softirq steal (guest time is already counted in user)

@@ -257,15 +257,16 @@ def measure(stack: StackSettings, s: Settings, options: BenchOptions) -> dict[st
         "cpu_shares": {},
         "figures": {},
     }
-    cpu_mark = [cpu_times()]
+    cpu_mark = cpu_times()
     figures: dict[str, Any] = results["figures"]
     json_path = out / "results.json"
 
     def save(phase: str) -> None:
+        nonlocal cpu_mark
         results["load_average"][phase] = os.getloadavg()
         now = cpu_times()
-        results["cpu_shares"][phase] = cpu_shares(cpu_mark[0], now)  # over the phase that just ended
-        cpu_mark[0] = now
+        results["cpu_shares"][phase] = cpu_shares(cpu_mark, now)  # over the phase that just ended
+        cpu_mark = now
         json_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
 
     env = bm.Env(s, listings, out, progress, timeout_s=300 + n * 0.3, keep=options.keep_data)

@@ -321,31 +321,31 @@ class BackfillProcess:
         rows = tagged(env.listings, backlog, uuid.uuid4().hex[:6])
         produce_listings(settings, rows, progress=False)
         self.ids = [r["item_id"] for r in rows]
+        self.keys = [keys.listing(i) for i in self.ids]
         self.out: dict[str, Any] = {"backlog": backlog, "governor": settings.backfill.governor}
         self.settings, self.group = settings, f"{settings.worker.group_id}-bf"
-        group = self.group
         self.process = WorkerProcess(
             settings,
             env.log_dir,
             "backfill",
-            args=["backfill", "--from-beginning", "--group", group, "--json"],
+            args=["backfill", "--from-beginning", "--group", self.group, "--json"],
             capture_stdout=True,
         )
         self.started = 0.0
         self.done_at_start = 0  # backfill results already in Redis when the live phase began
 
-    def start(self, env: Env, timeout_s: float) -> None:
+    def start(self, timeout_s: float) -> None:
         """Start the process and wait until its first results are in Redis: its start-up (imports, the plan, the
         group join) is a CPU burst no governor can steer, and in production it runs in a pod of its own."""
         self.started = time.monotonic()
         self.process.start()
-        r = _redis(env.settings)
+        r = _redis(self.settings)
         try:
 
             def first_results() -> bool:
                 if not self.process.alive():
                     raise BenchError(f"backfill exited at start; log {self.process.log_path}")
-                self.done_at_start = _count(r, [keys.listing(i) for i in self.ids])
+                self.done_at_start = _count(r, self.keys)
                 return self.done_at_start > 0
 
             poll(first_results, timeout_s, "the backfill's first results", interval=0.2)
@@ -423,7 +423,7 @@ def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0) -
         timings.write_bytes(b"")  # the warm-up's batches are not part of the breakdown
         backfill = BackfillProcess(env, backfill_backlog, s) if backfill_backlog else None
         if backfill is not None:
-            backfill.start(env, JOIN_TIMEOUT_S)
+            backfill.start(JOIN_TIMEOUT_S)
         t0 = time.monotonic()
         summary = produce_listings(s, batch, rate=rate, progress=env.progress)
         if summary["failed"]:
@@ -433,7 +433,7 @@ def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0) -
         if backfill is not None:
             r = _redis(s)
             try:
-                done = _count(r, [keys.listing(i) for i in backfill.ids])
+                done = _count(r, backfill.keys)
             finally:
                 r.close()
             backfill_out = backfill.finish(env.timeout_s)
