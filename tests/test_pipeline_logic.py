@@ -84,6 +84,53 @@ def test_retry_forever_retries_until_success_and_counts() -> None:
     assert out == "ok" and len(calls) == 3 and retried == ["flaky", "flaky"]
 
 
+def test_kafka_sink_replaces_a_producer_whose_state_the_broker_lost() -> None:
+    """After a broker restart an idempotent aiokafka producer can die for good (its sender stops on
+    OutOfOrderSequenceNumber and every later send raises it): the sink opens a new producer and sends the whole set
+    again. The producer is replaced by a fake (pure recovery logic; the real restart is tests/test_faults.py)."""
+    from aiokafka.errors import OutOfOrderSequenceNumber
+
+    from stream.config import KafkaSettings
+    from stream.sinks.kafka_out import KafkaOut, OutRecord
+
+    class Producer:
+        def __init__(self, broken: bool) -> None:
+            self.broken, self.sent, self.stopped = broken, [], False
+
+        async def start(self) -> None:
+            pass
+
+        async def stop(self) -> None:
+            self.stopped = True
+
+        async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[None]:
+            if self.broken:
+                raise OutOfOrderSequenceNumber()
+            self.sent.append((topic, key, value))
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+    made: list[Producer] = []
+
+    class Sink(KafkaOut):
+        def _make_producer(self) -> Producer:
+            made.append(Producer(broken=not made))  # the first one is the one the restart broke
+            return made[-1]
+
+    sink = Sink(KafkaSettings(), max_backoff_s=0.01)
+    records = [OutRecord("t.classified", b"a", b"1"), OutRecord("t.tags", b"a", b"2")]
+
+    async def run() -> None:
+        await sink.start()
+        await sink.send_all(records)
+        await sink.send_all(records[:1])
+
+    asyncio.run(asyncio.wait_for(run(), timeout=10))  # without the replacement it would retry the dead one forever
+    assert len(made) == 2 and made[0].stopped and not made[1].stopped
+    assert made[1].sent == [("t.classified", b"a", b"1"), ("t.tags", b"a", b"2"), ("t.classified", b"a", b"1")]
+
+
 def test_governor_backs_off_while_live_is_slow_and_speeds_up_after() -> None:
     """AIMD on the backfill's rate from the live latency (the latency source is replaced: pure logic): one cut
     per window of results, a pause under the floor, additive increase, the ceiling."""

@@ -4,12 +4,35 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from stream import connections, health
 from stream.config import KafkaSettings
 from stream.retry import retry_forever
+
+log = logging.getLogger("listings.kafka_out")
+
+# Errors after which an idempotent aiokafka producer is dead for good: its sender task has stopped and every later
+# send raises the same error. They happen when the broker lost the producer's sequence state (a restarted single
+# broker whose last writes were not yet on disk answers OutOfOrderSequenceNumber). The only way on is a new
+# producer, which gets a new producer id from the broker.
+PRODUCER_STATE_ERRORS = frozenset(
+    {
+        "OutOfOrderSequenceNumber",
+        "DuplicateSequenceNumber",
+        "UnknownProducerId",
+        "InvalidProducerEpoch",
+        "InvalidProducerIdMapping",
+        "ProducerFenced",
+    }
+)
+
+
+def producer_state_lost(exc: BaseException) -> bool:
+    return type(exc).__name__ in PRODUCER_STATE_ERRORS
 
 
 def kafka_outage(exc: BaseException) -> bool:
@@ -35,31 +58,34 @@ class KafkaOut:
         self.settings = settings
         self.max_backoff_s = max_backoff_s
         self.client_id = client_id
-        self._producer = None
+        self._producer: Any = None
 
-    async def start(self) -> None:
+    def _make_producer(self) -> Any:
         from aiokafka import AIOKafkaProducer
 
-        async def _start() -> None:
-            producer = AIOKafkaProducer(
-                **connections.kafka(self.settings),
-                client_id=self.client_id,
-                acks="all",
-                enable_idempotence=True,
-                linger_ms=5,
-                request_timeout_ms=15000,
-                max_request_size=4 * 1024 * 1024,
-            )
-            try:
-                await producer.start()
-            except Exception:
-                await producer.stop()
-                raise
-            self._producer = producer
+        return AIOKafkaProducer(
+            **connections.kafka(self.settings),
+            client_id=self.client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            request_timeout_ms=15000,
+            max_request_size=4 * 1024 * 1024,
+        )
 
+    async def _open(self) -> None:
+        producer = self._make_producer()
+        try:
+            await producer.start()
+        except Exception:
+            await producer.stop()
+            raise
+        self._producer = producer
+
+    async def start(self) -> None:
         await retry_forever(
             "kafka producer start",
-            _start,
+            self._open,
             retryable=kafka_outage,
             max_backoff=self.max_backoff_s,
             on_retry=health.on_retry("kafka"),
@@ -70,10 +96,34 @@ class KafkaOut:
             await self._producer.stop()
             self._producer = None
 
+    async def _replace(self) -> None:
+        """Drop a producer whose state the broker no longer knows and open a new one (a new producer id). Records
+        the old one still held fail with it; `send_all` sends the whole set again."""
+        from aiokafka.errors import KafkaError
+
+        old, self._producer = self._producer, None
+        if old is not None:
+            try:
+                await asyncio.wait_for(old.stop(), timeout=5.0)
+            except (TimeoutError, KafkaError, OSError) as exc:  # already broken: closing is best effort
+                log.debug("closing the broken kafka producer: %r", exc)
+        await self._open()
+
     async def _send_once(self, records: Sequence[OutRecord]) -> None:
-        assert self._producer is not None, "KafkaOut.start() first"
-        futures = [await self._producer.send(r.topic, r.value, key=r.key) for r in records]
-        await asyncio.gather(*futures)
+        if self._producer is None:
+            await self._open()
+        assert self._producer is not None
+        try:
+            futures = [await self._producer.send(r.topic, r.value, key=r.key) for r in records]
+            await asyncio.gather(*futures)
+        except Exception as exc:
+            if producer_state_lost(exc):
+                log.warning(
+                    "kafka producer state lost (%s), probably after a broker restart: opening a new producer",
+                    type(exc).__name__,
+                )
+                await self._replace()
+            raise
 
     async def send_all(self, records: Sequence[OutRecord]) -> None:
         """Send and wait for every acknowledgement; retries the whole set on broker errors
