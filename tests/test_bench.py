@@ -58,6 +58,12 @@ def test_bench_quick(stack, local, tmp_path, capsys) -> None:
     limit = results["budget"]["max_wait_ms"] + 2 * stages["triton_compute"]["p99"] + 100
     assert results["budget"]["limit_ms"] == pytest.approx(limit, abs=0.1)
     assert results["protection"]["ratio"] > 0 and "share_of_free_capacity" in results["protection"]
+    # who had the CPU while the events were in flight: the worker and Triton did work, and the backfill in (d')
+    for key in ("b_pipeline", "d_latency", "d_latency_with_backfill"):
+        cpu = f[key]["cpu_by_process"]
+        assert cpu["worker"] > 0 and cpu["triton"] > 0 and 0 <= cpu["stolen"] <= 1, (key, cpu)
+    assert f["d_latency_with_backfill"]["cpu_by_process"].get("backfill", 0) > 0
+    assert results["budget"]["largest_p99_stage"] in stages
     assert results["machine"]["device"] == "CPU, no GPU"
     assert results["model"]["version"] not in ("", "?")
     assert results["config"]["max_batch"] > 0 and results["command"].startswith("listings bench")

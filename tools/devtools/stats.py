@@ -38,3 +38,68 @@ def cpu_shares(before: tuple[int, int, int] | None, after: tuple[int, int, int] 
         "busy": round(1 - (after[1] - before[1]) / total - (after[2] - before[2]) / total, 3),
         "steal": round((after[2] - before[2]) / total, 3),
     }
+
+
+def _role(pid: int, cmdline: list[str], own: int) -> str:
+    """Which part of the local stack a process is, from its command line."""
+    if pid == own:
+        return "bench"
+    if not cmdline:
+        return "other"
+    joined = " ".join(cmdline)
+    if cmdline[0].endswith(("tritonserver", "triton_python_backend_stub")):  # the stubs run the models
+        return "triton"
+    if "redis-server" in joined:
+        return "redis"
+    if cmdline[0].endswith("java") and "kafka" in joined.lower():
+        return "kafka"
+    if "-m" in cmdline and "stream" in cmdline:
+        return "backfill" if "backfill" in cmdline else "worker"
+    return "other"
+
+
+def process_cpu() -> dict[str, int]:
+    """CPU jiffies (user + system) used so far by every running process, summed by role (`_role`): worker,
+    backfill, triton, kafka, redis, the bench itself (its producer threads included) and other. Empty where there
+    is no /proc."""
+    import os
+
+    own = os.getpid()
+    out: dict[str, int] = {}
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return out
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+        except (OSError, IndexError):
+            continue  # gone meanwhile, or a kernel thread without a readable line
+        if not cmdline:
+            continue  # kernel threads
+        role = _role(pid, cmdline, own)
+        out[role] = out.get(role, 0) + int(rest[11]) + int(rest[12])
+    return out
+
+
+CpuMark = tuple[tuple[int, int, int] | None, dict[str, int]]
+
+
+def cpu_mark() -> CpuMark:
+    return cpu_times(), process_cpu()
+
+
+def cpu_by_process(before: CpuMark, after: CpuMark) -> dict[str, float] | None:
+    """Share of the VM's whole CPU capacity (all cores) each role used between two `cpu_mark()`s, with the
+    hypervisor's `stolen` share beside them. A process that ended between the marks takes its time with it (its
+    role's share is then low, never negative): take both marks while the processes of interest run."""
+    (t0, p0), (t1, p1) = before, after
+    if t0 is None or t1 is None or t1[0] <= t0[0]:
+        return None
+    total = t1[0] - t0[0]
+    shares = {role: round(max(0, p1[role] - p0.get(role, 0)) / total, 3) for role in p1}
+    shares["stolen"] = round((t1[2] - t0[2]) / total, 3)
+    return dict(sorted(shares.items(), key=lambda kv: -kv[1]))

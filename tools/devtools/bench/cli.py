@@ -70,14 +70,19 @@ def machine() -> dict[str, Any]:
 
 def budget(d: dict[str, Any], max_wait_ms: int) -> dict[str, Any]:
     """The latency budget at half load: p99 end-to-end <= max wait + 2 x p99 Triton compute + 100 ms."""
-    compute = d["breakdown"]["stages_ms"].get("triton_compute", {}).get("p99", 0.0)
+    stages = d["breakdown"]["stages_ms"]
+    compute = stages.get("triton_compute", {}).get("p99", 0.0)
     limit = max_wait_ms + 2 * compute + 100
+    slowest = max(stages, key=lambda k: stages[k].get("p99", 0.0), default=None)
     return {
         "p99_end_to_end_ms": d["p99_ms"],
         "limit_ms": round(limit, 1),
         "p99_triton_compute_ms": compute,
         "max_wait_ms": max_wait_ms,
         "met": d["p99_ms"] <= limit,
+        # where to look when it is not met: the stage with the largest p99, and who had the CPU meanwhile
+        "largest_p99_stage": slowest,
+        "cpu_by_process": d.get("cpu_by_process"),
     }
 
 

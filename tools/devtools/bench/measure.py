@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from devtools.stats import percentile
+from devtools.stats import cpu_by_process, cpu_mark, percentile
 from devtools.workers import WorkerProcess, isolated, wait_group_stable
 from stream import connections, keys
 from stream.classify.triton_client import text_inputs
@@ -273,17 +273,18 @@ def saturation_run(
             summary = produce_listings(s, batch, progress=env.progress)
             if summary["failed"]:
                 raise BenchError(f"produce failed: {summary['errors']}")
-            t_start = time.monotonic()
+            t_start, mark = time.monotonic(), cpu_mark()
             procs = _start(env, s, workers, name, extra)
             joined_s = None
         else:
             procs = _start(env, s, workers, name, extra)
             joined_s = wait_group_stable(s, len(procs), JOIN_TIMEOUT_S, workers=procs)
-            t_start = time.monotonic()
+            t_start, mark = time.monotonic(), cpu_mark()
             summary = produce_listings(s, batch, progress=env.progress)
             if summary["failed"]:
                 raise BenchError(f"produce failed: {summary['errors']}")
         t_done = wait_in_redis(s, ids, procs, env.timeout_s, f"{name} ({workers}w)", env.progress)
+        cpu = cpu_by_process(mark, cpu_mark())
     finally:
         _stop(procs)
     rows = stored(s, ids)
@@ -301,6 +302,7 @@ def saturation_run(
             "time_to_all_in_redis_s": round(t_done - t_start, 2),
             "produce_rate": summary["rate"],
             "model_versions": sorted({r["model_version"] for r in rows if r["model_version"]}),
+            "cpu_by_process": cpu,
         }
     )
     if joined_s is not None:
@@ -424,12 +426,13 @@ def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0) -
         backfill = BackfillProcess(env, backfill_backlog, s) if backfill_backlog else None
         if backfill is not None:
             backfill.start(JOIN_TIMEOUT_S)
-        t0 = time.monotonic()
+        t0, mark = time.monotonic(), cpu_mark()
         summary = produce_listings(s, batch, rate=rate, progress=env.progress)
         if summary["failed"]:
             raise BenchError(f"produce failed: {summary['errors']}")
         wait_in_redis(s, ids, procs, env.timeout_s, "(d) drain", env.progress)
         live_s = time.monotonic() - t0
+        cpu = cpu_by_process(mark, cpu_mark())
         if backfill is not None:
             r = _redis(s)
             try:
@@ -464,5 +467,6 @@ def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0) -
         "mean_ms": round(sum(lat) / len(lat), 1),
         "latencies_ms": [round(x, 1) for x in lat],
         "breakdown": stage_breakdown(timings),
+        "cpu_by_process": cpu,
         **backfill_out,
     }

@@ -35,11 +35,12 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
     if "budget" in results:
         bud = results["budget"]
+        where = "" if bud["met"] or not bud.get("largest_p99_stage") else f"; largest p99: {bud['largest_p99_stage']}"
         out.append(
             (
                 "(d) budget",
                 f"p99 {bud['p99_end_to_end_ms']:.0f} <= {bud['limit_ms']:.0f} ms: {'met' if bud['met'] else 'NOT met'}",
-                f"max wait {bud['max_wait_ms']} + 2 x p99 compute {bud['p99_triton_compute_ms']:.0f} + 100",
+                f"max wait {bud['max_wait_ms']} + 2 x p99 compute {bud['p99_triton_compute_ms']:.0f} + 100" + where,
             )
         )
     if "d_latency_with_backfill" in f:
@@ -61,14 +62,14 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"({pr['share_of_free_capacity']})",
             )
         )
-    shares = results.get("cpu_shares") or {}
-    for phase, name in (("d", "(d)"), ("d2", "(d')")):
-        if shares.get(phase):
+    for key, name in (("b_pipeline", "(b)"), ("d_latency", "(d)"), ("d_latency_with_backfill", "(d')")):
+        cpu = (f.get(key) or {}).get("cpu_by_process")
+        if cpu:
             out.append(
                 (
-                    f"{name} CPU",
-                    f"busy {shares[phase]['busy']:.0%}, stolen {shares[phase]['steal']:.0%}",
-                    "of the VM's CPU time in the phase (/proc/stat; stolen = taken by the hypervisor)",
+                    f"{name} CPU by process",
+                    ", ".join(f"{role} {share:.0%}" for role, share in cpu.items() if share >= 0.005),
+                    "share of all the VM's cores while its events were in flight (/proc; stolen: by the hypervisor)",
                 )
             )
     for k, run in sorted(f["e_workers"].items(), key=lambda kv: int(kv[0])):
