@@ -121,6 +121,9 @@ class WorkerSettings(_Group):
     max_batch: int = Field(64, ge=1, le=4096)
     max_wait_ms: int = Field(50, ge=0, le=60_000)
     max_in_flight: int = Field(4, ge=1, le=256)
+    # longest a Kafka fetch waits at the broker (Faust's fixed 1,500 ms stalls a worker that is behind; see
+    # stream/events/fetching.py)
+    fetch_max_wait_ms: int = Field(100, ge=1, le=30_000)
     review_threshold: float = Field(0.5, ge=0.0, le=1.0)
     retry_max_backoff_s: float = Field(5.0, gt=0, le=600)
     metrics_host: str = "127.0.0.1"

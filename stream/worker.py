@@ -31,6 +31,7 @@ def make_app(settings: Settings) -> Any:
 
     from stream import connections, errors, metrics, tracing
     from stream.classify.triton_client import LIVE_PRIORITY
+    from stream.events.fetching import bound_fetch_wait
     from stream.health import HEALTH
     from stream.models import LiveVersion
     from stream.pipeline.conveyor import Conveyor
@@ -39,6 +40,7 @@ def make_app(settings: Settings) -> Any:
     from stream.pipeline.timing import BatchTiming, Recorder
 
     w = settings.worker
+    bound_fetch_wait(w.fetch_max_wait_ms)
     datadir = w.state_dir / "faust"
     datadir.mkdir(parents=True, exist_ok=True)
     brokers, credentials = connections.faust_broker(settings.kafka)

@@ -209,3 +209,21 @@ def test_governor_measures_live_alone_and_protects_a_multiple_of_it() -> None:
     assert step(7.0 + REPROBE_S, 650.0) == 0.0 and g.probing  # the baseline is measured again
     assert step(7.0 + REPROBE_S + PROBE_S, 800.0) == 90.0 and g.target == 960.0  # live got slower on its own
     assert "target 960" in g.status()
+
+
+def test_worker_consumer_fetch_wait_is_bounded() -> None:
+    """Faust builds its aiokafka consumer with a fixed 1,500 ms fetch wait, which stalled a worker that fell behind
+    (stream/events/fetching.py); the worker's consumer gets LISTINGS_FETCH_MAX_WAIT_MS instead. Building the consumer
+    connects to nothing."""
+    from stream.worker import make_app
+
+    async def build(ms: int) -> int:
+        app = make_app(Settings().replace(worker={"fetch_max_wait_ms": ms}))
+        consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        try:
+            return consumer._fetch_max_wait_ms
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(build(100)) == 100
+    assert asyncio.run(build(40)) == 40  # a second app in the same process takes its own setting
