@@ -102,7 +102,7 @@ class Governor:
             return
         ceiling = self.max_rate or float("inf")
         if now >= self._uncapped_until:  # (just after a probe the window holds the pause: the rate is capped already)
-            ceiling = min(ceiling, max(self.start_rate, 2 * self.achieved(now)))
+            ceiling = min(ceiling, self._reachable(now))
         target = self.target
         if self.live_p90_ms is not None and target is not None and self.live_p90_ms > target:
             self.yielding = True
@@ -123,6 +123,11 @@ class Governor:
             self._admitted.popleft()
         return sum(n for _, n in self._admitted) / WINDOW_S
 
+    def _reachable(self, now: float) -> float:
+        """The highest rate worth allowing: twice what the backfill achieved in the last window (never below
+        `start_rate`), so the rate never runs far ahead of what it can use."""
+        return max(self.start_rate, 2 * self.achieved(now))
+
     def _probe(self, now: float) -> bool:
         """Pause to measure what live traffic gets alone; True while the probe holds the rate at 0."""
         if self.probing:
@@ -138,7 +143,7 @@ class Governor:
         if self.live_p90_ms is not None and now >= self._next_probe:
             self.probing, self.yielding = True, True
             self._probe_end = now + PROBE_S
-            self._rate_before_probe = min(self.rate, max(self.start_rate, 2 * self.achieved(now)))
+            self._rate_before_probe = min(self.rate, self._reachable(now))
             self.rate = 0.0
             return True
         return False

@@ -96,21 +96,20 @@ class KafkaOut:
             await self._producer.stop()
             self._producer = None
 
-    async def _replace(self) -> None:
-        """Drop a producer whose state the broker no longer knows and open a new one (a new producer id). Records
-        the old one still held fail with it; `send_all` sends the whole set again."""
+    async def _drop(self) -> None:
+        """Close a producer whose state the broker no longer knows (best effort: it is already broken); the next
+        attempt of `send_all` opens a new one, with a new producer id, and sends the whole set again."""
         from aiokafka.errors import KafkaError
 
         old, self._producer = self._producer, None
         if old is not None:
             try:
                 await asyncio.wait_for(old.stop(), timeout=5.0)
-            except (TimeoutError, KafkaError, OSError) as exc:  # already broken: closing is best effort
+            except (TimeoutError, KafkaError, OSError) as exc:
                 log.debug("closing the broken kafka producer: %r", exc)
-        await self._open()
 
     async def _send_once(self, records: Sequence[OutRecord]) -> None:
-        if self._producer is None:
+        if self._producer is None:  # dropped after its state was lost
             await self._open()
         assert self._producer is not None
         try:
@@ -122,7 +121,7 @@ class KafkaOut:
                     "kafka producer state lost (%s), probably after a broker restart: opening a new producer",
                     type(exc).__name__,
                 )
-                await self._replace()
+                await self._drop()
             raise
 
     async def send_all(self, records: Sequence[OutRecord]) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from stream import connections, keys
+from stream import connections, keys, topics
 from stream.config import Settings
 
 log = logging.getLogger("devtools.cleanup")
@@ -54,8 +54,7 @@ def drop_run(settings: Settings, groups: Sequence[str] = ()) -> None:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    t = settings.topics
-    names = [t.input, t.classified, t.tag_updates, t.review, t.dlq, t.feedback, t.shadow]
+    names = [spec.name for spec in topics.specs(settings)]
     admin: Any = None
     try:
         admin = KafkaAdminClient(**connections.kafka(settings.kafka, request_timeout_ms=30000))

@@ -41,11 +41,9 @@ def cpu_shares(before: tuple[int, int, int] | None, after: tuple[int, int, int] 
 
 
 def _role(pid: int, cmdline: list[str], own: int) -> str:
-    """Which part of the local stack a process is, from its command line."""
+    """Which part of the local stack a process is, from its (non-empty) command line."""
     if pid == own:
         return "bench"
-    if not cmdline:
-        return "other"
     joined = " ".join(cmdline)
     if cmdline[0].endswith(("tritonserver", "triton_python_backend_stub")):  # the stubs run the models
         return "triton"
@@ -97,9 +95,10 @@ def cpu_by_process(before: CpuMark, after: CpuMark) -> dict[str, float] | None:
     hypervisor's `stolen` share beside them. A process that ended between the marks takes its time with it (its
     role's share is then low, never negative): take both marks while the processes of interest run."""
     (t0, p0), (t1, p1) = before, after
-    if t0 is None or t1 is None or t1[0] <= t0[0]:
+    whole = cpu_shares(t0, t1)
+    if whole is None or t0 is None or t1 is None:
         return None
     total = t1[0] - t0[0]
     shares = {role: round(max(0, p1[role] - p0.get(role, 0)) / total, 3) for role in p1}
-    shares["stolen"] = round((t1[2] - t0[2]) / total, 3)
+    shares["stolen"] = whole["steal"]
     return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
