@@ -58,6 +58,12 @@ def test_bench_quick(stack, local, tmp_path, capsys) -> None:
     limit = results["budget"]["max_wait_ms"] + 2 * stages["triton_compute"]["p99"] + 100
     assert results["budget"]["limit_ms"] == pytest.approx(limit, abs=0.1)
     assert results["protection"]["ratio"] > 0 and "share_of_free_capacity" in results["protection"]
+    # (b)'s CPU while it processed (start-up left out) prices the backfill share the VM's idle CPU in (d) allows
+    busy = f["b_pipeline"]["processing_cpu"]
+    assert 0 < busy["busy_share"] <= 1 and busy["by_process"]["triton"] > 0 and busy["span_s"] > 0
+    if busy["core_ms_per_event"] is not None:  # None only when the first poll saw every event written
+        pr = results["protection"]
+        assert pr["b_core_ms_per_event"] == busy["core_ms_per_event"] and pr["backfill_ceiling_per_s"] >= 0
     # who had the CPU while the events were in flight: the worker and Triton did work, and the backfill in (d')
     for key in ("b_pipeline", "d_latency", "d_latency_with_backfill"):
         cpu = f[key]["cpu_by_process"]

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from devtools.stats import cpu_by_process, cpu_mark, percentile
+from devtools.stats import CpuMark, cpu_by_process, cpu_mark, percentile
 from devtools.workers import WorkerProcess, isolated, wait_group_stable
 from stream import connections, keys
 from stream.classify.triton_client import text_inputs
@@ -28,7 +29,7 @@ from stream.produce import produce_listings
 from stream.retry import poll
 from stream.timefmt import iso_ms
 
-POLL_S = 0.5
+POLL_S = 0.2
 JOIN_TIMEOUT_S = 180.0
 MIN_WRITES = 3  # distinct write times needed for a first-to-last-write rate
 
@@ -152,8 +153,10 @@ def wait_in_redis(
     timeout_s: float,
     desc: str,
     progress: bool,
+    on_poll: Callable[[int], None] | None = None,
 ) -> float:
-    """Wait until every item has a Redis hash; returns the monotonic time it was first seen complete."""
+    """Wait until every item has a Redis hash; returns the monotonic time it was first seen complete. `on_poll` is
+    called with the count seen at each poll."""
     from tqdm import tqdm
 
     names = [keys.listing(i) for i in item_ids]
@@ -163,6 +166,8 @@ def wait_in_redis(
     def complete() -> bool:
         n = _count(r, names)
         bar.update(n - bar.n)
+        if on_poll is not None:
+            on_poll(n)
         dead = [w for w in workers if not w.alive()]
         if dead:
             raise BenchError(f"worker exited during {desc}; log {dead[0].log_path}:\n{dead[0].log_tail()}")
@@ -212,6 +217,25 @@ def write_rate(rows: Sequence[dict[str, str]]) -> dict[str, Any]:
         "distinct_write_ms": len(set(times)),
         "events_per_s": round(after_first / span_s, 1) if span_s > 0 else 0.0,
         "rate_method": "first-to-last Redis write (classified_at)",
+    }
+
+
+def processing_cpu(first: tuple[int, float, CpuMark], total: int, t_done: float, done: CpuMark) -> dict[str, Any]:
+    """The CPU of a saturation run while it processed (from the first poll that saw a Redis write to the last
+    event): each role's share of all cores, and the core-milliseconds the whole machine spent per event then (what
+    an event costs at full batches; the worker's start-up is left out)."""
+    seen, t_first, mark = first
+    shares = cpu_by_process(mark, done) or {}
+    busy = sum(v for k, v in shares.items() if k != "stolen")
+    events = total - seen
+    span = max(1e-3, t_done - t_first)
+    cores = os.cpu_count() or 1
+    return {
+        "by_process": shares,
+        "busy_share": round(busy, 3),
+        "events": events,
+        "span_s": round(span, 2),
+        "core_ms_per_event": round(busy * cores * span * 1000 / events, 3) if events > 0 else None,
     }
 
 
@@ -283,8 +307,16 @@ def saturation_run(
             summary = produce_listings(s, batch, progress=env.progress)
             if summary["failed"]:
                 raise BenchError(f"produce failed: {summary['errors']}")
-        t_done = wait_in_redis(s, ids, procs, env.timeout_s, f"{name} ({workers}w)", env.progress)
-        cpu = cpu_by_process(mark, cpu_mark())
+        first: list[tuple[int, float, CpuMark]] = []  # (count, time, CPU) at the first poll that saw a write
+
+        def on_poll(seen: int) -> None:
+            if seen and not first:
+                first.append((seen, time.monotonic(), cpu_mark()))
+
+        t_done = wait_in_redis(s, ids, procs, env.timeout_s, f"{name} ({workers}w)", env.progress, on_poll)
+        done_mark = cpu_mark()
+        cpu = cpu_by_process(mark, done_mark)
+        busy = processing_cpu(first[0], len(ids), t_done, done_mark) if first else None
     finally:
         _stop(procs)
     rows = stored(s, ids)
@@ -305,6 +337,8 @@ def saturation_run(
             "cpu_by_process": cpu,
         }
     )
+    if busy is not None:
+        out["processing_cpu"] = busy
     if joined_s is not None:
         out["group_join_s"] = round(joined_s, 2)
     if extra:

@@ -62,6 +62,15 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"({pr['share_of_free_capacity']})",
             )
         )
+        if "share_ceiling" in pr:
+            out.append(
+                (
+                    "(d') share this VM allows",
+                    f"{pr['share_ceiling']} ({pr['backfill_ceiling_per_s']:.0f}/s)",
+                    f"CPU idle in (d) ({1 - pr['live_only_busy_share']:.0%} of the cores) at (b)'s "
+                    f"{pr['b_core_ms_per_event']:.2f} core-ms per event",
+                )
+            )
     for key, name in (("b_pipeline", "(b)"), ("d_latency", "(d)"), ("d_latency_with_backfill", "(d')")):
         cpu = (f.get(key) or {}).get("cpu_by_process")
         if cpu:
@@ -130,7 +139,8 @@ def timeline(ax: Any, results: dict[str, Any]) -> None:
     if pr:
         ax.set_title(
             f"(d') live p99 x{pr['ratio']:.2f} of alone (goal <= 1.3); backfill "
-            f"{pr['backfill_per_s_during_live']:.0f}/s = {pr['share_of_free_capacity']} of free (goal >= 0.5)",
+            f"{pr['backfill_per_s_during_live']:.0f}/s = {pr['share_of_free_capacity']} of free (goal >= 0.5"
+            + (f"; idle CPU allows {pr['share_ceiling']})" if "share_ceiling" in pr else ")"),
             fontsize=10,
         )
 
