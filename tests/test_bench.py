@@ -64,6 +64,7 @@ def test_bench_quick(stack, local, tmp_path, capsys) -> None:
     if busy["core_ms_per_event"] is not None:  # None only when the first poll saw every event written
         pr = results["protection"]
         assert pr["b_core_ms_per_event"] == busy["core_ms_per_event"] and pr["backfill_ceiling_per_s"] >= 0
+        assert 0 <= pr["live_only_idle_share"] <= 1 and "share_of_ceiling" in pr
     # who had the CPU while the events were in flight: the worker and Triton did work, and the backfill in (d')
     for key in ("b_pipeline", "d_latency", "d_latency_with_backfill"):
         cpu = f[key]["cpu_by_process"]

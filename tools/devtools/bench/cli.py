@@ -101,27 +101,29 @@ def protection(figures: dict[str, Any], live_rate: float) -> dict[str, Any]:
         "backfill_per_s_during_live": used,
         "share_of_free_capacity": round(used / free, 2) if free else None,
         "share_met": bool(free) and used >= 0.5 * free,
-        **cpu_ceiling(figures, free),
+        **cpu_ceiling(figures, free, used),
     }
 
 
-def cpu_ceiling(figures: dict[str, Any], free: float) -> dict[str, Any]:
+def cpu_ceiling(figures: dict[str, Any], free: float, used: float) -> dict[str, Any]:
     """What this machine's idle CPU during live-only (d) could serve at (b)'s cost per event: the most a backfill
-    could take without taking CPU from live, and that as a share of `free` ((b) minus the live rate). Below 0.5 the
-    share goal cannot be met here without slowing live: an event at half load costs more than at (b)'s full
-    batches, and the load generator runs on the same cores."""
+    could take without taking CPU from live, that as a share of `free` ((b) minus the live rate), and the share of
+    it the backfill (`used` events/s) took. A ceiling below 0.5 of `free` means the share goal cannot be met here
+    without slowing live: an event at half load costs more than at (b)'s full batches, and the load generator runs
+    on the same cores."""
     cost = (figures["b_pipeline"].get("processing_cpu") or {}).get("core_ms_per_event")
     shares = figures["d_latency"].get("cpu_by_process")
     if not cost or not shares:
         return {}
     busy = sum(v for k, v in shares.items() if k != "stolen")
-    idle_cores = max(0.0, 1 - busy - shares.get("stolen", 0.0)) * (os.cpu_count() or 1)
-    ceiling = idle_cores * 1000 / cost
+    idle = max(0.0, 1 - busy - shares.get("stolen", 0.0))
+    ceiling = idle * (os.cpu_count() or 1) * 1000 / cost
     return {
-        "live_only_busy_share": round(busy, 3),
+        "live_only_idle_share": round(idle, 3),
         "b_core_ms_per_event": cost,
         "backfill_ceiling_per_s": round(ceiling, 1),
         "share_ceiling": round(ceiling / free, 2) if free else None,
+        "share_of_ceiling": round(used / ceiling, 2) if ceiling else None,
     }
 
 

@@ -66,8 +66,9 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             out.append(
                 (
                     "(d') share this VM allows",
-                    f"{pr['share_ceiling']} ({pr['backfill_ceiling_per_s']:.0f}/s)",
-                    f"CPU idle in (d) ({1 - pr['live_only_busy_share']:.0%} of the cores) at (b)'s "
+                    f"{pr['share_ceiling']} ({pr['backfill_ceiling_per_s']:.0f}/s; backfill took "
+                    f"{pr['share_of_ceiling']} of it)",
+                    f"CPU idle in (d) ({pr['live_only_idle_share']:.0%} of the cores) at (b)'s "
                     f"{pr['b_core_ms_per_event']:.2f} core-ms per event",
                 )
             )
