@@ -60,7 +60,8 @@ def test_bench_quick(stack, local, tmp_path, capsys) -> None:
     assert results["protection"]["ratio"] > 0 and "share_of_free_capacity" in results["protection"]
     # (b)'s CPU while it processed (start-up left out) prices the backfill share the VM's idle CPU in (d) allows
     busy = f["b_pipeline"]["processing_cpu"]
-    assert 0 < busy["busy_share"] <= 1 and busy["by_process"]["triton"] > 0 and busy["span_s"] > 0
+    assert 0 < busy["busy_share"] <= 1 and busy["span_s"] > 0  # (a quick span can be shorter than a CPU tick
+    # of one process: no per-role assertion here)
     if busy["core_ms_per_event"] is not None:  # None only when the first poll saw every event written
         pr = results["protection"]
         assert pr["b_core_ms_per_event"] == busy["core_ms_per_event"] and pr["backfill_ceiling_per_s"] >= 0

@@ -20,6 +20,8 @@ from support import TITLES, direct_categories, listing, read_topic, redis_items,
 
 pytestmark = pytest.mark.stack
 
+FEED_RETRY_S = 180.0  # how long the feeder keeps sending a chunk the broker does not take
+
 
 @pytest.fixture(scope="module")
 def long_run(request) -> bool:
@@ -50,18 +52,40 @@ class Scenario:
         self._thread: threading.Thread | None = None
 
     def stream(self) -> None:
+        """Feed the events from a thread, like an upstream producer: a chunk the broker did not take (it is down,
+        or still starting after a restart) is sent again until it is, for at most FEED_RETRY_S."""
+
+        def send(chunk: list[tuple[bytes, bytes]]) -> None:
+            deadline = time.monotonic() + FEED_RETRY_S
+            while True:
+                try:
+                    produce_raw(self.s, chunk)
+                    return
+                except Exception as exc:  # kafka-python raises several kinds while the broker is away
+                    if time.monotonic() > deadline:
+                        raise
+                    self.feed_retries.append(repr(exc))
+                    time.sleep(1.0)
+
         def feed() -> None:
             chunk = max(1, int(self.rate // 10))
-            for start in range(0, len(self.events), chunk):
-                produce_raw(self.s, self.events[start : start + chunk])
-                time.sleep(0.1)
+            try:
+                for start in range(0, len(self.events), chunk):
+                    send(self.events[start : start + chunk])
+                    time.sleep(0.1)
+            except Exception as exc:  # noqa: BLE001 - reported by wait_fed, not lost in the thread
+                self.feed_error = exc
 
+        self.feed_retries: list[str] = []
+        self.feed_error: BaseException | None = None
         self._thread = threading.Thread(target=feed, daemon=True)
         self._thread.start()
 
     def wait_fed(self) -> None:
         assert self._thread is not None
         self._thread.join(600)
+        assert not self._thread.is_alive(), "the feeder is still sending after 600 s"
+        assert self.feed_error is None, f"the feeder gave up: {self.feed_error!r} after {self.feed_retries[-3:]}"
 
     def ids(self) -> list[str]:
         return list(self.expected)
