@@ -77,7 +77,7 @@ class Scenario:
                 self.feed_error = exc
 
         self.feed_retries: list[str] = []
-        self.feed_error: BaseException | None = None
+        self.feed_error: Exception | None = None
         self._thread = threading.Thread(target=feed, daemon=True)
         self._thread.start()
 

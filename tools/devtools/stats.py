@@ -90,6 +90,11 @@ def cpu_mark() -> CpuMark:
     return cpu_times(), process_cpu()
 
 
+def busy_share(by_process: dict[str, float]) -> float:
+    """The share of all cores the processes of a `cpu_by_process` result used together (`stolen` left out)."""
+    return sum(v for k, v in by_process.items() if k != "stolen")
+
+
 def cpu_by_process(before: CpuMark, after: CpuMark) -> dict[str, float] | None:
     """Share of the VM's whole CPU capacity (all cores) each role used between two `cpu_mark()`s, with the
     hypervisor's `stolen` share beside them. A process that ended between the marks takes its time with it (its

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from devtools.config import StackSettings
-from devtools.stats import cpu_shares, cpu_times
+from devtools.stats import busy_share, cpu_shares, cpu_times
 from stream.config import Settings
 from stream.timefmt import now_iso
 from training.config import REPO
@@ -115,8 +115,7 @@ def cpu_ceiling(figures: dict[str, Any], free: float, used: float) -> dict[str, 
     shares = figures["d_latency"].get("cpu_by_process")
     if not cost or not shares:
         return {}
-    busy = sum(v for k, v in shares.items() if k != "stolen")
-    idle = max(0.0, 1 - busy - shares.get("stolen", 0.0))
+    idle = max(0.0, 1 - busy_share(shares) - shares.get("stolen", 0.0))
     ceiling = idle * (os.cpu_count() or 1) * 1000 / cost
     return {
         "live_only_idle_share": round(idle, 3),

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from devtools.stats import CpuMark, cpu_by_process, cpu_mark, percentile
+from devtools.stats import CpuMark, busy_share, cpu_by_process, cpu_mark, percentile
 from devtools.workers import WorkerProcess, isolated, wait_group_stable
 from stream import connections, keys
 from stream.classify.triton_client import text_inputs
@@ -226,7 +226,7 @@ def processing_cpu(first: tuple[int, float, CpuMark], total: int, t_done: float,
     an event costs at full batches; the worker's start-up is left out)."""
     seen, t_first, mark = first
     shares = cpu_by_process(mark, done) or {}
-    busy = sum(v for k, v in shares.items() if k != "stolen")
+    busy = busy_share(shares)
     events = total - seen
     span = max(1e-3, t_done - t_first)
     cores = os.cpu_count() or 1
