@@ -102,7 +102,7 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
 def local(stack_env: dict[str, str]) -> Iterator[object]:
     """The whole local stack, up from an empty state folder; always torn down. Yields its StackSettings."""
     from devtools import config as stack_config
-    from devtools.stack import control
+    from devtools.stack import control, triton
 
     s = stack_config.load()
     assert not any(Path(s.state_dir).iterdir()), "the test stack must start from nothing"
@@ -110,7 +110,20 @@ def local(stack_env: dict[str, str]) -> Iterator[object]:
         control.up(s)
         yield s
     finally:
+        TRITON_RESTARTS.extend(triton.restarts(s))
         control.down(s)
+
+
+# Triton's supervisor restart lines from the test stack's log (one is test_stack's deliberate crash): shown at the
+# end of the run, so a crash the suite recovered from is never silent
+TRITON_RESTARTS: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if TRITON_RESTARTS:
+        terminalreporter.section("Triton restarted by its supervisor")
+        for line in TRITON_RESTARTS:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,6 +85,48 @@ def test_triton_serves_trivial_model(stack) -> None:
     inp.set_data_from_numpy(texts)
     out = client.infer("text_length", [inp]).as_numpy("LENGTH")
     assert out.reshape(-1).tolist() == [5, 0, 1000]
+
+
+def test_a_crashed_triton_is_restarted_by_its_supervisor(local, stack) -> None:
+    """Triton 2.51's python backend can abort the whole server (boost::interprocess::lock_exception): the stack's
+    supervisor starts it again with the same models, and the log says so."""
+    import os
+    import signal
+    import time
+
+    import tritonclient.grpc as grpcclient
+
+    from devtools.stack import triton
+
+    supervisor, server = triton.part(local).pid(), triton.server_pid(local)
+    assert supervisor is not None and server is not None and server != supervisor
+    # the supervisor restarts only a server that lived 30 s (a shorter life is a start-up failure)
+    started = int(Path(f"/proc/{server}/stat").read_text().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+    uptime = float(Path("/proc/uptime").read_text().split()[0]) - started
+    time.sleep(max(0.0, 31 - uptime))
+    before = len(triton.restarts(local))
+    os.kill(server, signal.SIGABRT)  # Triton's own handler prints a stack trace, then dies of it
+    deadline = time.monotonic() + 180
+    while Path(f"/proc/{server}").exists():
+        assert time.monotonic() < deadline, "the aborted tritonserver is still there"
+        time.sleep(0.2)
+    client = grpcclient.InferenceServerClient(stack.triton.url)
+    while True:
+        try:
+            if client.is_model_ready("text_length") and client.is_model_ready(stack.triton.model_name):
+                break
+        except Exception:  # noqa: BLE001 - down while it restarts
+            pass
+        assert time.monotonic() < deadline, triton.part(local).log_tail()
+        time.sleep(0.5)
+    assert triton.part(local).pid() == supervisor
+    assert triton.server_pid(local) not in (None, server)
+    lines = triton.restarts(local)[before:]
+    assert len(lines) == 1 and "signal 6 (SIGABRT)" in lines[0], lines
+    texts = np.array([[b"back"]], dtype=object)
+    inp = grpcclient.InferInput("TEXT", list(texts.shape), "BYTES")
+    inp.set_data_from_numpy(texts)
+    assert client.infer("text_length", [inp]).as_numpy("LENGTH").reshape(-1).tolist() == [4]
 
 
 def test_status_reports_a_stopped_part_and_down_only_stops_ours(local) -> None:

@@ -34,7 +34,8 @@ SWEEP_BATCH = (1, 8, 32, 64)
 
 
 def triton_rss_mib(stack: StackSettings) -> float:
-    """Resident memory of the Triton server and every process under it (the python-backend stubs)."""
+    """Resident memory of the Triton server and every process under it (the python-backend stubs); the
+    supervisor the stack runs it under is left out."""
     from devtools.stack import triton
 
     pid = triton.part(stack).pid()
@@ -52,6 +53,9 @@ def triton_rss_mib(stack: StackSettings) -> float:
         p = todo.pop()
         todo += children.get(p, [])
         try:
+            program = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0", 1)[0]
+            if not program.endswith((b"tritonserver", b"triton_python_backend_stub")):
+                continue
             m = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{p}/status").read_text())
             total += int(m.group(1)) if m else 0
         except OSError:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from devtools.config import StackSettings
 from devtools.stack.process import Managed, StackError, wait_until
+from devtools.stack.supervise import RESTARTED
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -86,7 +87,7 @@ def up(settings: StackSettings) -> str:
     binary = _pytriton_dir() / "tritonserver" / "bin" / "tritonserver"
     repo = settings.model_repository
     models = servable_models(repo)
-    argv = [
+    server = [
         str(binary),
         f"--model-repository={repo}",
         f"--backend-directory={backend_dir(settings)}",
@@ -102,9 +103,36 @@ def up(settings: StackSettings) -> str:
         "--log-verbose=0",
         *[f"--load-model={m}" for m in models],
     ]
+    # under a supervisor that starts it again if it crashes (see devtools.stack.supervise); the pid file holds the
+    # supervisor's pid, whose command line carries the server's, so stop/kill/status work on the pair
+    argv = [sys.executable, "-m", "devtools.stack.supervise", "--name", "triton", "--", *server]
     p.start(argv, env=server_env())
     wait_until(p, lambda: ready(settings), settings.startup_timeout)
     return f"triton started (pid {p.pid()}) serving {', '.join(models) or 'no models'} on grpc {settings.triton_grpc}"
+
+
+def server_pid(settings: StackSettings) -> int | None:
+    """The `tritonserver` process itself: the child of the supervisor whose pid the pid file holds."""
+    parent = part(settings).pid()
+    if parent is None:
+        return None
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != parent:
+                continue
+            if (stat.parent / "cmdline").read_bytes().split(b"\0", 1)[0].endswith(b"tritonserver"):
+                return int(stat.parent.name)
+        except (OSError, IndexError, ValueError):
+            continue
+    return None
+
+
+def restarts(settings: StackSettings) -> list[str]:
+    """The supervisor's restart lines in Triton's log: one per crash it recovered from."""
+    try:
+        return [line for line in part(settings).log_file.read_text(errors="replace").splitlines() if RESTARTED in line]
+    except FileNotFoundError:
+        return []
 
 
 def load_model(settings: StackSettings, name: str) -> None:
