@@ -77,7 +77,7 @@ class Summary(BatchStats):
     resumed_from_committed: bool = False
     duration_s: float = 0.0
     yielded_s: float = 0.0  # time the governor held the backfill back for live traffic
-    # every TIMELINE_S: seconds since start, events done, and the governor's rate / live p90 / yielding
+    # every TIMELINE_S: seconds since start, events done, and the governor's rate / live latency / yielding
     timeline: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> bytes:
@@ -218,6 +218,7 @@ async def backfill(settings: Settings, options: BackfillOptions) -> Summary:
             settings.redis.updates_stream,
             settings.backfill.live_target_ms,
             tolerance=settings.backfill.live_tolerance,
+            percentile=settings.backfill.live_percentile,
             min_rate=settings.backfill.min_rate,
             max_rate=rate,
             step=settings.backfill.rate_step,
@@ -228,7 +229,7 @@ async def backfill(settings: Settings, options: BackfillOptions) -> Summary:
         p: dict[str, Any] = {"t": round(now - started, 1), "events": completed}
         if governor is not None:
             p.update(rate=round(governor.rate, 1), yielding=governor.yielding, probing=governor.probing)
-            p["live_p90_ms"] = None if governor.live_p90_ms is None else round(governor.live_p90_ms)
+            p["live_ms"] = None if governor.live_ms is None else round(governor.live_ms)
         summary.timeline.append(p)
 
     try:

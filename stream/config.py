@@ -144,9 +144,10 @@ class BackfillSettings(_Group):
     max_in_flight: int = Field(2, ge=1, le=256, description="backfill requests in flight to Triton")
     governor: bool = Field(True, description="yield to live traffic (see stream/governor.py)")
     live_target_ms: float = Field(
-        0.0, ge=0, description="a fixed live end-to-end p90 (ms) to protect; 0: tolerance x live's own p90 alone"
+        0.0, ge=0, description="a fixed live end-to-end latency (ms, at live_percentile) to protect; 0: relative"
     )
-    live_tolerance: float = Field(1.2, ge=1.0, le=10.0, description="live p90 allowed, relative to live alone")
+    live_tolerance: float = Field(1.2, ge=1.0, le=10.0, description="live latency allowed, relative to live alone")
+    live_percentile: float = Field(99.0, ge=50.0, le=100.0, description="the live latency percentile protected")
     min_rate: float = Field(5.0, ge=0)
     rate_step: float = Field(20.0, gt=0)
     nice: int = Field(10, ge=0, le=19, description="CPU niceness of the backfill process (live work goes first)")

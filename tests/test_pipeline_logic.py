@@ -211,6 +211,15 @@ def test_governor_measures_live_alone_and_protects_a_multiple_of_it() -> None:
     assert "target 960" in g.status()
 
 
+def test_governor_tail_is_the_nearest_rank_percentile() -> None:
+    from stream.governor import tail
+
+    values = [float(v) for v in range(100, 0, -1)]  # 1..100, unsorted
+    assert tail(values, 99) == 99.0 and tail(values, 50) == 50.0 and tail(values, 100) == 100.0
+    assert tail([5.0, 1.0, 3.0], 99) == 5.0  # a thin window: the largest, the cautious reading
+    assert tail([7.0], 50) == 7.0 and tail([], 99) is None
+
+
 def test_worker_consumer_fetch_wait_is_bounded() -> None:
     """Faust builds its aiokafka consumer with a fixed 1,500 ms fetch wait, which stalled a worker that fell behind
     (stream/events/fetching.py); the worker's consumer gets LISTINGS_FETCH_MAX_WAIT_MS instead. Building the consumer

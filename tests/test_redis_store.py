@@ -129,3 +129,42 @@ def test_batch_in_one_round_trip_keeps_order_per_item(stack, r) -> None:
     assert [o.status for o in outs] == ["applied", "applied", "stale"]
     assert r.hget(keys.listing(iid), "category_id") == "v2"
     assert r.smembers("tag:a") & {iid} == set()
+
+
+def test_update_stream_times_live_results_for_the_backfill_governor(stack, r) -> None:
+    """Each stream entry carries the listing's event time, so the governor reads live latency from the stream
+    alone: entry id (when Redis stored it) minus event_time, at its percentile, backfill entries left out."""
+    import time
+
+    from stream.governor import Governor
+    from stream.timefmt import iso
+
+    stream = f"test:gov:{uuid.uuid4().hex[:6]}"
+    now = int(time.time() * 1000)
+    ages = [40, 80, 120, 160, 900]  # ms between each listing's event and its store
+    items = []
+    for age in ages:
+        iid = f"gov-{uuid.uuid4().hex[:8]}"
+        fields = {"item_id": iid, "source": "live", "category_id": "c1", "event_time": iso(now - age)}
+        items.append(StoreItem(iid, 1, 1, "c1", [], fields))
+    old = f"gov-bf-{uuid.uuid4().hex[:8]}"  # a backfill result of a year-old listing: not live, not counted
+    items.append(StoreItem(old, 1, 1, "c1", [], {"item_id": old, "source": "backfill", "event_time": iso(now - 3e10)}))
+
+    async def go() -> tuple[float | None, float | None, float | None]:
+        store = RedisStore(stack.redis.model_copy(update={"updates_stream": stream, "updates_maxlen": 1000}))
+        try:
+            await store.apply(items)
+            stored = int((await store.client.xrevrange(stream, count=1))[0][0].split(b"-")[0])
+            g99 = Governor(store.client, stream, target_ms=0, percentile=99)
+            g50 = Governor(store.client, stream, target_ms=0, percentile=50)
+            return stored, await g99.live_latency(), await g50.live_latency()
+        finally:
+            await store.close()
+
+    stored, p99, p50 = asyncio.run(go())
+    entries = r.xrange(stream)
+    assert [e[1]["event_time"] for e in entries] == [it.fields["event_time"] for it in items]
+    lag = stored - now  # how long after `now` the script ran
+    assert p99 == pytest.approx(900 + lag, abs=5)  # 5 values: the p99 is the largest
+    assert p50 == pytest.approx(120 + lag, abs=5)
+    r.delete(stream)

@@ -91,5 +91,5 @@ end
 redis.call('HSET', key, unpack(flat))
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*',
   'item_id', item, 'listing_version', ARGV[2], 'model_version', cur[2] and mode == 'human' and cur[2] or ARGV[3],
-  'category_id', cat, 'tags', tags_json, 'source', fields['source'] or '')
+  'category_id', cat, 'tags', tags_json, 'source', fields['source'] or '', 'event_time', fields['event_time'] or '')
 return {'applied', tags_json, old_tags_json, '1'}

@@ -34,6 +34,10 @@ from training.config import REPO
 HELP = "measure Triton, pipeline and baseline throughput and latency"
 
 DEFAULT_EVENTS = 2000
+# (b) and (e) process RUN_EVENTS_FACTOR x --events: at 2,000 a run's processing span was 1.2-3 s, so one slow
+# second of a 2-core VM moved (e) by a third (840 / 602 / 459 events/s for 1 / 2 / 4 workers in one run, 769-1,341
+# for the same counts alone afterwards)
+RUN_EVENTS_FACTOR = 3
 QUICK = {"events": 200, "naive_events": 24, "latency_seconds": 4.0, "sweep_seconds": 0.5}
 NOTES = [
     "CPU only, no GPU: Triton runs the model on KIND_CPU instances (cpu_threads from config.pbtxt).",
@@ -154,7 +158,8 @@ def served_engine(stack: StackSettings, settings: Settings) -> str:
 
 @dataclass(frozen=True)
 class BenchOptions:
-    events: int = DEFAULT_EVENTS  # events per throughput run, titles for (a)
+    events: int = DEFAULT_EVENTS  # titles for (a)
+    run_events: int = RUN_EVENTS_FACTOR * DEFAULT_EVENTS  # events per throughput run, (b) and each (e)
     naive_events: int = 200
     latency_seconds: float = 40.0
     workers: tuple[int, ...] = (1, 2, 4)
@@ -167,7 +172,8 @@ class BenchOptions:
     @property
     def command(self) -> str:
         workers = ",".join(map(str, self.workers))
-        parts = ["listings", "bench", "--events", str(self.events), "--out", str(self.out), "--workers", workers]
+        parts = ["listings", "bench", "--events", str(self.events), "--run-events", str(self.run_events)]
+        parts += ["--out", str(self.out), "--workers", workers]
         return " ".join([*parts, *(["--quick"] if self.quick else []), *(["--keep-data"] if self.keep_data else [])])
 
 
@@ -176,7 +182,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--events",
         type=int,
         default=None,
-        help=f"events per throughput run and titles for (a) (default {DEFAULT_EVENTS}; {QUICK['events']} with --quick)",
+        help=f"titles for (a) (default {DEFAULT_EVENTS}; {QUICK['events']} with --quick)",
+    )
+    parser.add_argument(
+        "--run-events",
+        type=int,
+        default=None,
+        help=f"events per throughput run, (b) and each (e) (default {RUN_EVENTS_FACTOR} x --events; --events with "
+        "--quick): long enough that a worker's processing span is seconds, not one hiccup",
     )
     parser.add_argument("--naive-events", type=int, default=None, help="events for the naive baseline (c)")
     parser.add_argument(
@@ -200,10 +213,12 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         counts = tuple(sorted({int(x) for x in args.workers.split(",") if x.strip()}))
     except ValueError:
         raise ValueError("--workers takes comma-separated integers, e.g. 1,2,4") from None
-    if events < 1 or not counts or min(counts) < 1:
-        raise ValueError("--events and worker counts must be >= 1")
+    run_events = args.run_events or (events if args.quick else RUN_EVENTS_FACTOR * events)
+    if events < 1 or run_events < 1 or not counts or min(counts) < 1:
+        raise ValueError("--events, --run-events and worker counts must be >= 1")
     return BenchOptions(
         events=events,
+        run_events=run_events,
         naive_events=args.naive_events or (QUICK["naive_events"] if args.quick else min(events, 200)),
         latency_seconds=args.latency_seconds or (QUICK["latency_seconds"] if args.quick else 40.0),
         workers=counts,
@@ -273,6 +288,7 @@ def measure(stack: StackSettings, s: Settings, options: BenchOptions) -> dict[st
             "max_wait_ms": s.worker.max_wait_ms,
             "input_partitions": s.topics.partitions,
             "events": n,
+            "run_events": options.run_events,
             "naive_events": naive_n,
             "latency_seconds": lat_s,
             "workers": counts,
@@ -295,7 +311,7 @@ def measure(stack: StackSettings, s: Settings, options: BenchOptions) -> dict[st
         cpu_mark = now
         json_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
 
-    env = bm.Env(s, listings, out, progress, timeout_s=300 + n * 0.3, keep=options.keep_data)
+    env = bm.Env(s, listings, out, progress, timeout_s=300 + options.run_events * 0.3, keep=options.keep_data)
     titles = [listings[i % len(listings)]["title"] for i in range(n)]
     figures["a_engines"] = engines.compare(stack, s, titles, bm.triton_raw, progress)
     figures["a_triton_raw"] = bm.triton_raw(s, titles, progress)  # the default engine (`auto`)
@@ -304,7 +320,7 @@ def measure(stack: StackSettings, s: Settings, options: BenchOptions) -> dict[st
     save("a")
     figures["a_sweep"] = engines.sweep(s, titles, seconds=options.sweep_seconds, progress=progress)
     save("sweep")
-    figures["b_pipeline"] = bm.saturation_run(env, "pipeline", n)
+    figures["b_pipeline"] = bm.saturation_run(env, "pipeline", options.run_events)
     save("b")
     figures["c_naive"] = bm.saturation_run(
         env, "naive", naive_n, worker_env={"LISTINGS_MAX_BATCH": "1", "LISTINGS_MAX_IN_FLIGHT": "1"}
@@ -326,7 +342,9 @@ def measure(stack: StackSettings, s: Settings, options: BenchOptions) -> dict[st
     save("d2")
     figures["e_workers"] = {}
     for k in counts:
-        figures["e_workers"][str(k)] = bm.saturation_run(env, f"scale{k}", n, workers=k, preproduce=False)
+        figures["e_workers"][str(k)] = bm.saturation_run(
+            env, f"scale{k}", options.run_events, workers=k, preproduce=False
+        )
         save(f"e{k}")
     a = figures["a_triton_raw"]["titles_per_s"]
     b = figures["b_pipeline"]["events_per_s"]
