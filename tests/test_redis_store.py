@@ -168,3 +168,31 @@ def test_update_stream_times_live_results_for_the_backfill_governor(stack, r) ->
     assert p99 == pytest.approx(900 + lag, abs=5)  # 5 values: the p99 is the largest
     assert p50 == pytest.approx(120 + lag, abs=5)
     r.delete(stream)
+
+
+def test_governor_times_entries_of_older_workers_from_the_hash(stack, r) -> None:
+    """An update-stream entry without `event_time` (written by a worker older than that field) is timed from its
+    listing's hash (`classified_at` - `event_time`), so a mixed fleet stays protected."""
+    import time
+
+    from stream import connections
+    from stream.governor import Governor
+    from stream.timefmt import iso
+
+    stream = f"test:gov-old:{uuid.uuid4().hex[:6]}"
+    now = int(time.time() * 1000)
+    iid = f"gov-old-{uuid.uuid4().hex[:8]}"
+    r.hset(keys.listing(iid), mapping={"event_time": iso(now - 500), "classified_at": iso(now - 200)})
+    r.xadd(stream, {"item_id": iid, "listing_version": "1", "model_version": "1", "source": "live"})
+
+    async def go() -> float | None:
+        client = connections.redis_async(stack.redis)
+        try:
+            return await Governor(client, stream, target_ms=0).live_latency()
+        finally:
+            await client.aclose()
+
+    try:
+        assert asyncio.run(go()) == pytest.approx(300, abs=1)
+    finally:
+        r.delete(stream, keys.listing(iid))
