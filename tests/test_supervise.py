@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.stack.process import children
 from devtools.stack.supervise import RESTARTED, describe, exit_code
 
 # a child that records each start, then crashes (SIGABRT) on its first `crashes` starts and otherwise runs until
@@ -49,17 +50,6 @@ def supervise(tmp_path: Path, crashes: int, wait: float, *options: str) -> tuple
 
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
-
-
-def children(parent: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
-                found.append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-    return found
 
 
 def wait_for(cond, timeout: float) -> None:

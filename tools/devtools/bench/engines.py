@@ -37,21 +37,15 @@ def triton_rss_mib(stack: StackSettings) -> float:
     """Resident memory of the Triton server and every process under it (the python-backend stubs); the
     supervisor the stack runs it under is left out."""
     from devtools.stack import triton
+    from devtools.stack.process import children
 
     pid = triton.part(stack).pid()
     if pid is None:
         return 0.0
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
     total, todo = 0, [pid]
     while todo:
         p = todo.pop()
-        todo += children.get(p, [])
+        todo += children(p)
         try:
             program = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0", 1)[0]
             if not program.endswith((b"tritonserver", b"triton_python_backend_stub")):

@@ -105,6 +105,18 @@ class Managed:
             return "(no log yet)"
 
 
+def children(parent: int) -> list[int]:
+    """The pids of the running processes whose parent is `parent` (from /proc; empty where there is none)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return found
+
+
 def _killpg(pid: int) -> None:
     """SIGKILL the process and its helpers (its own session/group: we started it with a new session)."""
     try:

@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from devtools.config import StackSettings
-from devtools.stack.process import Managed, StackError, wait_until
+from devtools.stack.process import Managed, StackError, children, wait_until
 from devtools.stack.supervise import RESTARTED
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -116,14 +116,12 @@ def server_pid(settings: StackSettings) -> int | None:
     parent = part(settings).pid()
     if parent is None:
         return None
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for pid in children(parent):
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != parent:
-                continue
-            if (stat.parent / "cmdline").read_bytes().split(b"\0", 1)[0].endswith(b"tritonserver"):
-                return int(stat.parent.name)
-        except (OSError, IndexError, ValueError):
-            continue
+            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].endswith(b"tritonserver"):
+                return pid
+        except OSError:
+            continue  # gone meanwhile
     return None
 
 
