@@ -56,9 +56,11 @@ def read_topic(settings: Settings, topic: str, timeout_s: float = 5.0, expected:
     return out
 
 
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, on_fail: Callable[[], str] = lambda: "") -> None:
+def wait_for(
+    cond: Callable[[], Any], timeout: float, what: str, on_fail: Callable[[], str] = lambda: "", interval: float = 0.5
+) -> None:
     try:
-        poll(cond, timeout, what, detail=on_fail)
+        poll(cond, timeout, what, interval=interval, detail=on_fail)
     except TimeoutError as exc:
         raise AssertionError(str(exc)) from None
 

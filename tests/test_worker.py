@@ -136,11 +136,14 @@ def test_malformed_events_all_land_in_dlq(dlq_worker, bad: list[bytes]) -> None:
 
 def test_sigkill_mid_stream_loses_nothing(stack, worker_factory) -> None:
     s = isolated(stack, "crash")
-    rows = real_titles(400, seed=11)
+    rows = real_titles(2000, seed=11)
     ids = [f"ck-{i}-{r['uniq_id'][:10]}" for i, r in enumerate(rows)]
     produce_raw(s, [listing(i, r["product_name"]) for i, r in zip(ids, rows, strict=True)])
-    w = worker_factory(s, LISTINGS_MAX_BATCH="16")
-    wait_for(lambda: len(redis_items(s, ids)) >= 40, 180, "first results", w.log_tail)
+    # 2,000 events, one request in flight: seconds of work, so the kill lands part-way through them (CI once saw
+    # all of 400 done between two polls of a batching worker); batches of 16 are committed only as they finish,
+    # so the kill leaves events consumed but not committed, which the next worker must redeliver
+    w = worker_factory(s, LISTINGS_MAX_BATCH="16", LISTINGS_MAX_IN_FLIGHT="1")
+    wait_for(lambda: len(redis_items(s, ids[:200])) >= 40, 180, "first results", w.log_tail, interval=0.1)
     w.kill()
     done_before = redis_items(s, ids)
     assert 0 < len(done_before) < len(ids), "the kill must land mid-stream"
