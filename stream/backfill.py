@@ -190,7 +190,11 @@ async def backfill(settings: Settings, options: BackfillOptions) -> Summary:
     )
 
     pipeline = Pipeline.from_settings(
-        settings, source="backfill", priority=BACKFILL_PRIORITY, model_version=options.model_version
+        settings,
+        source="backfill",
+        priority=BACKFILL_PRIORITY,
+        model_version=options.model_version,
+        serve_from=settings.backfill.serve_from(settings.triton.model_name),
     )
     await pipeline.start()
 

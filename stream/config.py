@@ -151,6 +151,19 @@ class BackfillSettings(_Group):
     min_rate: float = Field(5.0, ge=0)
     rate_step: float = Field(20.0, gt=0)
     nice: int = Field(10, ge=0, le=19, description="CPU niceness of the backfill process (live work goes first)")
+    model: str = Field(
+        "auto",
+        min_length=1,
+        description="the Triton model backfill and shadow requests go to: auto = the live model's background copy "
+        "(`<LISTINGS_MODEL_NAME>_background`: its own instances at CPU niceness 19), live = the live model at the "
+        "low priority, or a model name; a copy Triton does not serve means the live model",
+    )
+
+    def serve_from(self, live_model: str) -> str:
+        """The Triton model name `model` stands for, given the live model's name."""
+        if self.model == "auto":
+            return f"{live_model}_background"
+        return live_model if self.model == "live" else self.model
 
 
 class ReviewSettings(_Group):

@@ -135,6 +135,7 @@ async def shadow(settings: Settings, options: ShadowOptions) -> dict[str, int]:
         timeout_s=settings.triton.timeout_s,
         max_backoff_s=settings.worker.retry_max_backoff_s,
         model_version=options.candidate,
+        serve_from=settings.backfill.serve_from(settings.triton.model_name),
     )
     out = KafkaOut(settings.kafka, max_backoff_s=settings.worker.retry_max_backoff_s, client_id="listings-shadow")
     r = connections.redis_async(settings.redis)

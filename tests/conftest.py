@@ -60,7 +60,13 @@ def make_model_repository(dest: Path) -> Path:
 
     def ignore(folder: str, names: list[str]) -> list[str]:
         in_classifier = Path(folder).resolve() == (src / MODEL_NAME).resolve()
-        return [n for n in names if n == "__pycache__" or (in_classifier and n.isdigit())]
+        # the background copy is generated (`stack up` mirrors the versions the test repository gets)
+        generated = Path(folder).resolve() == src.resolve()
+        return [
+            n
+            for n in names
+            if n == "__pycache__" or (in_classifier and n.isdigit()) or (generated and n.endswith("_background"))
+        ]
 
     shutil.copytree(src, dest, ignore=ignore)
     return dest

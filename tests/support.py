@@ -176,9 +176,9 @@ def another_version(
     shutil.copytree(model_dir / str(old), new_dir)
     if edit is not None:
         edit(new_dir)
-    triton.load_model(local, settings.triton.model_name)
+    triton.load_model(local, settings.triton.model_name, with_background=True)
     try:
         yield old, old + 1
     finally:
         shutil.rmtree(new_dir)
-        triton.load_model(local, settings.triton.model_name)
+        triton.load_model(local, settings.triton.model_name, with_background=True)

@@ -16,7 +16,16 @@ from devtools.workers import WorkerProcess, isolated, produce_raw, wait_group_st
 from stream import connections, keys
 from stream.backfill import BackfillOptions, backfill, default_group
 from stream.config import Settings
-from support import TITLES, another_version, listing, read_topic, redis_items, result_fields, wait_for
+from support import (
+    TITLES,
+    another_version,
+    direct_categories,
+    listing,
+    read_topic,
+    redis_items,
+    result_fields,
+    wait_for,
+)
 
 pytestmark = pytest.mark.stack
 
@@ -173,3 +182,54 @@ def test_model_version_rule(stack, tmp_path, two_model_versions) -> None:
     assert fourth.stale >= 1
     h = redis_items(s, ["m-0"])["m-0"]
     assert h["listing_version"] == "2" and h["source"] == "live"
+
+
+def _rows_served(s: Settings, model: str) -> int:
+    """Rows Triton has classified with `model` (every version) since it loaded it."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(s.triton.url)
+    try:
+        stats = client.get_inference_statistics(model, as_json=True)
+    finally:
+        client.close()
+    return sum(int(m.get("inference_count", 0)) for m in stats.get("model_stats", []))
+
+
+def _nice_of_threads(model_folder: str) -> set[int]:
+    """The niceness of every thread of the python-backend processes serving a model folder."""
+    out: set[int] = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+            if b"triton_python_backend_stub" not in cmd or f"/{model_folder}/".encode() not in cmd:
+                continue
+            for task in os.listdir(f"/proc/{pid}/task"):
+                out.add(int(open(f"/proc/{pid}/task/{task}/stat").read().rsplit(")", 1)[1].split()[16]))
+        except OSError:
+            continue
+    return out
+
+
+def test_backfill_runs_on_the_background_copy_at_low_cpu_priority(stack, caplog) -> None:
+    live, copy = stack.triton.model_name, f"{stack.triton.model_name}_background"
+    assert _nice_of_threads(copy) == {19}, "every thread of the copy's instances runs at niceness 19"
+    assert _nice_of_threads(live) == {0}
+    n = 24
+    titles = [TITLES[i % len(TITLES)] for i in range(n)]
+    for model, served_by in (("auto", copy), ("live", live), ("no_such_model", live)):
+        s = isolated(stack, f"bf-bg-{model}").replace(backfill={"model": model})
+        ids = [f"bg-{model}-{i}" for i in range(n)]
+        produce_raw(s, [listing(iid, t) for iid, t in zip(ids, titles, strict=True)])
+        before = {m: _rows_served(s, m) for m in (live, copy)}
+        caplog.clear()
+        summary = _run(s)
+        assert summary.classified == n
+        grew = {m: _rows_served(s, m) - before[m] for m in (live, copy)}
+        assert grew[served_by] >= n and grew[copy if served_by == live else live] == 0, (model, grew)
+        stored = redis_items(s, ids)
+        # the same answers as the live model's, under the live model's name
+        assert [stored[i]["category_id"] for i in ids] == direct_categories(s, titles)
+        assert {h["model_name"] for h in stored.values()} == {live}
+        fell_back = [r for r in caplog.records if "does not serve no_such_model" in r.getMessage()]
+        assert len(fell_back) == (1 if model == "no_such_model" else 0)

@@ -1,10 +1,14 @@
 """Async gRPC client of the Triton `listing_classifier` model, with retries and priorities.
 
 One request per micro-batch; several requests may be in flight and Triton's dynamic batcher merges
-them. Live traffic uses priority level 1 (highest), backfill level 2."""
+them. Live traffic uses priority level 1 (highest), backfill level 2. A backfill or shadow client sends to
+`serve_from`, the live model's background copy (the same versions on instances of their own at a low CPU
+priority; tools/training/background.py), and falls back to the live model when Triton does not serve the copy.
+Either way its results name the live model."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +22,8 @@ from stream.retry import retry_forever
 
 LIVE_PRIORITY = 1
 BACKFILL_PRIORITY = 2
+RECHECK_S = 30.0  # how long a fallback to the live model holds before the background copy is asked for again
+log = logging.getLogger("listings.triton")
 RETRYABLE_CODES = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED"}
 
 
@@ -66,9 +72,14 @@ class TritonClassifier:
         timeout_s: float = 30.0,
         max_backoff_s: float = 5.0,
         model_version: str = "",
+        serve_from: str = "",
     ) -> None:
         self.url = url
         self.model_name = model_name
+        # the Triton model the requests go to when it serves the version: another name for the same versions
+        # (the background copy); "" = model_name
+        self.serve_from = serve_from if serve_from != model_name else ""
+        self._targets: dict[str, tuple[str, float]] = {}  # version -> (the model that serves it, when checked)
         self.priority = priority
         self.timeout_s = timeout_s
         self.max_backoff_s = max_backoff_s
@@ -128,9 +139,11 @@ class TritonClassifier:
         from tritonclient.utils import InferenceServerException
 
         client = self._connect()
+        target = self.model_name
         try:
+            target = await self._target(client, version)
             return await client.infer(
-                self.model_name,
+                target,
                 inputs,
                 model_version=version,
                 outputs=[grpcclient.InferRequestedOutput(o) for o in outputs],
@@ -138,12 +151,46 @@ class TritonClassifier:
                 client_timeout=self.timeout_s,
             )
         except InferenceServerException as exc:
+            text = f"{exc.status()} {exc}".lower()
+            if target != self.model_name and any(w in text for w in ("unknown", "not_found", "not found", "ready")):
+                # the background copy went away (unloaded, its version removed): the retry asks again
+                self._targets.pop(version, None)
+                raise TritonUnavailable(str(exc)) from exc
             if str(exc.status()) in RETRYABLE_CODES or "failed to connect" in str(exc).lower():
                 raise TritonUnavailable(str(exc)) from exc
             # a model that is loading or unloaded also answers UNAVAILABLE-like errors
             if "unavailable" in str(exc).lower() or "not ready" in str(exc).lower():
                 raise TritonUnavailable(str(exc)) from exc
             raise
+
+    async def _target(self, client: Any, version: str) -> str:
+        """The model to send `version`'s requests to: `serve_from` while Triton serves that version of it, else
+        the live model (asked again after RECHECK_S, so a copy loaded later is picked up). Connection errors
+        propagate, to be retried like the request itself."""
+        from tritonclient.utils import InferenceServerException
+
+        if not self.serve_from:
+            return self.model_name
+        known = self._targets.get(version)
+        if known is not None and (known[0] == self.serve_from or time.monotonic() - known[1] < RECHECK_S):
+            return known[0]
+        try:
+            ready = bool(await client.is_model_ready(self.serve_from, version))
+        except InferenceServerException as exc:
+            if str(exc.status()) in RETRYABLE_CODES or "failed to connect" in str(exc).lower():
+                raise
+            ready = False  # a model Triton does not know
+        target = self.serve_from if ready else self.model_name
+        if not ready and known is None:
+            log.warning(
+                "Triton does not serve %s version %s: requests go to %s instead (priority %d)",
+                self.serve_from,
+                version or "(latest)",
+                self.model_name,
+                self.priority,
+            )
+        self._targets[version] = (target, time.monotonic())
+        return target
 
     async def classify(self, titles: Sequence[str], descriptions: Sequence[str], brands: Sequence[str]) -> BatchResult:
         """Classify one micro-batch; retries while Triton is unavailable (back-pressure)."""
@@ -175,5 +222,5 @@ class TritonClassifier:
             )
         timing = response.as_numpy("TIMING")
         compute = float(timing[0][0]) / 1000 if timing is not None and timing.size else 0.0
-        served = response.get_response()
-        return BatchResult(served.model_name, served.model_version, results, total, compute)
+        # the version that served it, under the live model's name (a background copy serves the same versions)
+        return BatchResult(self.model_name, response.get_response().model_version, results, total, compute)

@@ -84,7 +84,9 @@ class Pipeline:
         self.out = out
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, source: str, priority: int, model_version: str = "") -> Pipeline:
+    def from_settings(
+        cls, settings: Settings, *, source: str, priority: int, model_version: str = "", serve_from: str = ""
+    ) -> Pipeline:
         backoff = settings.worker.retry_max_backoff_s
         return cls(
             settings,
@@ -96,6 +98,7 @@ class Pipeline:
                 timeout_s=settings.triton.timeout_s,
                 max_backoff_s=backoff,
                 model_version=model_version,
+                serve_from=serve_from,
             ),
             store=RedisStore(settings.redis, max_backoff_s=backoff),
             out=KafkaOut(settings.kafka, max_backoff_s=backoff),

@@ -278,7 +278,8 @@ def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
     bring_up.join()
     control.up(stack, echo=console.print)
     if started["triton"]["running"]:
-        triton.load_model(stack, settings.triton.model_name)  # a Triton that was already up picks the model up
+        # a Triton that was already up picks the model (and the backfill's copy of it) up
+        triton.load_model(stack, settings.triton.model_name, with_background=True)
     live_version = str(export.versions(stack.model_repository)[-1])
 
     rows = held_out_listings(stack.data_dir, options.events)
@@ -384,7 +385,7 @@ def run_lifecycle(
     # newest version, and the shadow would compare the candidate with itself (a rollback also needs it)
     models.promote(settings, live)
     candidate = str(export.export(full, stack.model_repository))
-    triton.load_model(stack, settings.triton.model_name)
+    triton.load_model(stack, settings.triton.model_name, with_background=True)
     progress.lifecycle.append(f"full model exported as v{candidate}; shadowing it on the live stream")
     result: dict[str, Any] = {}
     shadowing = threading.Thread(

@@ -45,6 +45,8 @@ def _role(pid: int, cmdline: list[str], own: int) -> str:
     if pid == own:
         return "bench"
     joined = " ".join(cmdline)
+    if cmdline[0].endswith("triton_python_backend_stub") and "_background/" in joined:
+        return "triton_background"  # the instances of the backfill's copy of the model (training/background.py)
     if cmdline[0].endswith(("tritonserver", "triton_python_backend_stub")):  # the stubs run the models
         return "triton"
     if "redis-server" in joined:
@@ -58,8 +60,8 @@ def _role(pid: int, cmdline: list[str], own: int) -> str:
 
 def process_cpu() -> dict[str, int]:
     """CPU jiffies (user + system) used so far by every running process, summed by role (`_role`): worker,
-    backfill, triton, kafka, redis, the bench itself (its producer threads included) and other. Empty where there
-    is no /proc."""
+    backfill, triton, triton_background (the backfill's model instances), kafka, redis, the bench itself (its
+    producer threads included) and other. Empty where there is no /proc."""
     import os
 
     own = os.getpid()

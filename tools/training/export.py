@@ -7,6 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
+from training import background
 from training.artifact import OPTIONAL, REQUIRED
 from training.config import MODEL_NAME, SERVING_DIR
 
@@ -67,4 +68,5 @@ def export(artifact: Path, repo: Path, name: str = MODEL_NAME) -> int:
         json.dumps({"artifact": Path(artifact).name, "version": version, "exported_at": time.time()}, indent=2)
     )
     tmp.rename(model_dir / str(version))
+    background.mirror(repo, name)  # the backfill's copy serves the new version too
     return version

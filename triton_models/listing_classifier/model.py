@@ -8,8 +8,10 @@ limit), never rejected for length.
 
 Config parameters (`config.pbtxt`): `engine` = `auto` (the version's default, chosen at export by the accuracy
 bound) | `torch` | `onnx` | `onnx-int8`; `cascade` = `on` (rows the linear part is sure of skip the encoder, at
-the margin the version chose at export; see `classifier.py`) | `off`; `cpu_threads` for CPU instances. A GPU
-instance runs on its device (ONNX Runtime's CUDA provider, or torch in fp16).
+the margin the version chose at export; see `classifier.py`) | `off`; `cpu_threads` for CPU instances; `nice`
+(0-19, default 0) = the CPU niceness of the instance's process, every thread of it (the background copy that
+serves backfills sets 19, see tools/training/background.py). A GPU instance runs on its device (ONNX Runtime's
+CUDA provider, or torch in fp16).
 """
 
 from __future__ import annotations
@@ -48,6 +50,16 @@ def _decode(value: bytes, what: str) -> str:
         raise BadRequest(f"{what} is not valid UTF-8 (byte {exc.start})") from exc
 
 
+def _lower_cpu_priority(nice: int) -> None:
+    """Set every thread of this process to niceness `nice` (Linux keeps it per thread; threads started later
+    inherit it from the thread that starts them)."""
+    for task in os.listdir("/proc/self/task"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(task), nice)
+        except (ProcessLookupError, PermissionError):
+            pass  # a thread that ended meanwhile; or a niceness below the current one, which needs privileges
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         here = Path(__file__).resolve().parent
@@ -63,14 +75,23 @@ class TritonPythonModel:
         engine = params.get("engine", "auto") or "auto"
         if gpu and engine == "auto":
             engine = "onnx"  # int8 dynamic quantization is a CPU speed-up; on a GPU fp32 ONNX runs on CUDA
+        raw_nice = params.get("nice", "0") or "0"
+        if not raw_nice.isdigit() or not 0 <= int(raw_nice) <= 19:
+            raise ValueError(f"config parameter nice must be an integer 0..19, not {raw_nice!r}")
+        nice = int(raw_nice)
+        if nice:
+            _lower_cpu_priority(nice)  # before the engine starts its threads, so they inherit it
         cascade = (params.get("cascade", "on") or "on").lower()
         if cascade not in ("on", "off"):
             raise ValueError(f"config parameter cascade must be on or off, not {cascade!r}")
         self.model = classifier.Classifier(here, engine=engine, device=device, threads=threads, cascade=cascade == "on")
+        if nice:
+            _lower_cpu_priority(nice)  # and any thread that started meanwhile
         margin = self.model.cascade_margin
         pb_utils.Logger.log_info(
             f"listing_classifier: engine {self.model.engine_name} on {device}, "
             + (f"cascade at linear margin {margin}" if margin is not None else "no cascade")
+            + (f", CPU niceness {nice}" if nice else "")
         )
 
     def _rows(self, request) -> tuple[list[str], list[str | None], list[str | None]]:

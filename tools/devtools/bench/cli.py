@@ -292,6 +292,8 @@ def measure(stack: StackSettings, s: Settings, options: BenchOptions) -> dict[st
             "naive_events": naive_n,
             "latency_seconds": lat_s,
             "workers": counts,
+            # where (d')'s backfill sends: the background copy (auto) or the live model (live)
+            "backfill_model": s.backfill.model,
         },
         "data": {"source": data_desc, "distinct_listings": len(listings)},
         "notes": list(NOTES),

@@ -12,6 +12,8 @@ from pathlib import Path
 from devtools.config import StackSettings
 from devtools.stack.process import Managed, StackError, children, wait_until
 from devtools.stack.supervise import RESTARTED
+from training import background
+from training.config import MODEL_NAME
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -86,6 +88,7 @@ def up(settings: StackSettings) -> str:
         return f"triton already running (pid {p.pid()}) on grpc {settings.triton_grpc}, http {settings.triton_http}"
     binary = _pytriton_dir() / "tritonserver" / "bin" / "tritonserver"
     repo = settings.model_repository
+    background.mirror(repo, MODEL_NAME)  # the backfill's copy of the classifier: its versions and config
     models = servable_models(repo)
     server = [
         str(binary),
@@ -133,8 +136,20 @@ def restarts(settings: StackSettings) -> list[str]:
         return []
 
 
-def load_model(settings: StackSettings, name: str) -> None:
-    """Ask a running Triton (explicit model control) to load or reload `name` from the repository."""
+def load_model(settings: StackSettings, name: str, with_background: bool = False) -> None:
+    """Ask a running Triton (explicit model control) to load or reload `name` from the repository; with
+    `with_background`, also its background copy, first brought up to date with the versions and config `name` now
+    has (after a new version: the backfill's copy must serve it too). An engine swap for a measurement reloads
+    the live model alone."""
+    _load(settings, name)
+    if with_background and background.mirror(settings.model_repository, name) is not None:
+        _load(settings, background.name_of(name))
+    # a version the reload dropped is unloaded after the call returns, and Triton's strict readiness says "not
+    # ready" until it is gone: return once the server is ready again
+    wait_until(part(settings), lambda: ready(settings), settings.startup_timeout)
+
+
+def _load(settings: StackSettings, name: str) -> None:
     req = urllib.request.Request(f"http://{settings.triton_http}/v2/repository/models/{name}/load", method="POST")
     with urllib.request.urlopen(req, timeout=300) as r:
         if r.status != 200:
