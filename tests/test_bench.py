@@ -71,6 +71,16 @@ def test_bench_quick(stack, local, tmp_path, capsys) -> None:
         cpu = f[key]["cpu_by_process"]
         assert cpu["worker"] > 0 and cpu["triton"] > 0 and 0 <= cpu["stolen"] <= 1, (key, cpu)
     assert f["d_latency_with_backfill"]["cpu_by_process"].get("backfill", 0) > 0
+    # ... on the model's background copy, whose instances show up as their own role
+    assert f["d_latency_with_backfill"]["cpu_by_process"].get("triton_background", 0) > 0
+    assert results["config"]["backfill_model"] == "auto"
+    # (d'') live alone, with a background load on the live model, and with it on the copy: all measured
+    iso = f["d_isolation"]
+    assert [r["mode"] for r in iso["runs"]] == ["alone", "same", "copy"]
+    assert all(r["live_p99_ms"] > 0 for r in iso["runs"])
+    assert iso["median"]["alone"]["background_titles_per_s"] == 0
+    assert iso["median"]["same"]["background_titles_per_s"] > 0 and iso["median"]["copy"]["background_titles_per_s"] > 0
+    assert iso["p99_copy_over_alone"] > 0 and iso["p99_same_over_alone"] > 0
     assert results["budget"]["largest_p99_stage"] in stages
     assert results["machine"]["device"] == "CPU, no GPU"
     assert results["model"]["version"] not in ("", "?")

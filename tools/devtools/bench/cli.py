@@ -9,7 +9,8 @@ Figures (each pipeline run on topics and a consumer group of its own, see `devto
       i.e. one Triton request (and one Redis/Kafka round) per event;
   (d) end-to-end latency percentiles at ~50% of (b): Redis `classified_at` - `event_time` (the send time), with
       the worker's per-stage breakdown and the latency budget; (d') the same with a governed backfill alongside
-      (live protection);
+      (live protection); (d'') at Triton alone, live p99 with a full-speed background load sent to the live model
+      vs to its background copy (devtools.bench.isolation);
   (e) throughput of 1, 2, 4 worker processes in one group over the input topic's partitions.
 Writes `<out>/results.json` and `<out>/results.png`; worker logs go to `<out>/*.log` (git-ignored)."""
 
@@ -257,7 +258,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def measure(stack: StackSettings, s: Settings, options: BenchOptions) -> dict[str, Any]:
-    from devtools.bench import engines
+    from devtools.bench import engines, isolation
     from devtools.bench import measure as bm
     from devtools.bench.plot import plot
     from devtools.heldout import held_out_listings
@@ -342,6 +343,12 @@ def measure(stack: StackSettings, s: Settings, options: BenchOptions) -> dict[st
     figures["d_latency_with_backfill"] = bm.latency_run(env, rate, max(20, int(rate * lat_s)), backlog)
     results["protection"] = protection(figures, rate)
     save("d2")
+    # (d'') the mechanism on its own, at Triton: live titles at (d)'s rate with a full-speed background load on the
+    # live model itself or on the backfill's background copy
+    figures["d_isolation"] = isolation.isolation(
+        s, titles, rate, seconds=2.0 if options.quick else 10.0, rounds=1 if options.quick else 3, progress=progress
+    )
+    save("d3")
     figures["e_workers"] = {}
     for k in counts:
         figures["e_workers"][str(k)] = bm.saturation_run(

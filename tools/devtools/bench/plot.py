@@ -72,6 +72,19 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                     f"{pr['b_core_ms_per_event']:.2f} core-ms per event",
                 )
             )
+    iso = f.get("d_isolation") or {}
+    if "median" in iso:
+        med = iso["median"]
+        out.append(
+            (
+                "(d'') live p99 at Triton",
+                f"alone {med['alone']['live_p99_ms']:.0f} / background on live model {med['same']['live_p99_ms']:.0f}"
+                f" (x{iso['p99_same_over_alone']:.2f}) / on its copy {med['copy']['live_p99_ms']:.0f} ms"
+                f" (x{iso['p99_copy_over_alone']:.2f})",
+                f"live {iso['live_titles_per_s']:.0f} titles/s; background {med['same']['background_titles_per_s']:.0f}"
+                f" vs {med['copy']['background_titles_per_s']:.0f} titles/s; medians of {iso['rounds']} rounds",
+            )
+        )
     for key, name in (("b_pipeline", "(b)"), ("d_latency", "(d)"), ("d_latency_with_backfill", "(d')")):
         cpu = (f.get(key) or {}).get("cpu_by_process")
         if cpu:
@@ -146,6 +159,31 @@ def timeline(ax: Any, results: dict[str, Any]) -> None:
         )
 
 
+def isolation_panel(ax: Any, iso: dict[str, Any]) -> None:
+    """(d''): live p99 per round, alone / background on the live model / on its background copy."""
+    if "runs" not in iso:
+        ax.set_title(f"(d'') isolation: {iso.get('skipped', 'not measured')}")
+        ax.axis("off")
+        return
+    names = {"alone": "live alone", "same": "background on\nthe live model", "copy": "background on\nits copy"}
+    colors = {"alone": "#4c72b0", "same": "#c44e52", "copy": "#55a868"}
+    for i, mode in enumerate(names):
+        ys = [r["live_p99_ms"] for r in iso["runs"] if r["mode"] == mode]
+        ax.scatter([i] * len(ys), ys, color=colors[mode], zorder=3)
+        ax.bar(i, iso["median"][mode]["live_p99_ms"], color=colors[mode], alpha=0.35)
+        bg = iso["median"][mode]["background_titles_per_s"]
+        if bg:
+            ax.annotate(f"background {bg:.0f} titles/s", (i, 0), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(names)), list(names.values()))
+    ax.set_ylabel("live p99 request latency at Triton, ms (dots: rounds; bars: median)")
+    ax.set_title(
+        f"(d'') live {iso['live_titles_per_s']:.0f} titles/s: x{iso['p99_same_over_alone']:.2f} on the live model, "
+        f"x{iso['p99_copy_over_alone']:.2f} on the copy",
+        fontsize=10,
+    )
+    ax.grid(axis="y", alpha=0.3)
+
+
 def plot(results: dict[str, Any], path: Path) -> Path:
     import matplotlib
 
@@ -153,8 +191,10 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     f = results["figures"]
-    fig, axes = plt.subplots(2, 3, figsize=(18, 10))
-    (ax1, ax4, ax5), (ax2, ax3, ax6) = axes
+    fig, axes = plt.subplots(2, 4, figsize=(24, 10))
+    (ax1, ax4, ax5, ax7), (ax2, ax3, ax6, ax8) = axes
+    isolation_panel(ax7, f.get("d_isolation") or {})
+    ax8.axis("off")
 
     engines = f.get("a_engines", {})
     labels = [f"(a) {e}" for e in engines] + ["(b) pipeline\n1 worker", "(c) naive\n1 req/event"]
