@@ -1,4 +1,4 @@
-"""`listings bench` options (pure argument handling; the bench itself runs in test_bench.py)."""
+"""`listings bench` options and the CPU roles it counts (pure logic; the bench itself runs in test_bench.py)."""
 
 from __future__ import annotations
 
@@ -32,3 +32,23 @@ def test_quick_keeps_throughput_runs_as_small_as_a() -> None:
 def test_bad_options_are_refused(argv: tuple[str, ...]) -> None:
     with pytest.raises(ValueError):
         options(*argv)
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "role"),
+    [
+        (["/usr/bin/redis-server", "127.0.0.1:16379"], "redis"),
+        (["redis-aof-rewrite 127.0.0.1:16379"], "redis"),  # the child Redis forks: its CPU is Redis'
+        (["/x/tritonserver", "--model-repository=/r"], "triton"),
+        (["/x/triton_python_backend_stub", "/r/listing_classifier/2/model.py", "shm"], "triton"),
+        (["/x/triton_python_backend_stub", "/r/listing_classifier_background/2/model.py", "shm"], "triton_background"),
+        (["/v/bin/python", "-m", "stream", "backfill", "--from-beginning"], "backfill"),
+        (["/v/bin/python", "-m", "stream", "worker"], "worker"),
+        (["/usr/bin/java", "-cp", "kafka.jar", "kafka.Kafka"], "kafka"),
+        (["/bin/sleep", "5"], "other"),
+    ],
+)
+def test_cpu_roles_by_command_line(cmdline: list[str], role: str) -> None:
+    from devtools.stats import _role
+
+    assert _role(12345, cmdline, own=1) == role

@@ -49,8 +49,8 @@ def _role(pid: int, cmdline: list[str], own: int) -> str:
         return "triton_background"  # the instances of the backfill's copy of the model (training/background.py)
     if cmdline[0].endswith(("tritonserver", "triton_python_backend_stub")):  # the stubs run the models
         return "triton"
-    if "redis-server" in joined:
-        return "redis"
+    if "redis-server" in joined or joined.startswith(("redis-aof-rewrite", "redis-rdb-bgsave")):
+        return "redis"  # the server, or the child it forks to rewrite its append-only file
     if cmdline[0].endswith("java") and "kafka" in joined.lower():
         return "kafka"
     if "-m" in cmdline and "stream" in cmdline:

@@ -438,6 +438,15 @@ def stage_breakdown(path: Path) -> dict[str, Any]:
     }
 
 
+def redis_forks(s: Settings) -> int:
+    """How many times Redis has forked (AOF rewrites, snapshots) since it started."""
+    r = _redis(s)
+    try:
+        return int(r.info("stats").get("total_forks", 0))
+    finally:
+        r.close()
+
+
 def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0) -> dict[str, Any]:
     """(d): one worker, caught up, fed `events` at `rate` events/s with `listed_at` stamped at send;
     latency per event = Redis `classified_at` - `event_time`; the worker records every batch's stages. With
@@ -460,13 +469,14 @@ def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0) -
         backfill = BackfillProcess(env, backfill_backlog, s) if backfill_backlog else None
         if backfill is not None:
             backfill.start(JOIN_TIMEOUT_S)
-        t0, mark = time.monotonic(), cpu_mark()
+        t0, mark, forks = time.monotonic(), cpu_mark(), redis_forks(s)
         summary = produce_listings(s, batch, rate=rate, progress=env.progress)
         if summary["failed"]:
             raise BenchError(f"produce failed: {summary['errors']}")
         wait_in_redis(s, ids, procs, env.timeout_s, "(d) drain", env.progress)
         live_s = time.monotonic() - t0
         cpu = cpu_by_process(mark, cpu_mark())
+        forks = redis_forks(s) - forks
         if backfill is not None:
             r = _redis(s)
             try:
@@ -502,5 +512,8 @@ def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0) -
         "latencies_ms": [round(x, 1) for x in lat],
         "breakdown": stage_breakdown(timings),
         "cpu_by_process": cpu,
+        # Redis forks (append-only-file rewrites) while the events were in flight: each is a burst of CPU on a
+        # machine Redis shares
+        "redis_forks": forks,
         **backfill_out,
     }

@@ -30,7 +30,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         (
             "(d) latency at ~50% of (b)",
             f"p50 {lat['p50_ms']:.0f} / p95 {lat['p95_ms']:.0f} / p99 {lat['p99_ms']:.0f} ms",
-            f"{lat['target_rate']:.0f} events/s, {lat['events']} events",
+            f"{lat['target_rate']:.0f} events/s, {lat['events']} events, {lat.get('redis_forks', 0)} Redis fork(s)",
         ),
     ]
     if "budget" in results:
@@ -49,7 +49,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             (
                 "(d') same, backfill running",
                 f"p50 {lb['p50_ms']:.0f} / p95 {lb['p95_ms']:.0f} / p99 {lb['p99_ms']:.0f} ms",
-                f"backfill of {lb.get('backlog', 0)} at priority 2 alongside",
+                f"backfill of {lb.get('backlog', 0)} at priority 2 alongside, {lb.get('redis_forks', 0)} Redis fork(s)",
             )
         )
     if "protection" in results:
