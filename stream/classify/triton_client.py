@@ -8,6 +8,7 @@ Either way its results name the live model."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -80,6 +81,8 @@ class TritonClassifier:
         # (the background copy); "" = model_name
         self.serve_from = serve_from if serve_from != model_name else ""
         self._targets: dict[str, tuple[str, float]] = {}  # version -> (the model that serves it, when checked)
+        # concurrent requests ask Triton once, and warn once, per version; made with the client (one event loop)
+        self._choosing: asyncio.Lock | None = None
         self.priority = priority
         self.timeout_s = timeout_s
         self.max_backoff_s = max_backoff_s
@@ -92,6 +95,7 @@ class TritonClassifier:
 
         if self._client is None:
             self._client = grpcclient.InferenceServerClient(self.url)
+            self._choosing = asyncio.Lock()
         return self._client
 
     async def taxonomy(self, version: str = "") -> dict[str, Any]:
@@ -174,23 +178,28 @@ class TritonClassifier:
         known = self._targets.get(version)
         if known is not None and (known[0] == self.serve_from or time.monotonic() - known[1] < RECHECK_S):
             return known[0]
-        try:
-            ready = bool(await client.is_model_ready(self.serve_from, version))
-        except InferenceServerException as exc:
-            if str(exc.status()) in RETRYABLE_CODES or "failed to connect" in str(exc).lower():
-                raise
-            ready = False  # a model Triton does not know
-        target = self.serve_from if ready else self.model_name
-        if not ready and known is None:
-            log.warning(
-                "Triton does not serve %s version %s: requests go to %s instead (priority %d)",
-                self.serve_from,
-                version or "(latest)",
-                self.model_name,
-                self.priority,
-            )
-        self._targets[version] = (target, time.monotonic())
-        return target
+        assert self._choosing is not None, "made with the client"
+        async with self._choosing:
+            fresh = self._targets.get(version)
+            if fresh is not None and fresh is not known:
+                return fresh[0]  # another request checked while this one waited
+            try:
+                ready = bool(await client.is_model_ready(self.serve_from, version))
+            except InferenceServerException as exc:
+                if str(exc.status()) in RETRYABLE_CODES or "failed to connect" in str(exc).lower():
+                    raise
+                ready = False  # a model Triton does not know
+            target = self.serve_from if ready else self.model_name
+            if not ready and known is None:
+                log.warning(
+                    "Triton does not serve %s version %s: requests go to %s instead (priority %d)",
+                    self.serve_from,
+                    version or "(latest)",
+                    self.model_name,
+                    self.priority,
+                )
+            self._targets[version] = (target, time.monotonic())
+            return target
 
     async def classify(self, titles: Sequence[str], descriptions: Sequence[str], brands: Sequence[str]) -> BatchResult:
         """Classify one micro-batch; retries while Triton is unavailable (back-pressure)."""
