@@ -192,9 +192,8 @@ class TritonClassifier:
             target = self.serve_from if ready else self.model_name
             if not ready and known is None:
                 log.warning(
-                    "Triton does not serve %s version %s: requests go to %s instead (priority %d; each of its "
-                    "batches then holds a live instance: a smaller LISTINGS_BACKFILL_MAX_BATCH, e.g. 16, shortens "
-                    "live's waits)",
+                    "Triton does not serve %s version %s: requests go to %s instead (priority %d; each of these "
+                    "batches then holds an instance live batches wait for)",
                     self.serve_from,
                     version or "(latest)",
                     self.model_name,
