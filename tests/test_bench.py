@@ -58,6 +58,12 @@ def test_bench_quick(stack, local, tmp_path, capsys) -> None:
     limit = results["budget"]["max_wait_ms"] + 2 * stages["triton_compute"]["p99"] + 100
     assert results["budget"]["limit_ms"] == pytest.approx(limit, abs=0.1)
     assert results["protection"]["ratio"] > 0 and "share_of_free_capacity" in results["protection"]
+    # --quick runs one (d)/(d') round; its full figures are the ones above, and the round is listed
+    (only,) = f["d_rounds"]
+    assert only["median_round"] and only["d"]["p99_ms"] == f["d_latency"]["p99_ms"]
+    assert only["d2"]["p99_ms"] == lb["p99_ms"] and "latencies_ms" not in only["d"]
+    assert results["protection"]["ratios"] == [only["ratio"]] and results["protection"]["rounds"] == 1
+    assert results["budget"]["rounds_met"] == int(results["budget"]["met"])
     # (b)'s CPU while it processed (start-up left out) prices the backfill share the VM's idle CPU in (d) allows
     busy = f["b_pipeline"]["processing_cpu"]
     assert 0 < busy["busy_share"] <= 1 and busy["span_s"] > 0  # (a quick span can be shorter than a CPU tick

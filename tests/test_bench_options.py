@@ -1,4 +1,5 @@
-"""`listings bench` options and the CPU roles it counts (pure logic; the bench itself runs in test_bench.py)."""
+"""`listings bench` options, its verdicts and the CPU roles it counts (pure logic; the bench itself runs in
+test_bench.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,17 @@ import argparse
 
 import pytest
 
-from devtools.bench.cli import DEFAULT_EVENTS, QUICK, RUN_EVENTS_FACTOR, add_arguments, options_from
+from devtools.bench.cli import (
+    DEFAULT_EVENTS,
+    LATENCY_ROUNDS,
+    QUICK,
+    RUN_EVENTS_FACTOR,
+    add_arguments,
+    median_round,
+    one_round,
+    options_from,
+    protection,
+)
 
 
 def options(*argv: str):
@@ -28,7 +39,17 @@ def test_quick_keeps_throughput_runs_as_small_as_a() -> None:
     assert o.events == o.run_events == QUICK["events"]
 
 
-@pytest.mark.parametrize("argv", [("--run-events", "-1"), ("--workers", "0"), ("--workers", "a,b")])
+def test_latency_rounds_default_to_three_and_one_when_quick() -> None:
+    assert options().latency_rounds == LATENCY_ROUNDS == 3
+    assert options("--quick").latency_rounds == QUICK["latency_rounds"] == 1
+    assert options("--latency-rounds", "5").latency_rounds == 5
+    assert "--latency-rounds 5" in options("--latency-rounds", "5").command
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [("--run-events", "-1"), ("--workers", "0"), ("--workers", "a,b"), ("--latency-rounds", "0")],
+)
 def test_bad_options_are_refused(argv: tuple[str, ...]) -> None:
     with pytest.raises(ValueError):
         options(*argv)
@@ -52,3 +73,36 @@ def test_cpu_roles_by_command_line(cmdline: list[str], role: str) -> None:
     from devtools.stats import _role
 
     assert _role(12345, cmdline, own=1) == role
+
+
+def latency(p99: float, compute_p99: float = 50.0, backfill_rate: float | None = None) -> dict:
+    run = {"p99_ms": p99, "breakdown": {"stages_ms": {"triton_compute": {"p99": compute_p99}}}}
+    if backfill_rate is not None:
+        run["backfill_rate_during_live"] = backfill_rate
+    return run
+
+
+def test_protection_is_judged_by_the_median_of_back_to_back_rounds() -> None:
+    # three (d)/(d') pairs: the live-only p99 itself moves from round to round; each ratio is of one pair
+    pairs = [(160.0, 304.0, 90.0), (200.0, 220.0, 310.0), (140.0, 175.0, 200.0)]
+    rounds = [one_round(latency(a), latency(b, backfill_rate=bf), max_wait_ms=50) for a, b, bf in pairs]
+    assert [r["ratio"] for r in rounds] == [1.9, 1.1, 1.25]
+    assert [r["budget_met"] for r in rounds] == [True, True, True]  # p99 <= 50 + 2 x 50 + 100
+    assert median_round(rounds) == 2
+    figures = {"b_pipeline": {"events_per_s": 1200.0}, "d_latency": {}}
+    pr = protection(figures, rounds, live_rate=600.0)
+    assert pr["ratio"] == 1.25 and pr["ratio_met"] and pr["rounds_within_ratio"] == 2 and pr["rounds"] == 3
+    assert pr["ratios"] == [1.9, 1.1, 1.25]
+    # the share: the median backfill rate (200/s) over the capacity live leaves free (1,200 - 600)
+    assert pr["backfill_per_s_during_live"] == 200.0 and pr["share_of_free_capacity"] == 0.33 and not pr["share_met"]
+    assert pr["live_p99_alone_ms"] == 160.0 and pr["live_p99_with_backfill_ms"] == 220.0
+
+
+def test_one_bad_round_of_three_does_not_decide_the_ratio_but_two_do() -> None:
+    figures = {"b_pipeline": {"events_per_s": 1000.0}, "d_latency": {}}
+    one = [one_round(latency(100.0), latency(p, backfill_rate=300.0), 50) for p in (250.0, 120.0, 110.0)]
+    two = [one_round(latency(100.0), latency(p, backfill_rate=300.0), 50) for p in (250.0, 140.0, 110.0)]
+    assert protection(figures, one, 500.0)["ratio_met"] and protection(figures, one, 500.0)["share_met"]
+    assert not protection(figures, two, 500.0)["ratio_met"]
+    over = one_round(latency(300.0), latency(300.0, backfill_rate=0.0), 50)
+    assert not over["budget_met"] and over["ratio"] == 1.0
