@@ -389,7 +389,7 @@ def measure(stack: StackSettings, s: Settings, options: BenchOptions) -> dict[st
     rounds: list[dict[str, Any]] = []
     for r in range(options.latency_rounds):
         alone = bm.latency_run(env, rate, live_n)
-        save(f"d{r}")
+        save(f"d_{r}")
         shared = bm.latency_run(env, rate, live_n, backlog)
         save(f"d2_{r}")
         pairs.append((alone, shared))
