@@ -156,10 +156,9 @@ def timeline(ax: Any, results: dict[str, Any]) -> None:
     pr = results.get("protection")
     if pr:
         n = pr.get("rounds", 1)
-        rounds = " / ".join(f"x{r:.2f}" for r in pr.get("ratios", []))
         ax.set_title(
-            (f"the median of {n} (d)/(d') rounds ({rounds}); medians:\n" if n > 1 else "")
-            + f"(d') live p99 x{pr['ratio']:.2f} of alone (goal <= 1.3); backfill "
+            ("(d') the median round; medians of " + f"{n} rounds: " if n > 1 else "(d') ")
+            + f"live p99 x{pr['ratio']:.2f} of alone (goal <= 1.3)\nbackfill "
             f"{pr['backfill_per_s_during_live']:.0f}/s = {pr['share_of_free_capacity']} of free (goal >= 0.5"
             + (f"; idle CPU allows {pr['share_ceiling']})" if "share_ceiling" in pr else ")"),
             fontsize=10,
@@ -191,6 +190,40 @@ def isolation_panel(ax: Any, iso: dict[str, Any]) -> None:
     ax.grid(axis="y", alpha=0.3)
 
 
+def rounds_panel(ax: Any, results: dict[str, Any]) -> None:
+    """(d)/(d') round by round: live p99 without and with the backfill, the ratio and the backfill's rate."""
+    rounds = results["figures"].get("d_rounds") or []
+    if not rounds:
+        ax.axis("off")
+        return
+    xs = range(len(rounds))
+    alone = [r["live_p99_alone_ms"] for r in rounds]
+    shared = [r["live_p99_with_backfill_ms"] for r in rounds]
+    ax.bar([x - 0.2 for x in xs], alone, width=0.4, color="#dd8452", label="live only (d)")
+    ax.bar([x + 0.2 for x in xs], shared, width=0.4, color="#937860", label="backfill running (d')")
+    for x, r in zip(xs, rounds, strict=True):
+        ax.annotate(
+            f"x{r['ratio']:.2f}\n{r['backfill_per_s_during_live']:.0f}/s",
+            (x + 0.2, r["live_p99_with_backfill_ms"]),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            fontweight="bold" if r.get("median_round") else "normal",
+        )
+    names = [f"round {r['round'] + 1}" + (" (median)" if r.get("median_round") else "") for r in rounds]
+    ax.set_xticks(list(xs), names)
+    ax.set_ylabel("live p99 end to end, ms")
+    ax.set_ylim(0, max(alone + shared) * 1.25)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    pr = results.get("protection", {})
+    ax.set_title(
+        f"(d)/(d') rounds, back to back: median x{pr.get('ratio', 0):.2f} (goal <= 1.3),\n"
+        f"{pr.get('rounds_within_ratio', '?')} of {len(rounds)} within; labels: ratio, backfill events/s",
+        fontsize=10,
+    )
+
+
 def plot(results: dict[str, Any], path: Path) -> Path:
     import matplotlib
 
@@ -201,7 +234,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     fig, axes = plt.subplots(2, 4, figsize=(24, 10))
     (ax1, ax4, ax5, ax7), (ax2, ax3, ax6, ax8) = axes
     isolation_panel(ax7, f.get("d_isolation") or {})
-    ax8.axis("off")
+    rounds_panel(ax8, results)
 
     engines = f.get("a_engines", {})
     labels = [f"(a) {e}" for e in engines] + ["(b) pipeline\n1 worker", "(c) naive\n1 req/event"]
