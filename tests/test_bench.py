@@ -64,6 +64,7 @@ def test_bench_quick(stack, local, tmp_path, capsys) -> None:
     assert only["d2"]["p99_ms"] == lb["p99_ms"] and "latencies_ms" not in only["d"]
     assert results["protection"]["ratios"] == [only["ratio"]] and results["protection"]["rounds"] == 1
     assert results["budget"]["rounds_met"] == int(results["budget"]["met"])
+    assert f["d_warmup"]["p99_ms"] > 0 and f["d_warmup"]["events"] == f["d_latency"]["events"]  # not judged
     # (b)'s CPU while it processed (start-up left out) prices the backfill share the VM's idle CPU in (d) allows
     busy = f["b_pipeline"]["processing_cpu"]
     assert 0 < busy["busy_share"] <= 1 and busy["span_s"] > 0  # (a quick span can be shorter than a CPU tick
