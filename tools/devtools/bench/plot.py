@@ -157,7 +157,7 @@ def timeline(ax: Any, results: dict[str, Any]) -> None:
     if pr:
         n = pr.get("rounds", 1)
         ax.set_title(
-            ("(d') the median round; medians of " + f"{n} rounds: " if n > 1 else "(d') ")
+            (f"(d') the median round; medians of {n} rounds: " if n > 1 else "(d') ")
             + f"live p99 x{pr['ratio']:.2f} of alone (goal <= 1.3)\nbackfill "
             f"{pr['backfill_per_s_during_live']:.0f}/s = {pr['share_of_free_capacity']} of free (goal >= 0.5"
             + (f"; idle CPU allows {pr['share_ceiling']})" if "share_ceiling" in pr else ")"),
