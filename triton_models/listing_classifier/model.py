@@ -60,6 +60,24 @@ def _lower_cpu_priority(nice: int) -> None:
             pass  # a thread that ended meanwhile; or a niceness below the current one, which needs privileges
 
 
+def onnx_providers() -> list[str]:
+    """ONNX Runtime's execution providers in this environment (none without ONNX Runtime)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return []
+    return list(onnxruntime.get_available_providers())
+
+
+def instance_engine(engine: str, gpu: bool, providers: list[str]) -> str:
+    """The engine parameter an instance uses. `auto` on a GPU instance: fp32 ONNX on CUDA when ONNX Runtime has
+    its CUDA provider (onnxruntime-gpu), else torch in fp16: a CPU-only ONNX Runtime would score a KIND_GPU
+    instance's batches on the CPU. On a CPU instance `auto` stays (the version's default engine)."""
+    if gpu and engine == "auto":
+        return "onnx" if "CUDAExecutionProvider" in providers else "torch"
+    return engine
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         here = Path(__file__).resolve().parent
@@ -72,9 +90,8 @@ class TritonPythonModel:
         gpu = args.get("model_instance_kind") == "GPU"
         device = f"cuda:{args.get('model_instance_device_id', '0')}" if gpu else "cpu"
         threads = 0 if gpu else int(params.get("cpu_threads", "2") or 2)
-        engine = params.get("engine", "auto") or "auto"
-        if gpu and engine == "auto":
-            engine = "onnx"  # int8 dynamic quantization is a CPU speed-up; on a GPU fp32 ONNX runs on CUDA
+        # int8 dynamic quantization is a CPU speed-up: a GPU instance runs fp32 ONNX on CUDA, or torch in fp16
+        engine = instance_engine(params.get("engine", "auto") or "auto", gpu, onnx_providers() if gpu else [])
         raw_nice = params.get("nice", "0") or "0"
         if not raw_nice.isdigit() or not 0 <= int(raw_nice) <= 19:
             raise ValueError(f"config parameter nice must be an integer 0..19, not {raw_nice!r}")
@@ -87,6 +104,12 @@ class TritonPythonModel:
         self.model = classifier.Classifier(here, engine=engine, device=device, threads=threads, cascade=cascade == "on")
         if nice:
             _lower_cpu_priority(nice)  # and any thread that started meanwhile
+        running = getattr(self.model.engine, "providers", None)
+        if gpu and running is not None and "CUDAExecutionProvider" not in running:
+            raise RuntimeError(
+                f"a KIND_GPU instance was asked for engine {engine!r}, but ONNX Runtime runs it on {running}: "
+                "install onnxruntime-gpu (CUDA and cuDNN matching it) or set the parameter engine to torch"
+            )
         margin = self.model.cascade_margin
         pb_utils.Logger.log_info(
             f"listing_classifier: engine {self.model.engine_name} on {device}, "

@@ -1,0 +1,69 @@
+"""The GPU side without a GPU: the engine a KIND_GPU instance picks (pure logic of model.py, loaded with a
+stand-in for Triton's `triton_python_backend_utils`, which exists only inside Triton), and the GPU check's
+helpers (titles, plot). The GPU figures themselves come from `scripts/gpu_check.sh` on a lent GPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from devtools.bench import gpu
+from training.config import SERVING_DIR
+
+
+@pytest.fixture(scope="module")
+def model_py():
+    sys.modules.setdefault("triton_python_backend_utils", gpu.fake_pb_utils())
+    spec = importlib.util.spec_from_file_location("model_py_under_test", SERVING_DIR / "model.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_instance_runs_onnx_on_cuda_only_when_onnxruntime_has_cuda(model_py) -> None:
+    cuda = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert model_py.instance_engine("auto", True, cuda) == "onnx"
+    # a CPU-only ONNX Runtime would score a GPU instance's batches on the CPU: torch fp16 instead
+    assert model_py.instance_engine("auto", True, ["CPUExecutionProvider"]) == "torch"
+    assert model_py.instance_engine("auto", True, []) == "torch"
+
+
+def test_cpu_instance_and_explicit_engines_are_left_as_configured(model_py) -> None:
+    assert model_py.instance_engine("auto", False, []) == "auto"  # the version's default engine
+    for engine in ("torch", "onnx", "onnx-int8"):
+        assert model_py.instance_engine(engine, True, ["CPUExecutionProvider"]) == engine
+        assert model_py.instance_engine(engine, False, []) == engine
+
+
+def test_titles_are_distinct_and_in_file_order(tmp_path: Path) -> None:
+    f = tmp_path / "flipkart.csv"
+    f.write_text("product_name,l3\nA phone,x\n,x\nA phone,x\nA shoe,y\nA bag,z\n", encoding="utf-8")
+    assert gpu.titles_from(f, 2) == ["A phone", "A shoe"]
+    assert gpu.titles_from(f, 10) == ["A phone", "A shoe", "A bag"]
+
+
+def test_plot_draws_the_figures_of_a_results_file(tmp_path: Path) -> None:
+    results = {
+        "when": "2026-12-04T18:00:00Z",
+        "device": {"gpu": "NVIDIA H200", "torch": "2.11"},
+        "encoder": [
+            {"precision": p, "tokens": 40, "rows": r, "rows_per_s": 1000.0 * r}
+            for p in ("fp32", "fp16")
+            for r in (64, 256)
+        ],
+        "serve": [
+            {"engine": "torch", "cascade": False, "request_rows": r, "titles_per_s": 10.0 * r, "providers": None}
+            for r in (64, 256)
+        ]
+        + [{"engine": "onnx", "cascade": False, "error": "no CUDA provider"}],
+    }
+    path = tmp_path / "gpu.json"
+    path.write_text(json.dumps(results))
+    assert gpu.main(["plot", str(path)]) == 0
+    png = path.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
