@@ -192,7 +192,9 @@ def test_gpu_config_is_the_cpu_config_on_gpu() -> None:
     shipped = (REPO / "deploy" / "triton" / "listing_classifier.gpu.pbtxt").read_text()
     assert shipped == export.gpu_config_text(cpu)
     assert "KIND_GPU" in shipped and "KIND_CPU" not in shipped
-    assert "instance_group [ { count: 1, kind: KIND_GPU } ]" in shipped and "two instances" not in shipped
+    # two instances per GPU (the CPU side bounds one: bench/gpu/), and not the CPU layout's comment
+    assert "instance_group [ { count: 2, kind: KIND_GPU } ]" in shipped
+    assert "two instances of one thread each" in cpu and "two instances of one thread each" not in shipped
     # everything but the instance group is the CPU config's: batching, priorities, engine and cascade parameters
     for line in cpu.splitlines():
         if not line.startswith("#") and "instance_group" not in line:

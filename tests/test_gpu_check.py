@@ -67,3 +67,17 @@ def test_plot_draws_the_figures_of_a_results_file(tmp_path: Path) -> None:
     assert gpu.main(["plot", str(path)]) == 0
     png = path.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_serve_measures_torch_default_threads_before_the_instance_setting() -> None:
+    # torch's thread count is per process and cannot return to its default once set
+    n = gpu.instance_threads()
+    assert n == 1  # config.pbtxt's cpu_threads, which a GPU instance now gives its engine too
+    cpu_only = gpu.serve_configs("cuda", ["CPUExecutionProvider"])
+    torch_threads = [t for e, _, t in cpu_only if e == "torch"]
+    assert torch_threads == [0, 0, n, n]
+    # without ONNX Runtime's CUDA provider the ONNX engines are a CPU reference on every core
+    assert {t for e, _, t in cpu_only if e.startswith("onnx")} == {0}
+    with_cuda = gpu.serve_configs("cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert [t for e, _, t in with_cuda if e == "onnx"] == [n, n]
+    assert [t for e, _, t in with_cuda if e == "onnx-int8"] == [0, 0]  # int8 runs on the CPU provider anyway

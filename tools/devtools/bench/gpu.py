@@ -10,8 +10,10 @@ the others:
   next to the baseline of the same run.
 - `serve`: the trained version folder through the served code (`classifier.py`, as a Triton instance runs it)
   per engine on the device, cascade off and on, at request sizes 64 / 256 / 1024; titles per second, call
-  latency, and top-1 agreement with torch fp32 on the same device. Plus which engine `model.py` picks on a
-  KIND_GPU instance (its `initialize()` with Triton's instance arguments; no tritonserver in this check).
+  latency, each call's time in the engine, the tokenizer and the linear part, and top-1 agreement with torch
+  fp32 on the same device. torch runs with its default CPU threads and with the instance's `cpu_threads`.
+  Plus which engine `model.py` picks on a KIND_GPU instance (its `initialize()` with Triton's instance
+  arguments; no tritonserver in this check).
 
 `python -m devtools.bench.gpu plot FILE.json` draws the PNG from the JSON (here, after the run)."""
 
@@ -160,10 +162,30 @@ def gpu_instance_choice(folder: Path) -> dict[str, Any]:
     }
 
 
-def serve_speed(
-    folder: Path, titles: Sequence[str], engines: Sequence[str], device: str = "cuda"
-) -> list[dict[str, Any]]:
-    """Titles through the served code per engine x cascade x request rows on `device`."""
+def instance_threads() -> int:
+    """The CPU threads a Triton instance gives its engine: config.pbtxt's `cpu_threads`."""
+    import re
+
+    m = re.search(r'key: "cpu_threads", value: \{ string_value: "(\d+)"', (SERVING_DIR / "config.pbtxt").read_text())
+    return int(m.group(1)) if m else 1
+
+
+def serve_configs(device: str, providers: Sequence[str]) -> list[tuple[str, bool, int]]:
+    """(engine, cascade, CPU threads) to measure, in this order (torch's thread count is per process and cannot
+    go back to its default): torch with its default threads (0) and then with the instance's; ONNX on CUDA with
+    the instance's threads when ONNX Runtime has CUDA, else ONNX and int8 ONNX on every core (a CPU reference)."""
+    n = instance_threads()
+    out = [(e, c, t) for e, t in (("torch", 0), ("torch", n)) for c in (False, True)]
+    onnx_gpu = device.startswith("cuda") and "CUDAExecutionProvider" in providers
+    out += [("onnx", c, n if onnx_gpu else 0) for c in (False, True)]
+    out += [("onnx-int8", c, 0) for c in (False, True)]
+    return out
+
+
+def serve_speed(folder: Path, titles: Sequence[str], device: str = "cuda") -> list[dict[str, Any]]:
+    """Titles through the served code (`Classifier.score_texts`, as an instance's `execute()` calls it) per
+    engine x cascade x CPU threads x request rows on `device`: titles/s, call latency, and per call the time in
+    the engine (synchronized), the tokenizer and the linear part."""
     import numpy as np
     import torch
 
@@ -171,49 +193,78 @@ def serve_speed(
     import classifier
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    ref_clf = classifier.Classifier(folder, engine="torch", device=device, cascade=False)
-    ref_clf.engine.net.float()  # the reference: torch fp32 on the same device (the engine serves fp16 there)
-    ref_clf.engine.half = False
     texts = list(titles)
-    reference = ref_clf.score_texts(texts).probs.argmax(1)
-    del ref_clf
+    reference = None
     out = []
-    for engine in engines:
-        for cascade in (False, True):
-            try:
-                clf = classifier.Classifier(folder, engine=engine, device=device, cascade=cascade)
-            except Exception as exc:  # noqa: BLE001 - record why an engine cannot run here, measure the rest
-                out.append({"engine": engine, "cascade": cascade, "error": repr(exc)[:300]})
-                continue
-            providers = getattr(clf.engine, "providers", None)
-            pred = clf.score_texts(texts).probs.argmax(1)
-            for rows in REQUEST_ROWS:
-                calls = [texts[i : i + rows] for i in range(0, len(texts), rows)]
-                clf.score_texts(calls[0])
-                sync()
-                lat = []
-                t0 = time.perf_counter()
-                for chunk in calls:
-                    t = time.perf_counter()
-                    clf.score_texts(chunk)
-                    sync()
-                    lat.append(time.perf_counter() - t)
-                seconds = time.perf_counter() - t0
-                rec = {
-                    "engine": engine,
-                    "cascade": cascade,
-                    "providers": providers,
-                    "request_rows": rows,
-                    "titles_per_s": round(len(texts) / seconds, 1),
-                    "call_p50_ms": round(percentile(lat, 50) * 1000, 1),
-                    "call_p99_ms": round(percentile(lat, 99) * 1000, 1),
-                    "top1_agreement_with_torch_fp32": round(float(np.mean(pred == reference)), 4),
-                }
-                if cascade:
-                    rec["cascade_margin"] = clf.cascade_margin
-                out.append(rec)
-                print(f"serve {engine} cascade={cascade} {rows}: {rec['titles_per_s']:,.0f} titles/s", flush=True)
-            del clf
+    for engine, cascade, threads in serve_configs(device, device_info().get("onnxruntime_providers") or []):
+        try:
+            clf = classifier.Classifier(folder, engine=engine, device=device, threads=threads, cascade=cascade)
+        except Exception as exc:  # noqa: BLE001 - record why an engine cannot run here, measure the rest
+            out.append({"engine": engine, "cascade": cascade, "threads": threads, "error": repr(exc)[:300]})
+            continue
+        if reference is None:  # torch fp32 on the same device (the torch engine serves fp16 on a GPU)
+            if getattr(clf.engine, "half", False):
+                clf.engine.net.float()
+                reference = clf.score_texts(texts).probs.argmax(1)
+                clf.engine.net.half()
+            else:
+                reference = clf.score_texts(texts).probs.argmax(1)
+        pred = clf.score_texts(texts).probs.argmax(1)
+        engine_s = [0.0]
+        real = clf.engine
+
+        def timed_engine(ids: Any, mask: Any, real: Any = real, engine_s: list[float] = engine_s) -> Any:
+            sync()
+            t = time.perf_counter()
+            o = real(ids, mask)
+            sync()
+            engine_s[0] += time.perf_counter() - t
+            return o
+
+        clf.engine = timed_engine
+        for rows in REQUEST_ROWS:
+            calls = [texts[i : i + rows] for i in range(0, len(texts), rows)]
+            clf.score_texts(calls[0])
+            engine_s[0] = 0.0
+            lat = []
+            t0 = time.perf_counter()
+            for chunk in calls:
+                t = time.perf_counter()
+                clf.score_texts(chunk)
+                lat.append(time.perf_counter() - t)
+            seconds = time.perf_counter() - t0
+            tok = lin = 0.0
+            for chunk in calls:
+                t = time.perf_counter()
+                clf.tokenizer.encode(chunk)
+                tok += time.perf_counter() - t
+                t = time.perf_counter()
+                if clf.linear is not None:
+                    clf.linear(chunk)
+                lin += time.perf_counter() - t
+            rec = {
+                "engine": engine,
+                "cascade": cascade,
+                "threads": threads or "default",
+                "providers": getattr(real, "providers", None),
+                "request_rows": rows,
+                "titles_per_s": round(len(texts) / seconds, 1),
+                "call_p50_ms": round(percentile(lat, 50) * 1000, 1),
+                "call_p99_ms": round(percentile(lat, 99) * 1000, 1),
+                "engine_ms_per_call": round(engine_s[0] / len(calls) * 1000, 1),
+                "tokenizer_ms_per_call": round(tok / len(calls) * 1000, 1),
+                "linear_ms_per_call": round(lin / len(calls) * 1000, 1),
+                "top1_agreement_with_torch_fp32": round(float(np.mean(pred == reference)), 4),
+            }
+            if cascade:
+                rec["cascade_margin"] = clf.cascade_margin
+            out.append(rec)
+            print(
+                f"serve {engine} cascade={cascade} threads={rec['threads']} {rows}: "
+                f"{rec['titles_per_s']:,.0f} titles/s (engine {rec['engine_ms_per_call']} ms/call)",
+                flush=True,
+            )
+        del clf, real
     return out
 
 
@@ -269,9 +320,7 @@ def run_all(args: argparse.Namespace) -> int:
         titles = titles_from(Path(args.titles), SERVE_TITLES)
         results["gpu_instance"] = guarded(lambda: gpu_instance_choice(folder))
         save(out, results)
-        results["serve"] = guarded(
-            lambda: serve_speed(folder, titles[: args.titles_n], ("torch", "onnx", "onnx-int8"), args.device)
-        )
+        results["serve"] = guarded(lambda: serve_speed(folder, titles[: args.titles_n], args.device))
         save(out, results)
     print(f"wrote {out}")
     return 0
@@ -338,21 +387,20 @@ def plot(path: Path, png: Path) -> int:
         title="encoder + heads forward on the GPU",
     )
     a.legend(fontsize=8)
-    serve = r.get("serve") if isinstance(r.get("serve"), list) else []
-    for engine in ("torch", "onnx", "onnx-int8"):
-        for cascade, style in ((False, "-"), (True, "--")):
-            pts = [s for s in serve if s.get("engine") == engine and s.get("cascade") == cascade and "error" not in s]
-            if pts:
-                where = (
-                    "GPU" if engine == "torch" or "CUDAExecutionProvider" in (pts[0].get("providers") or []) else "CPU"
-                )
-                b.plot(
-                    [s["request_rows"] for s in pts],
-                    [s["titles_per_s"] for s in pts],
-                    style,
-                    marker="o",
-                    label=f"{engine} ({where}){' + cascade' if cascade else ''}",
-                )
+    serve = [x for x in (r.get("serve") if isinstance(r.get("serve"), list) else []) if "error" not in x]
+    combos = list(dict.fromkeys((x["engine"], x["cascade"], x.get("threads", "default")) for x in serve))
+    for engine, cascade, threads in combos:
+        pts = [
+            x for x in serve if (x["engine"], x["cascade"], x.get("threads", "default")) == (engine, cascade, threads)
+        ]
+        on_gpu = engine == "torch" or "CUDAExecutionProvider" in (pts[0].get("providers") or [])
+        b.plot(
+            [x["request_rows"] for x in pts],
+            [x["titles_per_s"] for x in pts],
+            "--" if cascade else "-",
+            marker="o",
+            label=f"{engine} ({'GPU' if on_gpu else 'CPU'}, threads {threads}){' + cascade' if cascade else ''}",
+        )
     b.set(
         xscale="log",
         yscale="log",
