@@ -20,6 +20,11 @@ MIN_PRUNE_AGREEMENT = 0.998
 PRUNE_CUTOFFS = (0.05, 0.03, 0.02, 0.01, 0.005, 0.002, 0.0)
 
 
+# liblinear's coordinate descent visits rows in a random order: a fixed seed makes each fit the same on every run
+# (with the global NumPy state, as before, two runs differed, and fits in parallel threads would race for it)
+SVC_SEED = 0
+
+
 def vectorizer() -> Any:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import FeatureUnion
@@ -84,7 +89,7 @@ def fit(
         model = LinearModel(vec, np.zeros((0, 0), np.float32), np.zeros(0, np.float32))
     else:
         x = vec.transform(cat_texts)
-        cat_coef, cat_bias = _svc_weights(LinearSVC(C=1.0).fit(x, cat_labels), n_classes)
+        cat_coef, cat_bias = _svc_weights(LinearSVC(C=1.0, random_state=SVC_SEED).fit(x, cat_labels), n_classes)
         model = LinearModel(vec, cat_coef, cat_bias)
     if tag_texts and tag_targets is not None and tag_targets.shape[1]:
         xt = vec.transform(tag_texts)
@@ -94,7 +99,7 @@ def fit(
         for j in range(n_tags):
             y = tag_targets[:, j]
             if 0 < y.sum() < len(y):
-                clf = LinearSVC(C=1.0).fit(xt, y)
+                clf = LinearSVC(C=1.0, random_state=SVC_SEED).fit(xt, y)
                 coef[:, j], bias[j] = clf.coef_[0], clf.intercept_[0]
         model.tag_coef, model.tag_bias = coef, bias
     model.seconds = round(time.perf_counter() - t0, 1)

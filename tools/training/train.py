@@ -13,6 +13,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -176,8 +177,11 @@ def train(opts: TrainOptions, out: Path, threads: int = 2, echo: Callable[[str],
         [e.text for e in tag_train] or None,
         y_tag_train if len(tag_train) else None,
     )
-    lin = linear.fit(*rows)
-    reference = linear.fit_reference(*rows)
+    # two independent fits: liblinear releases the GIL, so in two threads they take the longer one's time instead
+    # of the sum (default data, 2 cores: 62 s + 50 s one after the other, 65 s side by side)
+    with ThreadPoolExecutor(2) as pool:
+        lin_job, ref_job = pool.submit(linear.fit, *rows), pool.submit(linear.fit_reference, *rows)
+        lin, reference = lin_job.result(), ref_job.result()
     applies = tags.applicability(c, lin)
 
     # ---------------------------------------------------------------- fine-tuning

@@ -234,7 +234,7 @@ def processing_cpu(first: tuple[int, float, CpuMark], total: int, t_done: float,
         "by_process": shares,
         "busy_share": round(busy, 3),
         "events": events,
-        "span_s": round(span, 2),
+        "span_s": round(span, 3),  # at least 1 ms (a quick run's first poll can see nearly every event written)
         "core_ms_per_event": round(busy * cores * span * 1000 / events, 3) if events > 0 else None,
     }
 
