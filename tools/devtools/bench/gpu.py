@@ -359,6 +359,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_all(args)
 
 
+def finish_panel(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
+
+
 def plot(path: Path, png: Path) -> int:
     import matplotlib
 
@@ -379,14 +384,7 @@ def plot(path: Path, png: Path) -> int:
                     marker="o",
                     label=f"{precision}, {tokens} tokens",
                 )
-    a.set(
-        xscale="log",
-        yscale="log",
-        xlabel="rows per call",
-        ylabel="rows / s",
-        title="encoder + heads forward on the GPU",
-    )
-    a.legend(fontsize=8)
+    finish_panel(a, "rows per call", "rows / s", "encoder + heads forward on the GPU")
     serve = [x for x in (r.get("serve") if isinstance(r.get("serve"), list) else []) if "error" not in x]
     combos = list(dict.fromkeys((x["engine"], x["cascade"], x.get("threads", "default")) for x in serve))
     for engine, cascade, threads in combos:
@@ -401,14 +399,7 @@ def plot(path: Path, png: Path) -> int:
             marker="o",
             label=f"{engine} ({'GPU' if on_gpu else 'CPU'}, threads {threads}){' + cascade' if cascade else ''}",
         )
-    b.set(
-        xscale="log",
-        yscale="log",
-        xlabel="titles per request",
-        ylabel="titles / s",
-        title="served code (classifier.py) per engine",
-    )
-    b.legend(fontsize=8)
+    finish_panel(b, "titles per request", "titles / s", "served code (classifier.py) per engine")
     dev = r.get("device", {})
     fig.suptitle(f"GPU check {r.get('when', '')}: {dev.get('gpu', 'no GPU')}, torch {dev.get('torch')}")
     fig.tight_layout()
