@@ -1,6 +1,7 @@
 """The GPU side without a GPU: the engine a KIND_GPU instance picks (pure logic of model.py, loaded with a
-stand-in for Triton's `triton_python_backend_utils`, which exists only inside Triton), and the GPU check's
-helpers (titles, plot). The GPU figures themselves come from `scripts/gpu_check.sh` on a lent GPU."""
+stand-in for Triton's `triton_python_backend_utils`, which exists only inside Triton), a KIND_GPU instance
+refusing an ONNX session that this machine's real ONNX Runtime runs on the CPU, and the GPU check's helpers.
+The GPU figures themselves come from `scripts/gpu_check.sh` on a lent GPU."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -15,17 +17,22 @@ from devtools.bench import gpu
 from training.config import SERVING_DIR
 
 
-@pytest.fixture(scope="module")
-def model_py():
+def load_model_py(path: Path, name: str) -> ModuleType:
+    """model.py as Triton's python backend loads it, with a stand-in for Triton's utilities module."""
     sys.modules.setdefault("triton_python_backend_utils", gpu.fake_pb_utils())
-    spec = importlib.util.spec_from_file_location("model_py_under_test", SERVING_DIR / "model.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-def test_gpu_instance_runs_onnx_on_cuda_only_when_onnxruntime_has_cuda(model_py) -> None:
+@pytest.fixture(scope="module")
+def model_py() -> ModuleType:
+    return load_model_py(SERVING_DIR / "model.py", "model_py_under_test")
+
+
+def test_gpu_instance_runs_onnx_on_cuda_only_when_onnxruntime_has_cuda(model_py: ModuleType) -> None:
     cuda = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     assert model_py.instance_engine("auto", True, cuda) == "onnx"
     # a CPU-only ONNX Runtime would score a GPU instance's batches on the CPU: torch fp16 instead
@@ -33,7 +40,7 @@ def test_gpu_instance_runs_onnx_on_cuda_only_when_onnxruntime_has_cuda(model_py)
     assert model_py.instance_engine("auto", True, []) == "torch"
 
 
-def test_cpu_instance_and_explicit_engines_are_left_as_configured(model_py) -> None:
+def test_cpu_instance_and_explicit_engines_are_left_as_configured(model_py: ModuleType) -> None:
     assert model_py.instance_engine("auto", False, []) == "auto"  # the version's default engine
     for engine in ("torch", "onnx", "onnx-int8"):
         assert model_py.instance_engine(engine, True, ["CPUExecutionProvider"]) == engine
@@ -81,3 +88,19 @@ def test_serve_measures_torch_default_threads_before_the_instance_setting() -> N
     with_cuda = gpu.serve_configs("cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert [t for e, _, t in with_cuda if e == "onnx"] == [n, n]
     assert [t for e, _, t in with_cuda if e == "onnx-int8"] == [0, 0]  # int8 runs on the CPU provider anyway
+
+
+def test_a_gpu_instance_refuses_onnx_that_onnx_runtime_would_run_on_the_cpu(stack_env: dict[str, str]) -> None:
+    # the real ONNX Runtime of this (GPU-less) machine, asked for its CUDA provider, falls back to the CPU with only
+    # a warning; a KIND_GPU instance must not load that way. The quick model's version folder, as exported.
+    folder = Path(stack_env["LISTINGS_MODEL_REPOSITORY"]) / "listing_classifier" / "1"
+    assert (folder / "model.onnx").exists()
+    model_py = load_model_py(folder / "model.py", "exported_model_py")
+    config = {"parameters": {"engine": {"string_value": "onnx"}, "cpu_threads": {"string_value": "1"}}}
+    args = {"model_config": json.dumps(config), "model_instance_kind": "GPU", "model_instance_device_id": "0"}
+    with pytest.raises(RuntimeError, match="install onnxruntime-gpu"):
+        model_py.TritonPythonModel().initialize(args)
+    # the same folder on a CPU instance loads
+    cpu = model_py.TritonPythonModel()
+    cpu.initialize(args | {"model_instance_kind": "CPU"})
+    assert cpu.model.engine_name == "onnx" and cpu.model.engine.providers == ["CPUExecutionProvider"]
