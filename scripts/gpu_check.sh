@@ -67,7 +67,7 @@ EOF
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/nvidia-smi.txt" 2>&1 || true
     export PYTHONPATH=/tmp/gpu-check/site:$PWD:$PWD/tools PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10
     export LISTINGS_DATA_DIR=/tmp/gpu-check/data LISTINGS_CACHE_DIR=/tmp/gpu-check/cache
-    "$py" -m devtools.bench.gpu run --out "$out/gpu.json" --titles /tmp/gpu-check/data/flipkart_20k.csv \
+    "$py" -m devtools.bench.gpu run --out "$out/gpu.json" --data-dir /tmp/gpu-check/data \
         --work /tmp/gpu-check/work "${@:2}" 2>&1 | tee "$out/gpu-check.log"
     local version
     version=$(ls -d /tmp/gpu-check/work/repo/listing_classifier/[0-9]* 2>/dev/null | tail -1 || true)

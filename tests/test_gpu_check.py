@@ -5,9 +5,7 @@ The GPU figures themselves come from `scripts/gpu_check.sh` on a lent GPU."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -17,19 +15,9 @@ from devtools.bench import gpu
 from training.config import SERVING_DIR
 
 
-def load_model_py(path: Path, name: str) -> ModuleType:
-    """model.py as Triton's python backend loads it, with a stand-in for Triton's utilities module."""
-    sys.modules.setdefault("triton_python_backend_utils", gpu.fake_pb_utils())
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def model_py() -> ModuleType:
-    return load_model_py(SERVING_DIR / "model.py", "model_py_under_test")
+    return gpu.load_model_py(SERVING_DIR / "model.py", "model_py_under_test")
 
 
 def test_gpu_instance_runs_onnx_on_cuda_only_when_onnxruntime_has_cuda(model_py: ModuleType) -> None:
@@ -48,10 +36,10 @@ def test_cpu_instance_and_explicit_engines_are_left_as_configured(model_py: Modu
 
 
 def test_titles_are_distinct_and_in_file_order(tmp_path: Path) -> None:
-    f = tmp_path / "flipkart.csv"
-    f.write_text("product_name,l3\nA phone,x\n,x\nA phone,x\nA shoe,y\nA bag,z\n", encoding="utf-8")
-    assert gpu.titles_from(f, 2) == ["A phone", "A shoe"]
-    assert gpu.titles_from(f, 10) == ["A phone", "A shoe", "A bag"]
+    f = tmp_path / "flipkart_20k.csv"
+    f.write_text("product_name,l3,brand\nA phone,x,\n,x,\nA phone,x,\nA shoe,y,\nA bag,z,\n", encoding="utf-8")
+    assert gpu.titles_from(tmp_path, 2) == ["A phone", "A shoe"]
+    assert gpu.titles_from(tmp_path, 10) == ["A phone", "A shoe", "A bag"]
 
 
 def test_plot_draws_the_figures_of_a_results_file(tmp_path: Path) -> None:
@@ -95,7 +83,7 @@ def test_a_gpu_instance_refuses_onnx_that_onnx_runtime_would_run_on_the_cpu(stac
     # a warning; a KIND_GPU instance must not load that way. The quick model's version folder, as exported.
     folder = Path(stack_env["LISTINGS_MODEL_REPOSITORY"]) / "listing_classifier" / "1"
     assert (folder / "model.onnx").exists()
-    model_py = load_model_py(folder / "model.py", "exported_model_py")
+    model_py = gpu.load_model_py(folder / "model.py", "exported_model_py")
     config = {"parameters": {"engine": {"string_value": "onnx"}, "cpu_threads": {"string_value": "1"}}}
     args = {"model_config": json.dumps(config), "model_instance_kind": "GPU", "model_instance_device_id": "0"}
     with pytest.raises(RuntimeError, match="install onnxruntime-gpu"):

@@ -20,9 +20,10 @@ the others:
 from __future__ import annotations
 
 import argparse
-import csv
+import importlib.util
 import json
 import os
+import re
 import sys
 import time
 import types
@@ -31,9 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from devtools.stats import percentile
+from training.config import SERVING_DIR
 
-REPO = Path(__file__).resolve().parents[3]
-SERVING_DIR = REPO / "triton_models" / "listing_classifier"
 ENCODER_ROWS = (64, 256, 1024)
 ENCODER_TOKENS = (40, 96)  # titles only / with descriptions (training's MAX_LEN)
 REQUEST_ROWS = (64, 256, 1024)
@@ -109,17 +109,14 @@ def encoder_speed(encoder_dir: Path, device: str = "cuda") -> list[dict[str, Any
     return out
 
 
-def titles_from(csv_path: Path, n: int) -> list[str]:
-    """The first `n` distinct titles of the Flipkart file, in file order (as a live topic would bring them)."""
-    seen: dict[str, None] = {}
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            title = (row.get("product_name") or "").strip()
-            if title:
-                seen.setdefault(title, None)
-            if len(seen) >= n:
-                break
-    return list(seen)
+def titles_from(data_dir: Path, n: int) -> list[str]:
+    """The first `n` distinct titles of the example catalogue's category file (Flipkart), in file order (as a live
+    topic would bring them), read as training reads it."""
+    from training import dataset
+    from training.train import default_data
+
+    rows = dataset.read(default_data(data_dir).categories, categories=True)
+    return list(dict.fromkeys(r.title for r in rows))[:n]
 
 
 def fake_pb_utils() -> types.ModuleType:
@@ -132,20 +129,29 @@ def fake_pb_utils() -> types.ModuleType:
     return mod
 
 
-def gpu_instance_choice(folder: Path) -> dict[str, Any]:
-    """What `model.py` serves on a KIND_GPU instance: its `initialize()` with the arguments Triton gives a GPU
-    instance and the parameters of the GPU config (`listings train --gpu-config`)."""
-    import importlib.util
-    import re
-
+def load_model_py(path: Path, name: str) -> types.ModuleType:
+    """`model.py` as Triton's python backend loads it, with `fake_pb_utils()` in place of Triton's module."""
     sys.modules.setdefault("triton_python_backend_utils", fake_pb_utils())
-    logged = sys.modules["triton_python_backend_utils"].logged  # type: ignore[attr-defined]
-    spec = importlib.util.spec_from_file_location("listing_classifier_model_py", folder / "model.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    text = (SERVING_DIR / "config.pbtxt").read_text()
-    params = dict(re.findall(r'key: "(\w+)", value: \{ string_value: "([^"]*)"', text))
+    return mod
+
+
+def config_parameters() -> dict[str, str]:
+    """config.pbtxt's string parameters (engine, cascade, cpu_threads, ...): key -> value."""
+    return dict(
+        re.findall(r'key: "(\w+)", value: \{ string_value: "([^"]*)"', (SERVING_DIR / "config.pbtxt").read_text())
+    )
+
+
+def gpu_instance_choice(folder: Path) -> dict[str, Any]:
+    """What `model.py` serves on a KIND_GPU instance: its `initialize()` with the arguments Triton gives a GPU
+    instance and the parameters of the GPU config (`listings train --gpu-config`)."""
+    mod = load_model_py(folder / "model.py", "listing_classifier_model_py")
+    logged = sys.modules["triton_python_backend_utils"].logged  # type: ignore[attr-defined]
+    params = config_parameters()
     config = {"parameters": {k: {"string_value": v} for k, v in params.items()}}
     model = mod.TritonPythonModel()
     args = {"model_config": json.dumps(config), "model_instance_kind": "GPU", "model_instance_device_id": "0"}
@@ -166,10 +172,7 @@ def gpu_instance_choice(folder: Path) -> dict[str, Any]:
 
 def instance_threads() -> int:
     """The CPU threads a Triton instance gives its engine: config.pbtxt's `cpu_threads`."""
-    import re
-
-    m = re.search(r'key: "cpu_threads", value: \{ string_value: "(\d+)"', (SERVING_DIR / "config.pbtxt").read_text())
-    return int(m.group(1)) if m else 1
+    return int(config_parameters().get("cpu_threads") or 1)
 
 
 def serve_configs(device: str, providers: Sequence[str]) -> list[tuple[str, bool, int]]:
@@ -184,10 +187,12 @@ def serve_configs(device: str, providers: Sequence[str]) -> list[tuple[str, bool
     return out
 
 
-def serve_speed(folder: Path, titles: Sequence[str], device: str = "cuda") -> list[dict[str, Any]]:
+def serve_speed(
+    folder: Path, titles: Sequence[str], device: str = "cuda", providers: Sequence[str] = ()
+) -> list[dict[str, Any]]:
     """Titles through the served code (`Classifier.score_texts`, as an instance's `execute()` calls it) per
     engine x cascade x CPU threads x request rows on `device`: titles/s, call latency, and per call the time in
-    the engine (synchronized), the tokenizer and the linear part."""
+    the engine (synchronized), the tokenizer and the linear part. `providers`: ONNX Runtime's (`device_info()`)."""
     import numpy as np
     import torch
 
@@ -198,19 +203,19 @@ def serve_speed(folder: Path, titles: Sequence[str], device: str = "cuda") -> li
     texts = list(titles)
     reference = None
     out = []
-    for engine, cascade, threads in serve_configs(device, device_info().get("onnxruntime_providers") or []):
+    for engine, cascade, threads in serve_configs(device, providers):
         try:
             clf = classifier.Classifier(folder, engine=engine, device=device, threads=threads, cascade=cascade)
         except Exception as exc:  # noqa: BLE001 - record why an engine cannot run here, measure the rest
             out.append({"engine": engine, "cascade": cascade, "threads": threads, "error": repr(exc)[:300]})
             continue
         if reference is None:  # torch fp32 on the same device (the torch engine serves fp16 on a GPU)
-            if getattr(clf.engine, "half", False):
+            half = getattr(clf.engine, "half", False)
+            if half:
                 clf.engine.net.float()
-                reference = clf.score_texts(texts).probs.argmax(1)
+            reference = clf.score_texts(texts).probs.argmax(1)
+            if half:
                 clf.engine.net.half()
-            else:
-                reference = clf.score_texts(texts).probs.argmax(1)
         pred = clf.score_texts(texts).probs.argmax(1)
         engine_s = [0.0]
         real = clf.engine
@@ -319,11 +324,13 @@ def run_all(args: argparse.Namespace) -> int:
         trained = results["train"].get("folder") if isinstance(results["train"], dict) else None
         folder = Path(trained) if trained else folder
     if "serve" in parts and folder is not None:
-        titles = titles_from(Path(args.titles), args.titles_n)
+        titles = titles_from(Path(args.data_dir), args.titles_n)
         results["serve_titles"] = len(titles)
         results["gpu_instance"] = guarded(lambda: gpu_instance_choice(folder))
         save(out, results)
-        results["serve"] = guarded(lambda: serve_speed(folder, titles, args.device))
+        results["serve"] = guarded(
+            lambda: serve_speed(folder, titles, args.device, results["device"].get("onnxruntime_providers") or [])
+        )
         save(out, results)
     print(f"wrote {out}")
     return 0
@@ -348,7 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--parts", default="encoder,train,serve")
     r.add_argument("--work", default="/tmp/gpu-check", help="where training exports its model version")
     r.add_argument("--version", help="a version folder to serve when training is not among the parts")
-    r.add_argument("--titles", required=True, help="flipkart_20k.csv (the titles the serving part sends)")
+    r.add_argument(
+        "--data-dir", required=True, help="the example catalogue (LISTINGS_DATA_DIR): its titles are what serve sends"
+    )
     r.add_argument("--device", default="cuda", help="cuda (the check) or cpu (a dry run of the script here)")
     r.add_argument("--quick", action="store_true", help="train --quick (a dry run)")
     r.add_argument("--titles-n", type=int, default=SERVE_TITLES, help="titles the serving part sends")
