@@ -131,6 +131,9 @@ class WorkerSettings(_Group):
     state_dir: Path = Field(default_factory=_default_state_dir)
     # /healthz fails when the pipeline holds work but has made no progress for this long
     stall_timeout_s: float = Field(120.0, gt=0)
+    # a stop (SIGTERM/SIGINT) that has not finished after this long exits anyway (Kafka unreachable: Faust's consumer
+    # otherwise waits 60 s for a broker that is gone); below Kubernetes' grace period (deploy/: 45 s)
+    shutdown_timeout_s: float = Field(20.0, gt=0, le=3600)
     # per-batch stage timings as JSON lines (the benchmark's breakdown); off when unset
     timings_file: Path | None = None
     # OpenTelemetry spans per batch: none (default), console, or otlp (OTEL_EXPORTER_OTLP_* say where)

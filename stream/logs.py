@@ -25,6 +25,38 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc, default=str).decode()
 
 
+LIBRARIES = ("aiokafka", "kafka", "faust", "mode")  # the loggers RepeatFilter thins out
+
+
+class RepeatFilter(logging.Filter):
+    """Of the Kafka and Faust libraries' records, at most one per logger and message template every `every_s`
+    seconds; the next one that passes says how many it stood for (`suppressed`). aiokafka logs each failed
+    reconnect and fetch, ~50 lines a second while a broker is down: the outage stays visible (and
+    `listings_retries_total`, `/readyz` say it too) without burying every other line. Our own records pass as
+    they are (one template, many events: "batch done")."""
+
+    def __init__(self, every_s: float = 10.0, libraries: tuple[str, ...] = LIBRARIES) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self.libraries = libraries
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}  # (logger, template) -> (last passed, dropped)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.partition(".")[0] not in self.libraries:
+            return True
+        key = (record.name, str(record.msg))
+        last, dropped = self._seen.get(key, (float("-inf"), 0))
+        if record.created - last < self.every_s:
+            self._seen[key] = (last, dropped + 1)
+            return False
+        if len(self._seen) > 1000:  # templates are few; this only bounds a pathological caller
+            self._seen.clear()
+        self._seen[key] = (record.created, 0)
+        if dropped:
+            record.fields = {**(getattr(record, "fields", None) or {}), "suppressed": dropped}
+        return True
+
+
 def logging_config(level: str = "INFO", quiet: bool = False) -> dict[str, Any]:
     """A dictConfig for the worker (Faust's own loggers included). `quiet`: the Kafka client libraries say
     nothing (one-shot commands report a dependency problem in one line of their own)."""
@@ -33,7 +65,15 @@ def logging_config(level: str = "INFO", quiet: bool = False) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": JsonFormatter}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        "filters": {"repeats": {"()": RepeatFilter}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+                "filters": ["repeats"],
+            }
+        },
         "root": {"handlers": ["stderr"], "level": level},
         "loggers": {
             "aiokafka": {"level": "WARNING"},

@@ -18,6 +18,7 @@ from stream.config import Settings
 log = logging.getLogger("listings.worker")
 EXIT_UNEXPECTED = 70  # EX_SOFTWARE
 EXIT_CONFIG = 78  # EX_CONFIG: credentials refused
+EXIT_STOP_TIMEOUT = 75  # EX_TEMPFAIL: told to stop, and the stop outran LISTINGS_SHUTDOWN_TIMEOUT_S
 PROBE_TIMEOUT_S = 3.0
 
 HELP = "run the streaming worker (Faust) on listings.new"
@@ -245,8 +246,38 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     app = make_app(settings)
     fields = {"group": settings.worker.group_id, "topic": settings.topics.input}
     log.info("worker starting", extra={"fields": fields})
-    worker = faust.Worker(
+    worker = bounded_stop(faust.Worker, settings.worker.shutdown_timeout_s)(
         app, loglevel=args.log_level, logging_config=logs.logging_config(args.log_level), redirect_stdouts=False
     )
     worker.execute_from_commandline()
     return 0
+
+
+def bounded_stop(worker_class: Any, timeout_s: float) -> Any:
+    """`worker_class` (Faust's Worker) whose stop on SIGTERM/SIGINT ends the process after `timeout_s` at the
+    latest. With the broker unreachable, Faust's consumer thread waits 60 s for its fetcher before giving up (and
+    Kubernetes kills the pod at its grace period anyway); nothing is lost by not waiting: events after the last
+    committed offset are delivered again to whichever worker takes the partition, and Redis keeps the newer result."""
+    import threading
+
+    class Worker(worker_class):  # type: ignore[misc, valid-type]
+        _deadline: threading.Timer | None = None
+
+        def _schedule_shutdown(self, signal: Any) -> None:  # mode.Worker's handler of both signals
+            if self._deadline is None:
+                self._deadline = threading.Timer(timeout_s, _stop_now, args=(timeout_s,))
+                self._deadline.daemon = True
+                self._deadline.start()
+            super()._schedule_shutdown(signal)
+
+    return Worker
+
+
+def _stop_now(timeout_s: float) -> None:
+    log.warning(
+        f"the stop took longer than {timeout_s:g}s (LISTINGS_SHUTDOWN_TIMEOUT_S), likely Kafka unreachable for the "
+        "final commit: exiting now; events after the last committed offset will be delivered again"
+    )
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(EXIT_STOP_TIMEOUT)

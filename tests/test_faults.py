@@ -5,6 +5,7 @@ one (more events, 30 s outages)."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 import uuid
@@ -175,6 +176,37 @@ def test_dependency_restarted(local, stack, tmp_path, long_run, part: str) -> No
         control.up(local, [part])
 
     _run_with_fault(stack, tmp_path, f"f-{part}", n, fault)
+
+
+def test_worker_stop_is_bounded_while_kafka_is_down(local, stack, tmp_path) -> None:
+    """SIGTERM with the broker gone: Faust's consumer would wait 60 s for its fetcher (then Kubernetes kills the
+    pod); the worker exits after LISTINGS_SHUTDOWN_TIMEOUT_S with status 75 and says why, and aiokafka's
+    reconnect errors (~50 lines a second) are thinned to one line per message every 10 s."""
+    from devtools.stack import control
+    from stream.worker import EXIT_STOP_TIMEOUT
+
+    s = isolated(stack, "f-stop")
+    w = WorkerProcess(s, tmp_path, name="f-stop", LISTINGS_SHUTDOWN_TIMEOUT_S="5").start()
+    try:
+        wait_group_stable(s, workers=[w])
+        produce_raw(s, [listing("stop-1", TITLES[0])])
+        wait_for(lambda: redis_items(s, ["stop-1"]), 120, "the worker's first result", w.log_tail)
+        control.down(local, ["kafka"])
+        try:
+            time.sleep(3)
+            assert w.proc is not None
+            started = time.monotonic()
+            w.proc.send_signal(signal.SIGTERM)
+            status = w.proc.wait(90)
+            took = time.monotonic() - started
+        finally:
+            control.up(local, ["kafka"])
+        log = w.log_path.read_text()
+        assert status == EXIT_STOP_TIMEOUT and 5 <= took < 15, (status, took, w.log_tail())
+        assert "LISTINGS_SHUTDOWN_TIMEOUT_S" in log
+        assert log.count("Unable connect to node") <= 2, w.log_tail()
+    finally:
+        w.kill()
 
 
 def test_backfill_during_live_traffic(stack, tmp_path, long_run) -> None:

@@ -236,3 +236,27 @@ def test_worker_consumer_fetch_wait_is_bounded() -> None:
 
     assert asyncio.run(build(100)) == 100
     assert asyncio.run(build(40)) == 40  # a second app in the same process takes its own setting
+
+
+def test_kafka_library_log_repeats_are_thinned_and_counted() -> None:
+    """aiokafka logs every failed reconnect (~50 lines a second while a broker is down): one record per logger and
+    message template passes every 10 s, and the next one says how many it stood for; our own loggers pass as
+    they are."""
+    import logging
+
+    from stream.logs import RepeatFilter
+
+    f = RepeatFilter(every_s=10.0)
+
+    def record(name: str, msg: str, at: float, *args: object) -> logging.LogRecord:
+        r = logging.LogRecord(name, logging.ERROR, __file__, 1, msg, args, None)
+        r.created = at
+        return r
+
+    template = "Unable connect to node with id %s: %s"
+    passed = [f.filter(record("aiokafka", template, 100 + k * 0.02, 1, "refused")) for k in range(250)]
+    assert passed[0] and not any(passed[1:])  # 5 s of retries: one line
+    assert f.filter(record("aiokafka.consumer.fetcher", "Failed fetch messages from %s: %s", 101, 1, "x"))
+    later = record("aiokafka", template, 110.5, 1, "refused")
+    assert f.filter(later) and later.fields == {"suppressed": 249}  # type: ignore[attr-defined]
+    assert all(f.filter(record("listings.worker", "batch done", 120 + k * 0.01)) for k in range(5))
