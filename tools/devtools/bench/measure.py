@@ -220,11 +220,21 @@ def write_rate(rows: Sequence[dict[str, str]]) -> dict[str, Any]:
     }
 
 
-def processing_cpu(first: tuple[int, float, CpuMark], total: int, t_done: float, done: CpuMark) -> dict[str, Any]:
+MIN_CPU_SPAN_S = 0.25  # /proc/stat counts in 10 ms ticks: a shorter window reads as (nearly) idle
+
+
+def processing_cpu(
+    first: tuple[int, float, CpuMark], total: int, t_done: float, done: CpuMark, start: tuple[float, CpuMark]
+) -> dict[str, Any]:
     """The CPU of a saturation run while it processed (from the first poll that saw a Redis write to the last
     event): each role's share of all cores, and the core-milliseconds the whole machine spent per event then (what
-    an event costs at full batches; the worker's start-up is left out)."""
+    an event costs at full batches; the worker's start-up is left out). When that span is shorter than
+    MIN_CPU_SPAN_S (a quick run's first poll can see nearly every event written) the CPU clock cannot time it: the
+    whole run from `start` is measured instead, start-up included, and `window` says so."""
     seen, t_first, mark = first
+    window = "processing"
+    if t_done - t_first < MIN_CPU_SPAN_S:
+        seen, (t_first, mark), window = 0, start, "whole run"
     shares = cpu_by_process(mark, done) or {}
     busy = busy_share(shares)
     events = total - seen
@@ -234,7 +244,8 @@ def processing_cpu(first: tuple[int, float, CpuMark], total: int, t_done: float,
         "by_process": shares,
         "busy_share": round(busy, 3),
         "events": events,
-        "span_s": round(span, 3),  # at least 1 ms (a quick run's first poll can see nearly every event written)
+        "span_s": round(span, 3),
+        "window": window,
         "core_ms_per_event": round(busy * cores * span * 1000 / events, 3) if events > 0 else None,
     }
 
@@ -316,7 +327,7 @@ def saturation_run(
         t_done = wait_in_redis(s, ids, procs, env.timeout_s, f"{name} ({workers}w)", env.progress, on_poll)
         done_mark = cpu_mark()
         cpu = cpu_by_process(mark, done_mark)
-        busy = processing_cpu(first[0], len(ids), t_done, done_mark) if first else None
+        busy = processing_cpu(first[0], len(ids), t_done, done_mark, (t_start, mark)) if first else None
     finally:
         _stop(procs)
     rows = stored(s, ids)
