@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from stream.events import TITLE_MAX_CHARS, InvalidEvent, Listing, decode_dlq_key, decode_dlq_payload, dlq_record
@@ -374,11 +374,24 @@ def mutated(name: str) -> st.SearchStrategy[Any]:
     st.dictionaries(st.text(max_size=10), json_values, max_size=3),
     st.none() | st.text(max_size=10).map(str.encode),
 )
+@example(fields={"item_id": "0", "title": "0"}, extra={"": -(2**63) - 1}, key=None)  # CI, 2026-12-04
 def test_fuzz_mutated_fields(fields: dict[str, Any], extra: dict[str, Any], key: bytes | None) -> None:
     obj = {**extra, **fields}
     listing = check_outcome(enc(obj), key)
     if listing is not None:
-        assert listing.raw == obj
+        assert listing.raw == as_read(obj)  # the whole object, unknown fields included
+
+
+def as_read(v: Any) -> Any:
+    """`v` as orjson reads it back: an integer beyond 64 bits becomes a float (found by this fuzz test in CI,
+    2026-12-04, in an unknown field, which the worker ignores; a known field with one is `wrong_type`)."""
+    if isinstance(v, dict):
+        return {k: as_read(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [as_read(x) for x in v]
+    if isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**64:
+        return float(v)
+    return v
 
 
 @fuzz
