@@ -238,7 +238,7 @@ def processing_cpu(
     shares = cpu_by_process(mark, done) or {}
     busy = busy_share(shares)
     events = total - seen
-    span = max(1e-3, t_done - t_first)
+    span = t_done - t_first  # at least MIN_CPU_SPAN_S, or the whole run's
     cores = os.cpu_count() or 1
     return {
         "by_process": shares,
