@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import urllib.request
@@ -176,6 +177,40 @@ def test_reads_csv_jsonl_and_parquet_with_any_depth_and_given_split(tmp_path: Pa
         dataset.Source(tmp_path / "x.csv", dataset.Columns("name", "cat", "/", tags="labels")), categories=True
     )
     assert row.tags == ("gender:men", "colour:navy-blue") and row.tag_groups == {"gender", "colour"}
+
+
+def test_category_levels_from_one_column_each(tmp_path: Path) -> None:
+    """A GS1-style file (segment, family, class columns): the path is the levels in order, up to the first
+    blank one; a row whose top level is blank is a blank category path, named by its columns."""
+    from stream.cli import build_parser
+    from training.cli import data_spec
+
+    (tmp_path / "gs1.csv").write_text(
+        "title,segment,family,class\n"
+        "Steel bottle,Kitchen,Drinkware,Bottles\n"
+        "Mug,Kitchen,Drinkware,\n"
+        "Odd,Kitchen,,Bottles\n"
+        "Blank,,,\n"
+    )
+    args = build_parser().parse_args(
+        ["train", "--data", str(tmp_path / "gs1.csv")]
+        + [a for c in ("segment", "family", "class") for a in ("--category-column", c)]
+    )
+    source = data_spec(args, tmp_path).categories
+    assert source.columns.category_levels == ("segment", "family", "class") and source.columns.category is None
+    with pytest.raises(dataset.DataError) as exc:
+        dataset.read(source, categories=True)
+    assert "gs1.csv, row 5, column 'segment, family, class'" in str(exc.value) and "blank" in str(exc.value)
+    skip = dataset.Source(source.path, dataclasses.replace(source.columns, skip_blank_category=True))
+    rows = dataset.read(skip, categories=True)
+    assert [r.path for r in rows] == [("Kitchen", "Drinkware", "Bottles"), ("Kitchen", "Drinkware"), ("Kitchen",)]
+    one = build_parser().parse_args(["train", "--data", "x.csv", "--category-column", "path"])
+    assert data_spec(one, tmp_path).categories.columns.category == "path"
+    default = build_parser().parse_args(["train", "--data", "x.csv"])
+    assert data_spec(default, tmp_path).categories.columns.category == "category"
+    missing = dataset.Source(source.path, dataset.Columns("title", None, category_levels=("segment", "brick")))
+    with pytest.raises(dataset.DataError, match="no column 'brick'"):
+        dataset.read(missing, categories=True)
 
 
 def test_train_cli_reports_a_bad_file_in_one_line(tmp_path: Path, capsys) -> None:

@@ -22,7 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data (default: the example catalogue in LISTINGS_DATA_DIR)")
     data.add_argument("--data", type=Path, help="labelled listings: CSV, JSONL or Parquet")
     data.add_argument("--title-column", default="title")
-    data.add_argument("--category-column", default="category", help="the category path (any depth)")
+    data.add_argument(
+        "--category-column",
+        action="append",
+        metavar="COLUMN",
+        help="the category path (any depth; default 'category'); repeat it for one column per level, top first, "
+        "e.g. --category-column segment --category-column family --category-column class",
+    )
     data.add_argument("--category-separator", default=">", help="between path levels (default '>')")
     data.add_argument("--description-column", help="optional description text (used when present)")
     data.add_argument("--brand-column", help="optional brand")
@@ -89,9 +95,11 @@ def data_spec(args: argparse.Namespace, data_dir: Path) -> DataSpec:
         return DataSpec(default.categories, default.tags, extra)
     groups = _groups(args.tag_group)
     tags_here = args.tags_data is None
+    category = args.category_column or ["category"]
     cols = dataset.Columns(
         title=args.title_column,
-        category=args.category_column,
+        category=category[0] if len(category) == 1 else None,
+        category_levels=tuple(category) if len(category) > 1 else (),
         separator=args.category_separator,
         description=args.description_column,
         brand=args.brand_column,

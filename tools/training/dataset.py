@@ -1,9 +1,10 @@
 """Labelled rows from the user's files: CSV, JSONL or Parquet, with the columns named by options.
 
 A `Source` is one file and the columns to read from it. A categories source gives each row a title and a
-category path (any depth, split on a separator); optional columns give a description, a brand, tags (a list
-column, or one column per tag group) and the split. A tags source (a second file) gives titles and tags only.
-Every problem is a `DataError` naming the file, the row and the column — never a traceback.
+category path (any depth: one column split on a separator, or one column per level); optional columns give a
+description, a brand, tags (a list column, or one column per tag group) and the split. A tags source (a second
+file) gives titles and tags only. Every problem is a `DataError` naming the file, the row and the column — never
+a traceback.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class Columns:
     title: str = "title"
     category: str | None = "category"
     separator: str = ">"
+    # one column per level instead (e.g. segment, family, class): the path is their values in order, up to the
+    # first blank one; when set, `category` is not read
+    category_levels: tuple[str, ...] = ()
     description: str | None = None
     brand: str | None = None
     tags: str | None = None  # a list column: a JSON/Parquet list, or text split on `tags_separator`
@@ -131,6 +135,15 @@ def tag_name(tag: str) -> str:
     return f"{slug(group)}:{slug(value)}"
 
 
+def _category_path(rec: dict[str, Any], cols: Columns) -> tuple[str, ...]:
+    if cols.category_levels:
+        levels = [_text(rec.get(c)) for c in cols.category_levels]
+        return tuple(levels[: levels.index("")] if "" in levels else levels)
+    raw = rec.get(cols.category or "")
+    parts = raw if isinstance(raw, list | tuple) else _text(raw).split(cols.separator)
+    return tuple(p for p in (_text(x) for x in parts) if p)
+
+
 def read(source: Source, *, categories: bool) -> list[Row]:
     """Every usable row of a source. Raises DataError for a missing column, an empty file, a blank category
     path (unless the columns say to skip those) or a split value other than train/dev/test. Rows with a blank
@@ -139,9 +152,13 @@ def read(source: Source, *, categories: bool) -> list[Row]:
     path = source.path
     needed = [cols.title]
     if categories:
-        if not cols.category:
+        if cols.category_levels:
+            needed += list(cols.category_levels)
+        elif cols.category:
+            needed.append(cols.category)
+        else:
             raise DataError(f"{path}: a category column is required")
-        needed.append(cols.category)
+    category_name = ", ".join(cols.category_levels) if cols.category_levels else cols.category
     optional = [c for c in (cols.description, cols.brand, cols.tags, cols.split) if c]
     optional += [c for _, c in cols.tag_groups]
     rows: list[Row] = []
@@ -160,15 +177,13 @@ def read(source: Source, *, categories: bool) -> list[Row]:
             continue
         row = Row(where, title)
         if categories:
-            raw = rec.get(cols.category)
-            parts = raw if isinstance(raw, list | tuple) else _text(raw).split(cols.separator)
-            row.path = tuple(p for p in (_text(x) for x in parts) if p)
+            row.path = _category_path(rec, cols)
             if not row.path:
                 if cols.skip_blank_category:
                     skipped += 1
                     continue
                 raise DataError(
-                    f"{where}, column {cols.category!r}: the category path is blank "
+                    f"{where}, column {category_name!r}: the category path is blank "
                     "(--skip-blank-categories drops such rows)"
                 )
         if cols.description:
