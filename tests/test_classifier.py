@@ -150,6 +150,30 @@ def test_bad_training_files_get_one_clear_error(tmp_path: Path) -> None:
         dataset.read(dataset.Source(tmp_path / "nope.csv", cols), categories=True)
 
 
+def test_a_given_split_is_kept_and_its_missing_dev_and_test_are_taken_from_train() -> None:
+    """A file's split column is the user's: a title it puts in train and test stays in both (counted); a split
+    with only train/test rows (a common benchmark layout) gets its dev from its train rows — before, the second
+    was a traceback in fine-tuning and the first a refusal."""
+    rows = [dataset.Row("f", f"mug {i}", path=("Kitchen", "Mugs"), split="train") for i in range(200)]
+    rows += [dataset.Row("f", f"mug {i}", path=("Kitchen", "Mugs"), split="test") for i in range(20)]
+    rows += [dataset.Row("f", f"cup {i}", path=("Kitchen", "Cups"), split="test") for i in range(30)]
+    c = corpus.build(rows, None, [], lambda r: r.title, seed=1)
+    n = {s: len(v) for s, v in c.categories.items()}
+    assert n["test"] == 50  # as given: the 20 mugs also in train stay
+    assert c.stats["category_source"]["titles_in_several_splits"] == 20
+    assert 0 < n["dev"] < 40 and n["train"] + n["dev"] == 200  # dev: the hashed share of the given train rows
+    assert {e.key for e in c.categories["dev"]}.isdisjoint(e.key for e in c.categories["train"])
+    assert all(corpus.split_of(e.key, 1) == "dev" for e in c.categories["dev"])
+    assert c.stats["taken_from_given_train"] == {"dev": n["dev"]}
+    # the same file without a split column: one example per title, hashed splits, nothing taken or counted
+    plain = corpus.build([dataclasses.replace(r, split=None) for r in rows], None, [], lambda r: r.title, seed=1)
+    assert sum(len(v) for v in plain.categories.values()) == 230
+    assert "taken_from_given_train" not in plain.stats
+    assert "titles_in_several_splits" not in plain.stats["category_source"]
+    with pytest.raises(dataset.DataError, match=r"^f: the split column gives no train rows"):
+        corpus.build([dataclasses.replace(r, split="test") for r in rows], None, [], lambda r: r.title, seed=1)
+
+
 def test_reads_csv_jsonl_and_parquet_with_any_depth_and_given_split(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -2,9 +2,11 @@
 tag vocabulary.
 
 * Every title is normalised (lower case, single spaces) into a key; rows sharing a key become one example with
-  the majority label (first seen wins a tie), so no title is in two splits.
-* Split: the file's split column when there is one (used as given); otherwise a seeded hash of the key
-  (`--seed`): test 15%, dev 10%, train 75% — the same title lands in the same split in every file.
+  the majority label (first seen wins a tie), so no title is in two splits — unless the file's own split
+  column puts it in two: that split is the user's and is kept (the report counts such titles).
+* Split: the file's split column when there is one (used as given; a split it leaves empty, dev or test, is
+  taken from its train rows by the hash below); otherwise a seeded hash of the key (`--seed`): test 15%, dev
+  10%, train 75% — the same title lands in the same split in every file.
   Train fits the model, dev selects the epoch and tunes fusion, calibration and tag thresholds, test is only
   scored (the report's figures).
 * Extra rows (`--extra-data`, e.g. the review feedback export) join by the same rules and are counted.
@@ -47,6 +49,7 @@ class Example:
     tag_groups: frozenset[str] = field(default_factory=frozenset)  # groups labelled on this example
     extra: bool = False
     given_split: str | None = None  # from the file's split column
+    where: str = ""  # the file (for messages)
 
 
 @dataclass
@@ -71,29 +74,46 @@ class Corpus:
 
 
 def dedupe(rows: Iterable[Row], compose: Callable[[Row], str], extra: bool = False) -> tuple[list[Example], dict]:
-    """One example per title key, with the majority path and tag set; split values must agree per key."""
-    groups: dict[str, list[Row]] = defaultdict(list)
+    """One example per title key, with the majority path and tag set. When the file gives splits, one per title
+    key *and split*: the user's split is used as given, even where it puts the same title in two splits (counted
+    in `titles_in_several_splits`)."""
+    groups: dict[tuple[str, str], list[Row]] = defaultdict(list)
     n = 0
     for r in rows:
-        groups[title_key(r.title)].append(r)
+        groups[(r.split or "", title_key(r.title))].append(r)
         n += 1
     out = []
-    for key, rs in groups.items():
+    for (given, key), rs in groups.items():
         path = Counter(r.path for r in rs).most_common(1)[0][0]
         with_path = [r for r in rs if r.path == path]
         tags = Counter(r.tags for r in with_path).most_common(1)[0][0]  # the majority tags *of that path's rows*
         first = next(r for r in with_path if r.tags == tags)
-        splits = {r.split for r in rs if r.split}
-        if len(splits) > 1:
-            raise DataError(f"{first.where}: the same title is in several splits ({', '.join(sorted(splits))})")
-        out.append(Example(key, compose(first), path, tags, first.tag_groups, extra, next(iter(splits), None)))
-    return out, {"rows": n, "titles": len(out), "duplicates_merged": n - len(out)}
+        source = first.where.rsplit(", row ", 1)[0]
+        out.append(Example(key, compose(first), path, tags, first.tag_groups, extra, given or None, source))
+    stats: dict = {"rows": n, "titles": len(out), "duplicates_merged": n - len(out)}
+    if any(given for given, _ in groups):
+        per_key = Counter(key for _, key in groups)
+        stats["titles_in_several_splits"] = sum(1 for c in per_key.values() if c > 1)
+    return out, stats
 
 
 def assign(examples: Sequence[Example], seed: int) -> dict[str, list[Example]]:
+    """Examples by split: the given split, else the seeded hash. When the file gives splits but no dev (or no
+    test) rows, that split is taken from the given train rows by the same hash (its usual share of them)."""
     out: dict[str, list[Example]] = {s: [] for s, _ in SPLIT_FRACTIONS}
     for e in examples:
         out[e.given_split or split_of(e.key, seed)].append(e)
+    if any(e.given_split for e in examples):
+        if not out["train"]:
+            where = next(e.where for e in examples if e.where)
+            raise DataError(f"{where}: the split column gives no train rows (a model needs some)")
+        missing = [s for s in ("dev", "test") if not out[s]]
+        if missing:
+            keep = []
+            for e in out["train"]:
+                hashed = split_of(e.key, seed)
+                (out[hashed] if hashed in missing else keep).append(e)
+            out["train"] = keep
     return out
 
 
@@ -143,4 +163,7 @@ def build(
         "tags": len(names),
         "test_rows_with_unseen_leaf": unseen,
     }
+    carved = {s: sum(1 for e in v if e.given_split == "train") for s, v in categories.items() if s != "train"}
+    if any(carved.values()):
+        stats["taken_from_given_train"] = {s: n for s, n in carved.items() if n}
     return Corpus(taxonomy, categories, tags_by_split, names, groups, same_file, stats)
