@@ -165,6 +165,11 @@ def test_a_given_split_is_kept_and_its_missing_dev_and_test_are_taken_from_train
     assert {e.key for e in c.categories["dev"]}.isdisjoint(e.key for e in c.categories["train"])
     assert all(corpus.split_of(e.key, 1) == "dev" for e in c.categories["dev"])
     assert c.stats["taken_from_given_train"] == {"dev": n["dev"]}
+    # reviewed rows (`--extra-data`, no split) hashed into dev do not stand in for the file's missing dev split
+    extra = [dataset.Row("x", f"jug {i}", path=("Kitchen", "Jugs")) for i in range(40)]
+    with_extra = corpus.build(rows, None, extra, lambda r: r.title, seed=1)
+    assert any(e.extra for e in with_extra.categories["dev"])  # the case: some reviewed rows hashed into dev
+    assert with_extra.stats["taken_from_given_train"] == {"dev": n["dev"]}
     # the same file without a split column: one example per title, hashed splits, nothing taken or counted
     plain = corpus.build([dataclasses.replace(r, split=None) for r in rows], None, [], lambda r: r.title, seed=1)
     assert sum(len(v) for v in plain.categories.values()) == 230

@@ -107,12 +107,13 @@ def assign(examples: Sequence[Example], seed: int) -> dict[str, list[Example]]:
         if not out["train"]:
             where = next(e.where for e in examples if e.where)
             raise DataError(f"{where}: the split column gives no train rows (a model needs some)")
-        missing = [s for s in ("dev", "test") if not out[s]]
+        # by the file's own rows: a few `--extra-data` rows hashed into dev do not make a dev split
+        missing = [s for s in ("dev", "test") if not any(e.given_split == s for e in examples)]
         if missing:
             keep = []
             for e in out["train"]:
                 hashed = split_of(e.key, seed)
-                (out[hashed] if hashed in missing else keep).append(e)
+                (out[hashed] if e.given_split and hashed in missing else keep).append(e)
             out["train"] = keep
     return out
 
