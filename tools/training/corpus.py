@@ -49,7 +49,6 @@ class Example:
     tag_groups: frozenset[str] = field(default_factory=frozenset)  # groups labelled on this example
     extra: bool = False
     given_split: str | None = None  # from the file's split column
-    where: str = ""  # the file (for messages)
 
 
 @dataclass
@@ -88,8 +87,7 @@ def dedupe(rows: Iterable[Row], compose: Callable[[Row], str], extra: bool = Fal
         with_path = [r for r in rs if r.path == path]
         tags = Counter(r.tags for r in with_path).most_common(1)[0][0]  # the majority tags *of that path's rows*
         first = next(r for r in with_path if r.tags == tags)
-        source = first.where.rsplit(", row ", 1)[0]
-        out.append(Example(key, compose(first), path, tags, first.tag_groups, extra, given or None, source))
+        out.append(Example(key, compose(first), path, tags, first.tag_groups, extra, given or None))
     stats: dict = {"rows": n, "titles": len(out), "duplicates_merged": n - len(out)}
     if any(given for given, _ in groups):
         per_key = Counter(key for _, key in groups)
@@ -104,9 +102,6 @@ def assign(examples: Sequence[Example], seed: int) -> dict[str, list[Example]]:
     for e in examples:
         out[e.given_split or split_of(e.key, seed)].append(e)
     if any(e.given_split for e in examples):
-        if not out["train"]:
-            where = next(e.where for e in examples if e.where)
-            raise DataError(f"{where}: the split column gives no train rows (a model needs some)")
         # by the file's own rows: a few `--extra-data` rows hashed into dev do not make a dev split
         missing = [s for s in ("dev", "test") if not any(e.given_split == s for e in examples)]
         if missing:
@@ -132,6 +127,9 @@ def build(
 ) -> Corpus:
     """`tag_rows` None: the tags (if any) come with the category rows."""
     cats, stats = dedupe(category_rows, compose)
+    if any(e.given_split for e in cats) and not any(e.given_split == "train" for e in cats):
+        source = category_rows[0].where.rsplit(", row ", 1)[0]
+        raise DataError(f"{source}: the split column gives no train rows (a model needs some)")
     extra = dedupe(extra_rows, compose, extra=True)[0] if extra_rows else []
     known = {e.key for e in cats}
     extra = [e for e in extra if e.key not in known]  # a reviewed title the data already has keeps the data's label
