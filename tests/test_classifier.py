@@ -128,6 +128,57 @@ def test_tags_apply_where_the_data_has_them() -> None:
     assert applies["tag"] == ["Food"]  # sparse, but only where it occurs
 
 
+def test_linear_tags_learn_only_from_labelled_cells_and_category_rows_are_negatives_of_what_does_not_apply() -> None:
+    """The linear part's tag models read the mask: a masked cell teaches nothing, and a category row outside a
+    group's top levels is a negative of that group only."""
+    from training import linear
+
+    shirts = [f"red cotton shirt {i}" for i in range(30)]
+    mugs = [f"blue ceramic coffee mug {i}" for i in range(30)]
+    texts = shirts + mugs
+    y = np.array([[1, 0]] * 30 + [[0, 1]] * 30, dtype=np.float32)  # tag 0 on shirts, tag 1 on mugs
+    model = linear.fit(texts, [0] * len(texts), 1, texts, tags_only=True)  # the vectorizer only
+    mask = np.ones_like(y)
+    mask[:30, 0] = 0.0  # the shirts' tag-0 cells unlabelled: tag 0 has no positive left to learn from
+    linear.fit_tags(model, texts, y, mask)
+    scores = model.tag_scores(["red cotton shirt", "blue ceramic coffee mug"])
+    assert scores is not None and (scores[:, 0] < -5).all()  # never fitted: the "never" bias
+    linear.fit_tags(model, texts, y)  # no mask: every cell counts
+    scores = model.tag_scores(["red cotton shirt", "blue ceramic coffee mug"])
+    assert scores is not None and scores[0, 0] > 0 > scores[1, 0] and scores[1, 1] > 0 > scores[0, 1]
+
+    rows = [dataset.Row("cats", f"steel toner cartridge {i}", path=("Office", "Toner")) for i in range(60)]
+    rows += [dataset.Row("cats", f"cotton polo shirt {i}", path=("Clothing", "Shirts")) for i in range(60)]
+    tag_rows = [
+        dataset.Row("tags", f"{g} cotton polo shirt {i}", tags=(f"gender:{g}",), tag_groups=frozenset({"gender"}))
+        for i in range(40)
+        for g in ("men", "women")
+    ]
+    c = corpus.build(rows, tag_rows, [], lambda r: r.title, seed=1)
+    index = {t: j for j, t in enumerate(c.tag_names)}
+    texts, targets, cells = tags.linear_rows(c, {"gender": ["Clothing"]}, index)
+    toners = [i for i, t in enumerate(texts) if "toner" in t]
+    assert len(texts) == len(c.tags["train"]) + len(toners)  # the shirts apply: not negatives
+    assert toners and (targets[toners] == 0).all() and (cells[toners] == 1).all()
+
+
+def test_a_group_is_gated_only_where_the_learned_rule_leaks() -> None:
+    tops = ["Clothing"] * 10 + ["Office"] * 200
+    names = ["gender:men", "colour:red", "season:fall"]
+    given = np.zeros((len(tops), 3), dtype=bool)
+    given[10:11, 0] = True  # 1 of 200 office listings gets a gender: 0.5%
+    given[10:16, 1] = True  # 6 of 200 get a colour: 3%
+    given[:10, :] = True  # inside: never counted
+    applies = {"gender": ["Clothing"], "colour": ["Clothing"], "season": ["Clothing"], "tag": None}
+    got = tags.gates(tops, given, names, applies)
+    assert got["gender"] == {"gated": False, "dev_share_tagged_outside": 0.005}
+    assert got["colour"] == {"gated": True, "dev_share_tagged_outside": 0.03}
+    assert got["season"]["gated"] is False  # nothing leaks
+    assert got["tag"]["gated"] is False  # applies everywhere
+    only_inside = tags.gates(tops[:10], given[:10], names, applies)
+    assert only_inside["gender"]["gated"] is True  # nothing outside to measure: cautious
+
+
 def test_bad_training_files_get_one_clear_error(tmp_path: Path) -> None:
     cols = dataset.Columns(title="t", category="c")
 

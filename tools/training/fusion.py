@@ -110,8 +110,12 @@ def category_scores(leaf, levels, ancestors, linear, params: dict) -> np.ndarray
     return s / params["temperature"]
 
 
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+
+
 def _bce(z: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
-    p = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+    p = sigmoid(z)
     loss = -(y * np.log(p + 1e-7) + (1 - y) * np.log(1 - p + 1e-7))
     return float((loss * mask).sum() / max(1.0, mask.sum()))
 
@@ -131,8 +135,7 @@ def tune_tags(trans: np.ndarray, linear: np.ndarray | None, y: np.ndarray, mask:
                 best = (loss, beta, temp)
     assert best is not None
     _, beta, temp = best
-    z = tag_logits(trans, linear, beta, temp)
-    probs = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+    probs = sigmoid(tag_logits(trans, linear, beta, temp))
     return {"beta": beta, "linear_temperature": temp, "thresholds": thresholds(probs, y, mask)}
 
 

@@ -92,18 +92,30 @@ def fit(
         cat_coef, cat_bias = _svc_weights(LinearSVC(C=1.0, random_state=SVC_SEED).fit(x, cat_labels), n_classes)
         model = LinearModel(vec, cat_coef, cat_bias)
     if tag_texts and tag_targets is not None and tag_targets.shape[1]:
-        xt = vec.transform(tag_texts)
-        n_tags = tag_targets.shape[1]
-        coef = np.zeros((xt.shape[1], n_tags), dtype=np.float32)
-        bias = np.full(n_tags, -10.0, dtype=np.float32)
-        for j in range(n_tags):
-            y = tag_targets[:, j]
-            if 0 < y.sum() < len(y):
-                clf = LinearSVC(C=1.0, random_state=SVC_SEED).fit(xt, y)
-                coef[:, j], bias[j] = clf.coef_[0], clf.intercept_[0]
-        model.tag_coef, model.tag_bias = coef, bias
+        fit_tags(model, tag_texts, tag_targets)
     model.seconds = round(time.perf_counter() - t0, 1)
     return model
+
+
+def fit_tags(model: LinearModel, texts: list[str], targets: np.ndarray, mask: np.ndarray | None = None) -> None:
+    """The tag models (one-vs-rest LinearSVCs) on `model`'s vectorizer. `mask` [n, T]: a tag learns only from the
+    rows whose cell is labelled (None: every row, an unlisted tag being a negative) — so category rows can be the
+    negatives of the groups that do not apply to them without being negatives of the others."""
+    from sklearn.svm import LinearSVC
+
+    t0 = time.perf_counter()
+    x = model.transform(texts)
+    n_tags = targets.shape[1]
+    coef = np.zeros((x.shape[1], n_tags), dtype=np.float32)
+    bias = np.full(n_tags, -10.0, dtype=np.float32)
+    for j in range(n_tags):
+        rows = np.flatnonzero(mask[:, j] > 0) if mask is not None else np.arange(len(texts))
+        y = targets[rows, j]
+        if 0 < y.sum() < len(y):
+            clf = LinearSVC(C=1.0, random_state=SVC_SEED).fit(x[rows], y)
+            coef[:, j], bias[j] = clf.coef_[0], clf.intercept_[0]
+    model.tag_coef, model.tag_bias = coef, bias
+    model.seconds = round(model.seconds + time.perf_counter() - t0, 1)
 
 
 @dataclass

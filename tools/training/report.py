@@ -145,6 +145,10 @@ def evaluate(
         tag_part = {
             "test_titles": len(tag_test),
             "applies_to": applies,
+            "gates": {
+                g: {k: v[k] for k in ("gated", "dev_share_tagged_outside") if k in v}
+                for g, v in served.tag_info.get("groups", {}).items()
+            },
             "leakage_model": metrics.tag_leakage(tops, served_on_cats, c.tag_names, applies),
             "leakage_baseline": metrics.tag_leakage(tops, base_on_cats, c.tag_names, applies),
         }
@@ -212,8 +216,12 @@ def format_metrics(result: dict) -> str:
             f"cascade: linear margin {cascade['linear_margin']}: {cascade['test_rows_skipping_the_encoder']} of "
             f"{result['policies']['test_rows']} test titles skip the encoder"
         )
-    for g, v in (result.get("tags") or {}).get("leakage_model", {}).items():
-        lines.append(f"tag group {g}: {v['share_tagged']:.1%} of {v['outside_listings']} listings outside it tagged")
+    tag_part = result.get("tags") or {}
+    for g, v in tag_part.get("leakage_model", {}).items():
+        how = "gated by the predicted category" if tag_part.get("gates", {}).get(g, {}).get("gated") else "learned"
+        lines.append(
+            f"tag group {g}: {v['share_tagged']:.1%} of {v['outside_listings']} listings outside it tagged ({how})"
+        )
     return "\n".join(lines)
 
 

@@ -178,11 +178,15 @@ def train(opts: TrainOptions, out: Path, threads: int = 2, echo: Callable[[str],
         y_tag_train if len(tag_train) else None,
     )
     # two independent fits: liblinear releases the GIL, so in two threads they take the longer one's time instead
-    # of the sum (default data, 2 cores: 62 s + 50 s one after the other, 65 s side by side)
+    # of the sum (default data, 2 cores: 62 s + 50 s one after the other, 65 s side by side). The served part's
+    # tag models come after its category model: their negatives depend on where each group applies.
     with ThreadPoolExecutor(2) as pool:
-        lin_job, ref_job = pool.submit(linear.fit, *rows), pool.submit(linear.fit_reference, *rows)
-        lin, reference = lin_job.result(), ref_job.result()
-    applies = tags.applicability(c, lin)
+        ref_job = pool.submit(linear.fit_reference, *rows)
+        lin = linear.fit(*rows[:4])  # the vectorizer sees the tag titles too: serving featurizes once
+        applies = tags.applicability(c, lin)
+        if len(tag_train):
+            linear.fit_tags(lin, *tags.linear_rows(c, applies, tag_index))
+        reference = ref_job.result()
 
     # ---------------------------------------------------------------- fine-tuning
     from training import finetune
@@ -252,6 +256,13 @@ def train(opts: TrainOptions, out: Path, threads: int = 2, echo: Callable[[str],
         z = finetune.predict_logits(net, tag_dev_ids, tok.pad_id, torch.device("cpu"))[1]
         y_tdev, m_tdev = tags.targets(dev_tag_ex, tag_index, complete=c.same_file_tags)
         tag_params = fusion.tune_tags(z, lin.tag_scores([e.text for e in dev_tag_ex]), y_tdev, m_tdev)
+        # what the learned rule alone gives the dev category rows: where it leaks, the group is gated
+        z_cats = fusion.tag_logits(
+            dev_out[1], lin.tag_scores([e.text for e in dev_cats]), tag_params["beta"], tag_params["linear_temperature"]
+        )
+        given = fusion.sigmoid(z_cats) >= np.asarray(tag_params["thresholds"])
+        tag_params["gates"] = tags.gates([e.path[0] for e in dev_cats], given, c.tag_names, applies)
+        echo(f"tag gates (dev): {tag_params['gates']}")
 
     # ---------------------------------------------------------------- the artifact (with its serving code)
     for name in artifact.SERVING_FILES:

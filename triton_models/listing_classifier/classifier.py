@@ -17,8 +17,9 @@ What a version folder holds and how a batch is scored:
    `sigmoid(β·z + (1-β)·T_tag·linear_tag)`.
 5. **Hierarchy.** Each level's probability is the sum of its leaves' probabilities; `depth` is the deepest level
    whose probability reaches `depth_threshold` (the path the model is confident in).
-6. **Tags only where they apply** (`tags.json`): a group (`gender`, `season`, ...) is given only when the
-   predicted category's top level is one the group applies to; every tag has its own threshold.
+6. **Tags only where they apply** (`tags.json`): the tag models learned where a group (`gender`, `season`, ...)
+   applies; a group training found leaking (`gated`) is given only when the predicted category's top level is one
+   the group applies to; every tag has its own threshold.
 7. **Cascade** (`classifier.json` → `cascade.linear_margin`, chosen at export on the dev split): a row whose
    linear category scores put the best class at least that margin ahead of the second skips the encoder. Its
    category comes from the linear term of the fusion alone (`softmax((1-α)·log softmax(T·linear)/τ)`: the
@@ -336,11 +337,13 @@ class Classifier:
         tops = sorted({p[0] for p in self.paths})
         top_index = {t: i for i, t in enumerate(tops)}
         self.top_of_class = np.array([top_index[p[0]] for p in self.paths])
-        # allowed[t, top] = tag t may be given to a listing whose predicted top level is `top`
+        # allowed[t, top] = tag t may be given to a listing whose predicted top level is `top`: restricted for the
+        # groups training gated (a version without `gated`, older, is gated wherever a group does not apply)
         self.allowed = np.ones((len(tags), len(tops)), dtype=bool)
         for j, name in enumerate(tags):
-            applies = groups.get(name.split(":", 1)[0], {}).get("applies_to")
-            if applies is not None:
+            group = groups.get(name.split(":", 1)[0], {})
+            applies = group.get("applies_to")
+            if applies is not None and group.get("gated", True):
                 self.allowed[j] = [t in set(applies) for t in tops]
         margin = (self.meta.get("cascade") or {}).get("linear_margin")
         self.cascade_margin: float | None = float(margin) if cascade and margin is not None else None
