@@ -161,8 +161,9 @@ def gates(
     return out
 
 
-def tags_json(c: Corpus, applies: dict[str, list[str] | None], params: dict) -> dict:
-    """`params`: the dev-tuned fusion, thresholds and `gates` (see `gates`)."""
+def tags_json(c: Corpus, applies: dict[str, list[str] | None], params: dict, ungated: bool = False) -> dict:
+    """`params`: the dev-tuned fusion, thresholds and `gates` (see `gates`); `ungated`: every group ungated (what
+    the learned rule alone gives, to measure it)."""
     rule = (
         f"same file: top levels where >= {SAME_FILE_SHARE:.0%} of the densest top level's share of titles carry "
         "the group"
@@ -173,7 +174,7 @@ def tags_json(c: Corpus, applies: dict[str, list[str] | None], params: dict) -> 
         f"; learned with the category rows outside a group as its negatives, and gated by the predicted top level "
         f"where that alone tags > {GATE_ABOVE:.0%} of the dev listings outside it"
     )
-    gated = params.get("gates") or {}
+    gated = {g: {"gated": False} for g in c.groups} if ungated else params.get("gates") or {}
     return {
         "tags": c.tag_names,
         "thresholds": params.get("thresholds") or [0.5] * len(c.tag_names),

@@ -256,13 +256,6 @@ def train(opts: TrainOptions, out: Path, threads: int = 2, echo: Callable[[str],
         z = finetune.predict_logits(net, tag_dev_ids, tok.pad_id, torch.device("cpu"))[1]
         y_tdev, m_tdev = tags.targets(dev_tag_ex, tag_index, complete=c.same_file_tags)
         tag_params = fusion.tune_tags(z, lin.tag_scores([e.text for e in dev_tag_ex]), y_tdev, m_tdev)
-        # what the learned rule alone gives the dev category rows: where it leaks, the group is gated
-        z_cats = fusion.tag_logits(
-            dev_out[1], lin.tag_scores([e.text for e in dev_cats]), tag_params["beta"], tag_params["linear_temperature"]
-        )
-        given = fusion.sigmoid(z_cats) >= np.asarray(tag_params["thresholds"])
-        tag_params["gates"] = tags.gates([e.path[0] for e in dev_cats], given, c.tag_names, applies)
-        echo(f"tag gates (dev): {tag_params['gates']}")
 
     # ---------------------------------------------------------------- the artifact (with its serving code)
     for name in artifact.SERVING_FILES:
@@ -305,6 +298,18 @@ def train(opts: TrainOptions, out: Path, threads: int = 2, echo: Callable[[str],
         tag_dev = cascade.TagDev([e.text for e in c.tags["dev"]], y_tdev, m_tdev)
     meta["cascade"] = cascade.choose(out, meta["default_engine"], [e.text for e in dev_cats], y_dev, tag_dev, echo)
     artifact.write_json(out / "classifier.json", meta)
+
+    # ---------------------------------------------------------------- the tag gates (dev)
+    if c.tag_names:
+        # what the learned rule alone gives the dev category rows as served (the cascade's rows get the linear
+        # part's tags): where it leaks, the group is gated
+        artifact.write_json(out / "tags.json", tags.tags_json(c, applies, tag_params, ungated=True))
+        served = serving.classifier().Classifier(out)
+        scored = served.score_texts([e.text for e in dev_cats]).tags
+        given = (scored >= served.tag_thresholds) & (scored > 0)
+        tag_params["gates"] = tags.gates([e.path[0] for e in dev_cats], given, c.tag_names, applies)
+        artifact.write_json(out / "tags.json", tags.tags_json(c, applies, tag_params))
+        echo(f"tag gates (dev): {tag_params['gates']}")
 
     # ---------------------------------------------------------------- the report (test split)
     from training import report
