@@ -66,7 +66,7 @@ def _figures(clf: Any, texts: Sequence[str], y: np.ndarray, tag_dev: TagDev | No
     }
     if tag_dev is not None and len(tag_dev.texts):
         _, tag_probs, _ = _score(clf, tag_dev.texts)
-        given = ((tag_probs >= clf.tag_thresholds) & (tag_probs > 0)).astype(np.int8)
+        given = clf.given_tags(tag_probs).astype(np.int8)
         out["tag_micro_f1"] = metrics.tag_metrics(tag_dev.y, given, tag_dev.mask)["tag_micro_f1"]
     return out
 

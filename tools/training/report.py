@@ -135,12 +135,12 @@ def evaluate(
         tag_test = c.tags["test"]
         y_t, m_t = tags.targets(tag_test, index, complete=c.same_file_tags)
         tag_scores = served.score_texts([e.text for e in tag_test]).tags
-        model_tags = (tag_scores >= served.tag_thresholds).astype(np.int8) & (tag_scores > 0)
+        model_tags = served.given_tags(tag_scores).astype(np.int8)
         model.update(metrics.tag_metrics(y_t, model_tags, m_t))
         base_tags = (reference.tag_scores([e.text for e in tag_test]) > 0).astype(np.int8)
         baseline.update(metrics.tag_metrics(y_t, base_tags, m_t))
         tops = [t[0] for t in true]
-        served_on_cats = (scores.tags >= served.tag_thresholds) & (scores.tags > 0)
+        served_on_cats = served.given_tags(scores.tags)
         base_on_cats = reference.tag_scores(texts) > 0
         tag_part = {
             "test_titles": len(tag_test),

@@ -305,8 +305,7 @@ def train(opts: TrainOptions, out: Path, threads: int = 2, echo: Callable[[str],
         # part's tags): where it leaks, the group is gated
         artifact.write_json(out / "tags.json", tags.tags_json(c, applies, tag_params, ungated=True))
         served = serving.classifier().Classifier(out)
-        scored = served.score_texts([e.text for e in dev_cats]).tags
-        given = (scored >= served.tag_thresholds) & (scored > 0)
+        given = served.given_tags(served.score_texts([e.text for e in dev_cats]).tags)
         tag_params["gates"] = tags.gates([e.path[0] for e in dev_cats], given, c.tag_names, applies)
         artifact.write_json(out / "tags.json", tags.tags_json(c, applies, tag_params))
         echo(f"tag gates (dev): {tag_params['gates']}")

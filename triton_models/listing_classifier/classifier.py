@@ -467,6 +467,11 @@ class Classifier:
             out.append(float(probs[groups == groups[leaf]].sum()))
         return out
 
+    def given_tags(self, tag_probs: np.ndarray) -> np.ndarray:
+        """Which tags a listing is given (bool, the shape of `tag_probs`): at or above their threshold, and not
+        zeroed by a gate."""
+        return (tag_probs >= self.tag_thresholds) & (tag_probs > 0)
+
     def result(self, probs: np.ndarray, tag_probs: np.ndarray, k: int = 5) -> dict:
         """The RESULT JSON object of one row (the worker's output contract)."""
         top = np.argsort(-probs, kind="stable")[:k]
@@ -480,7 +485,7 @@ class Classifier:
         levels = self.level_probs(probs, best)
         threshold = float(self.meta.get("depth_threshold", 0.5))
         depth = max([i + 1 for i, p in enumerate(levels) if p >= threshold], default=0)
-        given = np.flatnonzero((tag_probs >= self.tag_thresholds) & (tag_probs > 0))
+        given = np.flatnonzero(self.given_tags(tag_probs))
         tags = [
             {"tag": self.tag_names[j], "score": round(float(tag_probs[j]), 4)}
             for j in given[np.argsort(-tag_probs[given], kind="stable")]
