@@ -153,7 +153,7 @@ def gates(
         if where is None:
             out[g] = {"gated": False, "dev_share_tagged_outside": None}
             continue
-        m = leak.get(g, {"outside_listings": 0, "share_tagged": 0.0})
+        m = leak[g]  # tag_leakage measures every group that does not apply everywhere
         out[g] = {
             "gated": m["outside_listings"] == 0 or m["share_tagged"] > GATE_ABOVE,
             "dev_share_tagged_outside": m["share_tagged"] if m["outside_listings"] else None,
@@ -183,7 +183,8 @@ def tags_json(c: Corpus, applies: dict[str, list[str] | None], params: dict, ung
         "groups": {
             g: {
                 "applies_to": applies.get(g),
-                # not measured (no dev rows): gated wherever the group does not apply everywhere
+                # not measured yet (the cascade is chosen before the gates): gated wherever the group does not apply
+                # everywhere
                 **gated.get(g, {"gated": applies.get(g) is not None}),
             }
             for g in c.groups
