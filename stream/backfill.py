@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import hashlib
 import os
+import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -77,6 +78,7 @@ class Summary(BatchStats):
     resumed_from_committed: bool = False
     duration_s: float = 0.0
     yielded_s: float = 0.0  # time the governor held the backfill back for live traffic
+    stopped_by: str = ""  # the signal that stopped the run before its planned end ("" = it reached the end)
     # every TIMELINE_S: seconds since start, events done, and the governor's rate / live latency / yielding
     timeline: list[dict[str, Any]] = field(default_factory=list)
 
@@ -85,6 +87,59 @@ class Summary(BatchStats):
         doc = {f.name: getattr(self, f.name) for f in fields(self)}
         doc["statuses"] = dict(self.statuses)
         return orjson.dumps(doc)
+
+
+class Stop:
+    """A graceful stop: the first SIGTERM or SIGINT stops fetching, lets the batches in flight go through their
+    sinks and commits them (a rerun with the same arguments then redoes nothing); a second one cancels the run
+    (the batches in flight are redone by the rerun: at-least-once, as after a kill)."""
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self.signal = ""
+        self._task: asyncio.Task[Any] | None = None
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._task = asyncio.current_task()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def uninstall(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self.requested.is_set() and self._task is not None:
+            self._task.cancel()  # the second signal: stop now
+            return
+        self.signal = sig.name
+        self.requested.set()
+        print(f"backfill: {sig.name}: finishing the batches in flight (again to stop at once)", file=sys.stderr)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + signal.Signals[self.signal].value if self.signal else 0
+
+    async def unless_requested(self, work: Any) -> bool:
+        """Await `work` (a coroutine) unless a stop comes first (then it is cancelled): True if it completed."""
+        if self.requested.is_set():
+            work.close()
+            return False
+        task = asyncio.ensure_future(work)
+        stopped = asyncio.ensure_future(self.requested.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if task.done():
+            task.result()
+            return True
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        return False
 
 
 def default_group(options: BackfillOptions, topic: str) -> str:
@@ -116,7 +171,9 @@ def make_plan(consumer: Any, topic: str, since_ms: int | None, until_ms: int | N
     return Plan(topic, start, {p: max(stop[p], start[p]) for p in stop})
 
 
-async def backfill(settings: Settings, options: BackfillOptions) -> Summary:
+async def backfill(settings: Settings, options: BackfillOptions, stop: Stop | None = None) -> Summary:
+    """Run the replay to the plan's end, or until `stop` is requested (then what is in flight is finished and
+    committed first, and `Summary.stopped_by` names the signal)."""
     from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
     from tqdm import tqdm
 
@@ -228,6 +285,7 @@ async def backfill(settings: Settings, options: BackfillOptions) -> Summary:
             step=settings.backfill.rate_step,
         )
     next_point = started
+    stop = stop or Stop()
 
     def point(now: float) -> None:
         p: dict[str, Any] = {"t": round(now - started, 1), "events": completed}
@@ -237,7 +295,7 @@ async def backfill(settings: Settings, options: BackfillOptions) -> Summary:
         summary.timeline.append(p)
 
     try:
-        while remaining:
+        while remaining and not stop.requested.is_set():
             now = time.monotonic()
             if now >= next_point:
                 point(now)
@@ -247,9 +305,9 @@ async def backfill(settings: Settings, options: BackfillOptions) -> Summary:
             batch: list[InRecord] = []
             offsets: dict[Any, int] = {}
             for tp, msgs in polled.items():
-                stop = plan.end[tp.partition]
+                end = plan.end[tp.partition]
                 for m in msgs:
-                    if m.offset >= stop:
+                    if m.offset >= end:
                         break
                     batch.append(InRecord(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp, polled_ms))
                     offsets[tp] = m.offset + 1
@@ -259,17 +317,21 @@ async def backfill(settings: Settings, options: BackfillOptions) -> Summary:
                     await on_consumer(consumer.pause, tp)
             if not batch:
                 continue
+            # a batch fetched but not admitted before a stop is not processed: its offsets stay uncommitted
             if governor is not None:
-                await governor.admit(len(batch))
+                admitted = await stop.unless_requested(governor.admit(len(batch)))
                 bar.set_postfix_str(governor.status(), refresh=False)
                 summary.yielded_s = governor.paused_s
+                if not admitted:
+                    break
             elif rate > 0:
                 sent += len(batch)
                 ahead = sent / rate - (time.monotonic() - pace_start)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
+                if ahead > 0 and not await stop.unless_requested(asyncio.sleep(ahead)):
+                    break
             await conveyor.submit(batch, offsets)
         await conveyor.drain()
+        summary.stopped_by = stop.signal
         point(time.monotonic())
     finally:
         await conveyor.cancel()
@@ -324,7 +386,21 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if settings.backfill.nice:
         os.nice(settings.backfill.nice)  # the kernel serves a live worker on the same host first
     preflight.one_shot(settings)
-    summary = asyncio.run(backfill(settings, options_from(args)))
+    stop = Stop()
+
+    async def main() -> Summary:
+        loop = asyncio.get_running_loop()
+        stop.install(loop)
+        try:
+            return await backfill(settings, options_from(args), stop)
+        finally:
+            stop.uninstall(loop)
+
+    try:
+        summary = asyncio.run(main())
+    except asyncio.CancelledError:  # a second signal: stopped without finishing what was in flight
+        print("backfill: stopped at once; a rerun with the same arguments redoes what was in flight", file=sys.stderr)
+        return stop.exit_code
     if args.json:
         print(summary.to_json().decode())
     else:
@@ -336,4 +412,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             f"{summary.duration_s:.1f}s",
             file=sys.stdout,
         )
-    return 0
+        if summary.stopped_by:
+            print(f"stopped by {summary.stopped_by} before the end: run the same command to resume", file=sys.stdout)
+    # stopped early: not a success (a Kubernetes Job with restartPolicy OnFailure starts it again, and it resumes)
+    return stop.exit_code

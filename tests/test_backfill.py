@@ -143,6 +143,47 @@ def test_killed_backfill_resumes_and_matches_a_clean_run(stack, tmp_path) -> Non
         assert final[iid]["tags"] == redis_items(clean, [iid])[iid]["tags"]
 
 
+def test_sigterm_finishes_what_is_in_flight_and_the_rerun_redoes_nothing(stack, tmp_path) -> None:
+    from collections import Counter
+
+    s = isolated(stack, "bf-term")
+    n = 240
+    produce_raw(s, _events("term", n))
+    cmd = [sys.executable, "-m", "stream", "backfill", "--from-beginning", "--rate", "30", "--json"]
+    env = {**os.environ, **s.to_env()}
+    proc = subprocess.Popen(
+        cmd,
+        env={**env, "LISTINGS_BACKFILL_MAX_BATCH": "8"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    ids = [f"term-{i}" for i in range(n)]
+    try:
+        wait_for(lambda: len(redis_items(s, ids)) >= 40, 180, "backfill progress")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM, err.decode()[-3000:]
+    assert b"SIGTERM: finishing the batches in flight" in err
+    first = orjson.loads(out.strip().splitlines()[-1])
+    assert first["stopped_by"] == "SIGTERM" and 40 <= first["events"] < n
+    # everything it processed was committed, and nothing past that was processed
+    assert sum(_group_offsets(s, first["group"]).values()) == first["events"]
+    assert len(redis_items(s, ids)) == first["events"]
+
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    second = orjson.loads(again.stdout.strip().splitlines()[-1])
+    assert second["stopped_by"] == "" and second["resumed_from_committed"]
+    assert second["events"] == n - first["events"]  # the rerun redid nothing
+    assert len(redis_items(s, ids)) == n
+    out_ids = Counter(orjson.loads(m.value)["item_id"] for m in read_topic(s, s.topics.classified, expected=n))
+    assert out_ids == Counter(ids), "every listing published exactly once across the stop and the rerun"
+
+
 @pytest.fixture
 def two_model_versions(local, stack):
     """Serve a second version of the classifier (same weights, version number + 1), removed afterwards."""
