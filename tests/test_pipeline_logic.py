@@ -260,3 +260,34 @@ def test_kafka_library_log_repeats_are_thinned_and_counted() -> None:
     later = record("aiokafka", template, 110.5, 1, "refused")
     assert f.filter(later) and later.fields == {"suppressed": 249}  # type: ignore[attr-defined]
     assert all(f.filter(record("listings.worker", "batch done", 120 + k * 0.01)) for k in range(5))
+
+
+def test_backfill_stop_cancels_a_wait_it_interrupts_and_keeps_work_that_finished() -> None:
+    import signal
+
+    from stream.backfill import Stop
+
+    async def scenario() -> tuple[bool, bool, bool, bool]:
+        stop = Stop()
+        finished = await stop.unless_requested(asyncio.sleep(0.01))
+        cancelled = False
+
+        async def long_wait() -> None:
+            nonlocal cancelled
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled = True
+                raise
+
+        asyncio.get_running_loop().call_later(0.05, stop._on_signal, signal.SIGTERM)
+        interrupted = await asyncio.wait_for(stop.unless_requested(long_wait()), 5)
+        after = await stop.unless_requested(asyncio.sleep(0))  # once requested, nothing more starts
+        return finished, interrupted, cancelled, after
+
+    finished, interrupted, cancelled, after = asyncio.run(scenario())
+    assert finished and not interrupted and cancelled and not after
+    stop = Stop()
+    assert stop.exit_code == 0
+    stop.signal = "SIGINT"
+    assert stop.exit_code == 130
