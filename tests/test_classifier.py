@@ -405,6 +405,70 @@ def test_triton_matches_the_training_code_on_real_titles(local, prepared: corpus
 
 
 @pytest.mark.stack
+def test_a_catalogue_with_descriptions_is_served_with_them(local) -> None:
+    """Trained (quick) on a catalogue with a description column and served by the real Triton next to the default
+    version: the worker's client sends DESCRIPTION, it reaches the model, and Triton's answer is the training
+    code's answer on the same title, brand and description. (The example data has no description column: Myntra's
+    `articleType` stands in for one, as a second text the model learns from.)"""
+    import asyncio
+    import csv
+    import shutil
+
+    from devtools.stack import triton
+    from stream.classify.triton_client import TritonClassifier
+
+    settings = TrainingSettings()
+    myntra = settings.data_dir / "myntra_styles_44k.csv"
+    cols = dataset.Columns(
+        title="productDisplayName", category="category_path", separator=">", description="articleType"
+    )
+    opts = train.options(train.DataSpec(dataset.Source(myntra, cols)), quick=True)
+    artifact = train.train_or_reuse(settings, opts, echo=lambda _: None)  # from the model cache after the first run
+    meta = json.loads((artifact / "classifier.json").read_text())
+    assert meta["description_chars"] > 0 and meta["max_len"] == train.MAX_LEN["description"]
+
+    with myntra.open(newline="") as f:
+        rows = [r for i, r in enumerate(csv.DictReader(f)) if i % 500 == 7 and r["productDisplayName"]][:48]
+    titles = [r["productDisplayName"] for r in rows]
+    descriptions = [r["articleType"] for r in rows]
+    brands = [""] * len(rows)
+    wrong = descriptions[1:] + descriptions[:1]  # each row gets another row's description
+
+    version = export.export(artifact, local.model_repository)
+    folder = local.model_repository / MODEL_NAME / str(version)
+    try:
+        triton.load_model(local, MODEL_NAME, with_background=True)
+        client = TritonClassifier(local.triton_grpc, MODEL_NAME, model_version=str(version))
+
+        async def ask() -> tuple:
+            try:
+                return tuple(
+                    [await client.classify(titles, d, brands) for d in (descriptions, [""] * len(rows), wrong)]
+                )
+            finally:
+                await client.close()
+
+        served, without, swapped = asyncio.run(ask())
+    finally:
+        shutil.rmtree(folder)
+        triton.load_model(local, MODEL_NAME, with_background=True)
+    assert served.model_version == str(version)
+    ours = serving.classifier().Classifier(artifact)
+    want = ours.score(titles, brands, descriptions)
+    ids = [c["id"] for c in ours.labels["categories"]]
+    assert [r.category["id"] for r in served.results] == [ids[i] for i in want.probs.argmax(1)]
+    np.testing.assert_allclose([r.confidence for r in served.results], want.probs.max(1), atol=1e-4)
+    # the description reached the model: without it, or with another row's, the answers change
+    moved = [a.confidence != b.confidence for a, b in zip(served.results, without.results, strict=True)]
+    assert np.mean(moved) > 0.5
+    changed = [a.category["id"] != b.category["id"] for a, b in zip(served.results, swapped.results, strict=True)]
+    assert np.mean(changed) > 0.3
+    truth = [r["category_path"].split(">")[-1].strip() for r in rows]
+    hits = np.mean([r.category["path"][-1] == t for r, t in zip(served.results, truth, strict=True)])
+    assert hits > 0.8, hits
+
+
+@pytest.mark.stack
 def test_every_engine_agrees_with_torch_through_triton(local, prepared: corpus.Corpus) -> None:
     """The ONNX engines, served by the real Triton, give the PyTorch fp32 answer on real titles."""
     import tritonclient.grpc as grpcclient
