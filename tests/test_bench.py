@@ -66,6 +66,12 @@ def test_bench_quick(stack, local, tmp_path, capsys) -> None:
     assert results["protection"]["ratios"] == [only["ratio"]] and results["protection"]["rounds"] == 1
     assert results["budget"]["rounds_met"] == int(results["budget"]["met"])
     assert f["d_warmup"]["p99_ms"] > 0 and f["d_warmup"]["events"] == f["d_latency"]["events"]  # not judged
+    # every latency run opens with a ramp at the same rate, measured apart; the figures above are after it
+    for run in (f["d_latency"], lb):
+        assert run["ramp_s"] == results["config"]["ramp_seconds"] > 0
+        assert run["ramp_events"] == round(run["target_rate"] * run["ramp_s"]) and run["ramp_p99_ms"] > 0
+        assert len(run["latencies_ms"]) == run["events"]
+    assert only["ramp_p99_alone_ms"] == f["d_latency"]["ramp_p99_ms"]
     # (b)'s CPU while it processed (start-up left out) prices the backfill share the VM's idle CPU in (d) allows
     busy = f["b_pipeline"]["processing_cpu"]
     # (a quick run's processing can be shorter than the CPU clock can time: then the whole run is its window)

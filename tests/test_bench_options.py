@@ -11,6 +11,7 @@ from devtools.bench.cli import (
     DEFAULT_EVENTS,
     LATENCY_ROUNDS,
     QUICK,
+    RAMP_SECONDS,
     RUN_EVENTS_FACTOR,
     add_arguments,
     median_round,
@@ -46,9 +47,24 @@ def test_latency_rounds_default_to_three_and_one_when_quick() -> None:
     assert "--latency-rounds 5" in options("--latency-rounds", "5").command
 
 
+def test_latency_runs_open_with_a_ramp_longer_than_the_governors_first_probe() -> None:
+    from stream.governor import PROBE_S
+
+    assert options().ramp_seconds == RAMP_SECONDS > PROBE_S
+    assert options("--quick").ramp_seconds == QUICK["ramp_seconds"]
+    assert options("--ramp-seconds", "0").ramp_seconds == 0
+    assert "--ramp-seconds 2.5" in options("--ramp-seconds", "2.5").command
+
+
 @pytest.mark.parametrize(
     "argv",
-    [("--run-events", "-1"), ("--workers", "0"), ("--workers", "a,b"), ("--latency-rounds", "0")],
+    [
+        ("--run-events", "-1"),
+        ("--workers", "0"),
+        ("--workers", "a,b"),
+        ("--latency-rounds", "0"),
+        ("--ramp-seconds", "-1"),
+    ],
 )
 def test_bad_options_are_refused(argv: tuple[str, ...]) -> None:
     with pytest.raises(ValueError):

@@ -48,7 +48,17 @@ RUN_EVENTS_FACTOR = 3
 LATENCY_ROUNDS = 3
 MAX_RATIO = 1.3  # live p99 with a backfill running, at most this times live alone (issue 12)
 MIN_SHARE = 0.5  # ... while the backfill takes at least this share of the capacity live leaves free
-QUICK = {"events": 200, "naive_events": 24, "latency_seconds": 4.0, "sweep_seconds": 0.5, "latency_rounds": 1}
+# every latency run opens with this many seconds at its rate, measured apart (see measure.latency_run): longer than
+# the governor's first pause to measure live alone (governor.PROBE_S, 4 s), so (d') is judged in its steady state
+RAMP_SECONDS = 5.0
+QUICK = {
+    "events": 200,
+    "naive_events": 24,
+    "latency_seconds": 4.0,
+    "sweep_seconds": 0.5,
+    "latency_rounds": 1,
+    "ramp_seconds": 1.0,
+}
 NOTES = [
     "CPU only, no GPU: Triton runs the model on KIND_CPU instances (cpu_threads from config.pbtxt).",
     "The 2-core machine is shared with other work (training, tests) while the bench runs, and Kafka, Redis, "
@@ -109,6 +119,9 @@ def one_round(alone: dict[str, Any], shared: dict[str, Any], max_wait_ms: int) -
         "ratio": round(ratio, 2),
         "backfill_per_s_during_live": shared.get("backfill_rate_during_live", 0.0),
         "budget_met": budget(alone, max_wait_ms)["met"],
+        # the ramp before the measured part (the transient of traffic starting from nothing), not judged
+        "ramp_p99_alone_ms": alone.get("ramp_p99_ms"),
+        "ramp_p99_with_backfill_ms": shared.get("ramp_p99_ms"),
     }
 
 
@@ -201,6 +214,7 @@ class BenchOptions:
     run_events: int = RUN_EVENTS_FACTOR * DEFAULT_EVENTS  # events per throughput run, (b) and each (e)
     naive_events: int = 200
     latency_seconds: float = 40.0
+    ramp_seconds: float = RAMP_SECONDS
     latency_rounds: int = LATENCY_ROUNDS
     workers: tuple[int, ...] = (1, 2, 4)
     out: Path = REPO / "bench"
@@ -213,7 +227,8 @@ class BenchOptions:
     def command(self) -> str:
         workers = ",".join(map(str, self.workers))
         parts = ["listings", "bench", "--events", str(self.events), "--run-events", str(self.run_events)]
-        parts += ["--latency-rounds", str(self.latency_rounds), "--out", str(self.out), "--workers", workers]
+        parts += ["--latency-rounds", str(self.latency_rounds), "--ramp-seconds", f"{self.ramp_seconds:g}"]
+        parts += ["--out", str(self.out), "--workers", workers]
         return " ".join([*parts, *(["--quick"] if self.quick else []), *(["--keep-data"] if self.keep_data else [])])
 
 
@@ -234,6 +249,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--naive-events", type=int, default=None, help="events for the naive baseline (c)")
     parser.add_argument(
         "--latency-seconds", type=float, default=None, help="length of the fixed-rate latency run (d) (default 40)"
+    )
+    parser.add_argument(
+        "--ramp-seconds",
+        type=float,
+        default=None,
+        help=f"seconds at the live rate before each latency run's measured part, measured apart (default "
+        f"{RAMP_SECONDS:g}; {QUICK['ramp_seconds']:g} with --quick; 0: none)",
     )
     parser.add_argument(
         "--latency-rounds",
@@ -266,12 +288,18 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         rounds = QUICK["latency_rounds"] if args.quick else LATENCY_ROUNDS
     if events < 1 or run_events < 1 or rounds < 1 or not counts or min(counts) < 1:
         raise ValueError("--events, --run-events, --latency-rounds and worker counts must be >= 1")
+    ramp = args.ramp_seconds
+    if ramp is None:
+        ramp = QUICK["ramp_seconds"] if args.quick else RAMP_SECONDS
+    if ramp < 0:
+        raise ValueError("--ramp-seconds must be >= 0")
     return BenchOptions(
         events=events,
         run_events=run_events,
         naive_events=args.naive_events or (QUICK["naive_events"] if args.quick else min(events, 200)),
         latency_seconds=args.latency_seconds or (QUICK["latency_seconds"] if args.quick else 40.0),
         latency_rounds=rounds,
+        ramp_seconds=ramp,
         workers=counts,
         out=args.out,
         progress=not args.no_progress,
@@ -342,6 +370,7 @@ def measure(stack: StackSettings, s: Settings, options: BenchOptions) -> dict[st
             "run_events": options.run_events,
             "naive_events": naive_n,
             "latency_seconds": lat_s,
+            "ramp_seconds": options.ramp_seconds,
             "latency_rounds": options.latency_rounds,
             "workers": counts,
             # where (d')'s backfill sends: the background copy (auto) or the live model (live)
@@ -391,19 +420,20 @@ def measure(stack: StackSettings, s: Settings, options: BenchOptions) -> dict[st
     # (d') runs the same live load while a governed backfill (Triton priority 2) replays a backlog the size of what
     # the pipeline does at full speed during the live phase; (d) and (d') alternate, so a slow spell of the VM
     # lands on both
-    backlog = max(20, int(figures["b_pipeline"]["events_per_s"] * lat_s))
+    backlog = max(20, int(figures["b_pipeline"]["events_per_s"] * (lat_s + options.ramp_seconds)))
     # one live-only run first, not judged: the first latency run after (b)/(c) is a warm-up of the live path (on
     # 12-04, three runs in a row at 485/s: p99 229 / 155 / 130 ms with Kafka at 15 / 7 / 5% of the cores; round 1's
     # (d) of the two bench runs before this warm-up: 214 and 187 ms against 134-152 in rounds 2-3)
-    warm = bm.latency_run(env, rate, live_n)
+    ramp = options.ramp_seconds
+    warm = bm.latency_run(env, rate, live_n, ramp_s=ramp)
     figures["d_warmup"] = {k: warm[k] for k in ("events", "p50_ms", "p99_ms", "cpu_by_process")}
     save("d_warmup")
     pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
     rounds: list[dict[str, Any]] = []
     for r in range(options.latency_rounds):
-        alone = bm.latency_run(env, rate, live_n)
+        alone = bm.latency_run(env, rate, live_n, ramp_s=ramp)
         save(f"d_{r}")
-        shared = bm.latency_run(env, rate, live_n, backlog)
+        shared = bm.latency_run(env, rate, live_n, backlog, ramp_s=ramp)
         save(f"d2_{r}")
         pairs.append((alone, shared))
         rounds.append({"round": r, **one_round(alone, shared, s.worker.max_wait_ms)})

@@ -12,6 +12,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -425,10 +426,11 @@ class BackfillProcess:
         return self.out
 
 
-def stage_breakdown(path: Path) -> dict[str, Any]:
-    """Per-stage p50/p99 (ms) of the batches the worker recorded (LISTINGS_TIMINGS_FILE); per-event stages use
-    each batch's slowest event."""
+def stage_breakdown(path: Path, since_ms: float = 0.0) -> dict[str, Any]:
+    """Per-stage p50/p99 (ms) of the batches the worker recorded (LISTINGS_TIMINGS_FILE) and dispatched at or after
+    `since_ms` (epoch ms); per-event stages use each batch's slowest event."""
     rows = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()] if path.exists() else []
+    rows = [r for r in rows if r.get("at_ms", since_ms) >= since_ms]
     stages: dict[str, list[float]] = {}
     for r in rows:
         for k, v in {**r.get("stages", {}), **r.get("event_stages_max", {})}.items():
@@ -458,15 +460,32 @@ def redis_forks(s: Settings) -> int:
         r.close()
 
 
-def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0) -> dict[str, Any]:
+def backfill_done(backfill: BackfillProcess) -> int:
+    """How many of the backfill's listings have a result in Redis now."""
+    r = _redis(backfill.settings)
+    try:
+        return _count(r, backfill.keys)
+    finally:
+        r.close()
+
+
+def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0, ramp_s: float = 0.0) -> dict[str, Any]:
     """(d): one worker, caught up, fed `events` at `rate` events/s with `listed_at` stamped at send;
     latency per event = Redis `classified_at` - `event_time`; the worker records every batch's stages. With
     `backfill_backlog`, a governed backfill of that many listings (Triton priority 2) runs during the live phase:
-    it is started first, and the live phase begins once its first results are in Redis."""
+    it is started first, and the live phase begins once its first results are in Redis.
+
+    The live phase opens with a ramp: `ramp_s` seconds of events at the same rate, sent before the measured
+    `events` in one stream and measured apart (`ramp_*`): the figures, the stage breakdown, the CPU shares and
+    the backfill's rate are those of the steady state after it. Traffic that starts from nothing pays a transient
+    (the worker's first batches after an idle spell; with a backfill, also the governor's reaction to live traffic
+    it has not seen yet) that a live stream which never stops does not, and in a 40 s phase its ~0.6-0.9 s held
+    more than 1% of the events: it alone set the phase's p99."""
     s = isolated(env.settings, "bench-latency")
     tag = uuid.uuid4().hex[:6]
     warm = tagged(env.listings, max(8, env.settings.worker.max_batch), f"{tag}w")
-    batch = tagged(env.listings[len(warm) :] or env.listings, events, tag)
+    ramp_n = round(rate * ramp_s)
+    batch = tagged(env.listings[len(warm) :] or env.listings, ramp_n + events, tag)
     ids = [e["item_id"] for e in batch]
     timings = env.log_dir / f"timings-{tag}.jsonl"
     procs = _start(env, s, 1, "latency", {"LISTINGS_TIMINGS_FILE": str(timings)})
@@ -480,25 +499,34 @@ def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0) -
         backfill = BackfillProcess(env, backfill_backlog, s) if backfill_backlog else None
         if backfill is not None:
             backfill.start(JOIN_TIMEOUT_S)
-        t0, mark, forks = time.monotonic(), cpu_mark(), redis_forks(s)
-        summary = produce_listings(s, batch, rate=rate, progress=env.progress)
+        steady: dict[str, Any] = {}  # where the measured window begins: time, CPU mark, backfill results so far
+
+        def ramp_done() -> None:
+            steady.update(t=time.monotonic(), ms=time.time() * 1000, cpu=cpu_mark())
+            steady["done"] = backfill_done(backfill) if backfill is not None else 0
+
+        forks = redis_forks(s)
+        timer = threading.Timer(ramp_s, ramp_done)  # the producer paces the ramp's events over its first ramp_s
+        timer.start()
+        try:
+            summary = produce_listings(s, batch, rate=rate, progress=env.progress)
+        except BaseException:
+            timer.cancel()
+            raise
         if summary["failed"]:
             raise BenchError(f"produce failed: {summary['errors']}")
         wait_in_redis(s, ids, procs, env.timeout_s, "(d) drain", env.progress)
-        live_s = time.monotonic() - t0
-        cpu = cpu_by_process(mark, cpu_mark())
+        timer.join()
+        live_s = time.monotonic() - steady["t"]
+        cpu = cpu_by_process(steady["cpu"], cpu_mark())
         forks = redis_forks(s) - forks
         if backfill is not None:
-            r = _redis(s)
-            try:
-                done = _count(r, backfill.keys)
-            finally:
-                r.close()
+            done = backfill_done(backfill)
             backfill_out = backfill.finish(env.timeout_s)
             backfill_out.update(
                 {
-                    "backfill_during_live": done - backfill.done_at_start,
-                    "backfill_rate_during_live": round((done - backfill.done_at_start) / live_s, 1),
+                    "backfill_during_live": done - steady["done"],
+                    "backfill_rate_during_live": round((done - steady["done"]) / live_s, 1),
                     "live_s": round(live_s, 1),
                 }
             )
@@ -510,9 +538,14 @@ def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0) -
     discard(env, s, [*ids, *(e["item_id"] for e in warm)], [s.worker.group_id])
     if backfill is not None:
         discard(env, backfill.settings, backfill.ids, [backfill.group])
-    lat = [iso_ms(r["classified_at"]) - iso_ms(r["event_time"]) for r in rows]
+    every = [iso_ms(r["classified_at"]) - iso_ms(r["event_time"]) for r in rows]  # in send order
+    ramp, lat = every[:ramp_n], every[ramp_n:]
     return {
         "events": len(lat),
+        "ramp_s": ramp_s,
+        "ramp_events": len(ramp),
+        "ramp_p99_ms": round(percentile(ramp, 99), 1) if ramp else None,
+        "ramp_max_ms": round(max(ramp), 1) if ramp else None,
         "target_rate": round(rate, 1),
         "achieved_produce_rate": summary["rate"],
         "p50_ms": round(percentile(lat, 50), 1),
@@ -521,7 +554,7 @@ def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0) -
         "max_ms": round(max(lat), 1),
         "mean_ms": round(sum(lat) / len(lat), 1),
         "latencies_ms": [round(x, 1) for x in lat],
-        "breakdown": stage_breakdown(timings),
+        "breakdown": stage_breakdown(timings, since_ms=steady["ms"]),
         "cpu_by_process": cpu,
         # Redis forks (append-only-file rewrites) while the events were in flight: each is a burst of CPU on a
         # machine Redis shares

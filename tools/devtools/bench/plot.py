@@ -30,7 +30,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         (
             "(d) latency at ~50% of (b)" + (", the median round" if len(f.get("d_rounds", [])) > 1 else ""),
             f"p50 {lat['p50_ms']:.0f} / p95 {lat['p95_ms']:.0f} / p99 {lat['p99_ms']:.0f} ms",
-            f"{lat['target_rate']:.0f} events/s, {lat['events']} events, {lat.get('redis_forks', 0)} Redis fork(s)",
+            f"{lat['target_rate']:.0f} events/s, {lat['events']} events, {lat.get('redis_forks', 0)} Redis fork(s)"
+            + (f"; after a {lat['ramp_s']:g} s ramp: p99 {lat['ramp_p99_ms']:.0f}" if lat.get("ramp_events") else ""),
         ),
     ]
     if "budget" in results:
@@ -51,7 +52,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             (
                 "(d') same, backfill running",
                 f"p50 {lb['p50_ms']:.0f} / p95 {lb['p95_ms']:.0f} / p99 {lb['p99_ms']:.0f} ms",
-                f"backfill of {lb.get('backlog', 0)} at priority 2 alongside, {lb.get('redis_forks', 0)} Redis fork(s)",
+                f"backfill of {lb.get('backlog', 0)} at priority 2 alongside, {lb.get('redis_forks', 0)} Redis fork(s)"
+                + (f"; ramp p99 {lb['ramp_p99_ms']:.0f} ms" if lb.get("ramp_events") else ""),
             )
         )
     if "protection" in results:
@@ -142,12 +144,13 @@ def timeline(ax: Any, results: dict[str, Any]) -> None:
     bf = f.get("d_latency_with_backfill", {})
     points = bf.get("backfill_timeline") or []
     if len(points) > 1:
-        # the backfill started `startup_s` before the live phase; its rate is the slope of events done
-        t0 = bf.get("startup_s", 0.0)
+        # the backfill started `startup_s` before the live phase, whose measured part follows its ramp; the
+        # backfill's rate is the slope of events done
+        t0 = bf.get("startup_s", 0.0) + bf.get("ramp_s", 0.0)
         pairs = list(itertools.pairwise(points))
         xs = [(a["t"] + b["t"]) / 2 - t0 for a, b in pairs]
         rates = [(b["events"] - a["events"]) / max(1e-3, b["t"] - a["t"]) for a, b in pairs]
-        keep = [i for i, x in enumerate(xs) if x <= bf.get("live_s", xs[-1])]
+        keep = [i for i, x in enumerate(xs) if 0 <= x <= bf.get("live_s", xs[-1])]
         ax2 = ax.twinx()
         ax2.step([xs[i] for i in keep], [rates[i] for i in keep], where="mid", color="#55a868", label="backfill ev/s")
         ax2.set_ylabel("backfill events/s")
