@@ -89,6 +89,11 @@ class Summary(BatchStats):
         return orjson.dumps(doc)
 
 
+def exit_code(stopped_by: str) -> int:
+    """0 for a run that reached its end; 128 + the signal's number for one a signal stopped (143 for SIGTERM)."""
+    return 128 + signal.Signals[stopped_by].value if stopped_by else 0
+
+
 class Stop:
     """A graceful stop: the first SIGTERM or SIGINT stops fetching, lets the batches in flight go through their
     sinks and commits them (a rerun with the same arguments then redoes nothing); a second one cancels the run
@@ -118,7 +123,7 @@ class Stop:
 
     @property
     def exit_code(self) -> int:
-        return 128 + signal.Signals[self.signal].value if self.signal else 0
+        return exit_code(self.signal)
 
     async def unless_requested(self, work: Any) -> bool:
         """Await `work` (a coroutine) unless a stop comes first (then it is cancelled): True if it completed."""
@@ -295,7 +300,11 @@ async def backfill(settings: Settings, options: BackfillOptions, stop: Stop | No
         summary.timeline.append(p)
 
     try:
-        while remaining and not stop.requested.is_set():
+        stopped = False  # by a signal, with events of the plan left (fetched or not): they stay uncommitted
+        while remaining:
+            if stop.requested.is_set():
+                stopped = True
+                break
             now = time.monotonic()
             if now >= next_point:
                 point(now)
@@ -323,15 +332,17 @@ async def backfill(settings: Settings, options: BackfillOptions, stop: Stop | No
                 bar.set_postfix_str(governor.status(), refresh=False)
                 summary.yielded_s = governor.paused_s
                 if not admitted:
+                    stopped = True
                     break
             elif rate > 0:
                 sent += len(batch)
                 ahead = sent / rate - (time.monotonic() - pace_start)
                 if ahead > 0 and not await stop.unless_requested(asyncio.sleep(ahead)):
+                    stopped = True
                     break
             await conveyor.submit(batch, offsets)
         await conveyor.drain()
-        summary.stopped_by = stop.signal
+        summary.stopped_by = stop.signal if stopped else ""  # a signal during the last drain stopped nothing
         point(time.monotonic())
     finally:
         await conveyor.cancel()
@@ -415,4 +426,4 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if summary.stopped_by:
             print(f"stopped by {summary.stopped_by} before the end: run the same command to resume", file=sys.stdout)
     # stopped early: not a success (a Kubernetes Job with restartPolicy OnFailure starts it again, and it resumes)
-    return stop.exit_code
+    return exit_code(summary.stopped_by)
