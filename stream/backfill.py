@@ -121,10 +121,6 @@ class Stop:
         self.requested.set()
         print(f"backfill: {sig.name}: finishing the batches in flight (again to stop at once)", file=sys.stderr)
 
-    @property
-    def exit_code(self) -> int:
-        return exit_code(self.signal)
-
     async def unless_requested(self, work: Any) -> bool:
         """Await `work` (a coroutine) unless a stop comes first (then it is cancelled): True if it completed."""
         if self.requested.is_set():
@@ -411,7 +407,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         summary = asyncio.run(main())
     except asyncio.CancelledError:  # a second signal: stopped without finishing what was in flight
         print("backfill: stopped at once; a rerun with the same arguments redoes what was in flight", file=sys.stderr)
-        return stop.exit_code
+        return exit_code(stop.signal)
     if args.json:
         print(summary.to_json().decode())
     else:

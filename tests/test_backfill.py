@@ -101,20 +101,36 @@ def test_stops_at_the_end_offsets_seen_at_start(stack) -> None:
     assert redis_items(s, [f"late-{i}" for i in range(10)]) == {}
 
 
+def _backfill_cmd(rate: int = 0) -> list[str]:
+    """`listings backfill --from-beginning [--rate R] --json` as a command line."""
+    return [
+        sys.executable,
+        "-m",
+        "stream",
+        "backfill",
+        "--from-beginning",
+        *(["--rate", str(rate)] if rate else []),
+        "--json",
+    ]
+
+
+def _spawn_backfill(s: Settings, rate: int, stdout: object, stderr: object = subprocess.STDOUT) -> subprocess.Popen:
+    """The backfill as its own process group, in batches of 8 so that a signal lands mid-run."""
+    return subprocess.Popen(
+        _backfill_cmd(rate),
+        env={**os.environ, **s.to_env(), "LISTINGS_BACKFILL_MAX_BATCH": "8"},
+        stdout=stdout,
+        stderr=stderr,
+        start_new_session=True,
+    )
+
+
 def test_killed_backfill_resumes_and_matches_a_clean_run(stack, tmp_path) -> None:
     s = isolated(stack, "bf-resume")
     n = 240
     produce_raw(s, _events("r", n))
-    cmd = [sys.executable, "-m", "stream", "backfill", "--from-beginning", "--rate", "60", "--json"]
-    env = {**os.environ, **s.to_env()}
     log = open(tmp_path / "bf.log", "wb")
-    proc = subprocess.Popen(
-        cmd,
-        env={**env, "LISTINGS_BACKFILL_MAX_BATCH": "8"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = _spawn_backfill(s, 60, log)
     ids = [f"r-{i}" for i in range(n)]
     wait_for(lambda: len(redis_items(s, ids)) >= 40, 180, "backfill progress")
     os.killpg(proc.pid, signal.SIGKILL)
@@ -122,7 +138,8 @@ def test_killed_backfill_resumes_and_matches_a_clean_run(stack, tmp_path) -> Non
     log.close()
     part = redis_items(s, ids)
     assert 0 < len(part) < n, "the kill must land mid-run"
-    out = subprocess.run([*cmd[:-3], "--json"], env=env, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, **s.to_env()}
+    out = subprocess.run(_backfill_cmd(), env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = orjson.loads(out.stdout.strip().splitlines()[-1])
     assert summary["resumed_from_committed"] and 0 < summary["events"] < n
@@ -149,15 +166,7 @@ def test_sigterm_finishes_what_is_in_flight_and_the_rerun_redoes_nothing(stack, 
     s = isolated(stack, "bf-term")
     n = 240
     produce_raw(s, _events("term", n))
-    cmd = [sys.executable, "-m", "stream", "backfill", "--from-beginning", "--rate", "30", "--json"]
-    env = {**os.environ, **s.to_env()}
-    proc = subprocess.Popen(
-        cmd,
-        env={**env, "LISTINGS_BACKFILL_MAX_BATCH": "8"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    proc = _spawn_backfill(s, 30, subprocess.PIPE, subprocess.PIPE)
     ids = [f"term-{i}" for i in range(n)]
     try:
         wait_for(lambda: len(redis_items(s, ids)) >= 40, 180, "backfill progress")
@@ -174,7 +183,8 @@ def test_sigterm_finishes_what_is_in_flight_and_the_rerun_redoes_nothing(stack, 
     assert sum(_group_offsets(s, first["group"]).values()) == first["events"]
     assert len(redis_items(s, ids)) == first["events"]
 
-    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, **s.to_env()}
+    again = subprocess.run(_backfill_cmd(30), env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     second = orjson.loads(again.stdout.strip().splitlines()[-1])
     assert second["stopped_by"] == "" and second["resumed_from_committed"]

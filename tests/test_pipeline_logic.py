@@ -265,7 +265,7 @@ def test_kafka_library_log_repeats_are_thinned_and_counted() -> None:
 def test_backfill_stop_cancels_a_wait_it_interrupts_and_keeps_work_that_finished() -> None:
     import signal
 
-    from stream.backfill import Stop
+    from stream.backfill import Stop, exit_code
 
     async def scenario() -> tuple[bool, bool, bool, bool]:
         stop = Stop()
@@ -287,7 +287,5 @@ def test_backfill_stop_cancels_a_wait_it_interrupts_and_keeps_work_that_finished
 
     finished, interrupted, cancelled, after = asyncio.run(scenario())
     assert finished and not interrupted and cancelled and not after
-    stop = Stop()
-    assert stop.exit_code == 0
-    stop.signal = "SIGINT"
-    assert stop.exit_code == 130
+    assert exit_code("") == 0
+    assert exit_code("SIGINT") == 130

@@ -380,7 +380,14 @@ class BackfillProcess:
             capture_stdout=True,
         )
         self.started = 0.0
-        self.done_at_start = 0  # backfill results already in Redis when the live phase began
+
+    def done(self) -> int:
+        """How many of its listings have a result in Redis now."""
+        r = _redis(self.settings)
+        try:
+            return _count(r, self.keys)
+        finally:
+            r.close()
 
     def start(self, timeout_s: float) -> None:
         """Start the process and wait until its first results are in Redis: its start-up (imports, the plan, the
@@ -393,8 +400,7 @@ class BackfillProcess:
             def first_results() -> bool:
                 if not self.process.alive():
                     raise BenchError(f"backfill exited at start; log {self.process.log_path}")
-                self.done_at_start = _count(r, self.keys)
-                return self.done_at_start > 0
+                return _count(r, self.keys) > 0
 
             poll(first_results, timeout_s, "the backfill's first results", interval=0.2)
         except TimeoutError as exc:
@@ -460,15 +466,6 @@ def redis_forks(s: Settings) -> int:
         r.close()
 
 
-def backfill_done(backfill: BackfillProcess) -> int:
-    """How many of the backfill's listings have a result in Redis now."""
-    r = _redis(backfill.settings)
-    try:
-        return _count(r, backfill.keys)
-    finally:
-        r.close()
-
-
 def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0, ramp_s: float = 0.0) -> dict[str, Any]:
     """(d): one worker, caught up, fed `events` at `rate` events/s with `listed_at` stamped at send;
     latency per event = Redis `classified_at` - `event_time`; the worker records every batch's stages. With
@@ -503,7 +500,7 @@ def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0, r
 
         def ramp_done() -> None:
             steady.update(t=time.monotonic(), ms=time.time() * 1000, cpu=cpu_mark())
-            steady["done"] = backfill_done(backfill) if backfill is not None else 0
+            steady["done"] = backfill.done() if backfill is not None else 0
 
         forks = redis_forks(s)
         timer = threading.Timer(ramp_s, ramp_done)  # the producer paces the ramp's events over its first ramp_s
@@ -521,7 +518,7 @@ def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0, r
         cpu = cpu_by_process(steady["cpu"], cpu_mark())
         forks = redis_forks(s) - forks
         if backfill is not None:
-            done = backfill_done(backfill)
+            done = backfill.done()
             backfill_out = backfill.finish(env.timeout_s)
             backfill_out.update(
                 {
