@@ -669,3 +669,47 @@ def test_served_linear_part_computes_what_scikit_learn_computes(tmp_path: Path, 
         np.testing.assert_allclose(cats, model.category_scores(probe), atol=1e-4)
     assert np.mean(cats.argmax(1) == model.category_scores(probe).argmax(1)) >= linear.MIN_PRUNE_AGREEMENT - 0.01
     assert tag_scores is not None and tag_scores.shape == (len(probe), 2)
+
+
+def test_a_description_is_a_block_of_its_own_in_the_linear_part(tmp_path: Path, prepared: corpus.Corpus) -> None:
+    """With descriptions the linear part's word and char n-grams read the title alone and the description has its
+    own block (a long description would otherwise drown the title's n-grams); the served code computes what
+    scikit-learn computes; the encoder reads the text it always did; the baseline is also fitted on the title."""
+    from training import artifact, linear
+
+    clf = serving.classifier()
+    rows = prepared.categories["train"][:1200]
+    titles = [e.text for e in rows]
+    # another title's words as each one's description: arbitrary text, shared between rows (the block's min_df)
+    descs = [f"{titles[(i + 7) % len(titles)]} in a gift box" for i in range(len(titles))]
+    texts = [clf.compose_text(t, None, d, 400) for t, d in zip(titles, descs, strict=True)]
+    assert [clf.fields(t) for t in texts[:50]] == list(zip(titles[:50], descs[:50], strict=True))
+    piped = clf.compose_text("Spigen Case | iPhone 12", None, "Soft | silicone", 400)
+    assert clf.fields(piped) == ("Spigen Case | iPhone 12", "Soft | silicone")
+    assert clf.fields(clf.compose_text("Spigen Case | iPhone 12")) == ("Spigen Case | iPhone 12", "")
+
+    tok = clf.Tokenizer(artifact.encoder_dir(), 96)
+    assert tok.encode(texts[:50]) == tok.encode([f"{t} | {d}" for t, d in zip(titles[:50], descs[:50], strict=True)])
+
+    labels = [i % 7 for i in range(len(rows))]
+    model = linear.fit(texts, labels, 7)
+    assert [name for name, _ in model.vectorizer.transformer_list] == ["word", "char", "desc"]
+    probe = [*texts[-200:], clf.compose_text("Ünïcödé  títle,, 3-in-1", None, "no words seen twice"), "x"]
+    linear.save(model, tmp_path / "linear.npz", probe)
+    served = clf.Linear(tmp_path / "linear.npz")
+    np.testing.assert_allclose(served.features(probe).toarray(), model.transform(probe).toarray(), atol=1e-6)
+    # the title's columns do not depend on the description
+    n_title = sum(len(p.vocabulary_) for name, p in model.vectorizer.transformer_list if name != "desc")
+    probe_titles = [clf.fields(t)[0] for t in probe[:100]]
+    with_desc = served.features(probe[:100]).toarray()
+    alone = served.features(probe_titles).toarray()
+    np.testing.assert_allclose(with_desc[:, :n_title], alone[:, :n_title], atol=1e-6)
+    assert (with_desc[:, n_title:] > 0).any(axis=1).all() and not alone[:, n_title:].any()
+
+    ref = linear.fit_reference(texts, labels, 7)
+    assert ref.title_only is not None
+    on_titles = linear.fit(titles, labels, 7, fielded=False)
+    scores = ref.title_only_scores(probe[:100])
+    assert scores is not None
+    np.testing.assert_allclose(scores, on_titles.category_scores(probe_titles), atol=1e-5)
+    assert linear.fit_reference(titles, labels, 7).title_only is None  # no descriptions: one baseline

@@ -16,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from training import serving
+
 MIN_PRUNE_AGREEMENT = 0.998
+DESCRIPTION_MIN_DF = 2
 PRUNE_CUTOFFS = (0.05, 0.03, 0.02, 0.01, 0.005, 0.002, 0.0)
 
 
@@ -25,16 +28,43 @@ PRUNE_CUTOFFS = (0.05, 0.03, 0.02, 0.01, 0.005, 0.002, 0.0)
 SVC_SEED = 0
 
 
-def vectorizer() -> Any:
+def title_field(text: str) -> str:
+    """The brand + title of a composed text, lower-cased (the vectorizers' own preprocessing)."""
+    return serving.classifier().fields(text)[0].lower()
+
+
+def description_field(text: str) -> str:
+    return serving.classifier().fields(text)[1].lower()
+
+
+def has_descriptions(texts: list[str]) -> bool:
+    mark = serving.classifier().DESCRIPTION_SEPARATOR
+    return any(mark in t for t in texts)
+
+
+def vectorizer(fielded: bool = False) -> Any:
+    """Word 1-2 + char_wb 2-5 n-grams of the whole text; `fielded`: of the title alone, and the description in a
+    block of its own (word 1-2 grams seen in at least `DESCRIPTION_MIN_DF` training texts). Measured on a catalogue
+    with descriptions (BigBasket, 5,795 titles, 442 leaves; README model card): the linear model over the whole
+    text scored 0.671 test leaf accuracy, over the title alone 0.710, fielded 0.718."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import FeatureUnion
 
-    return FeatureUnion(
-        [
-            ("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, dtype=np.float32)),
-            ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, dtype=np.float32)),
-        ]
-    )
+    pre = {"preprocessor": title_field} if fielded else {}
+    parts = [
+        ("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, dtype=np.float32, **pre)),
+        ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, dtype=np.float32, **pre)),
+    ]
+    if fielded:
+        desc = TfidfVectorizer(
+            ngram_range=(1, 2),
+            sublinear_tf=True,
+            dtype=np.float32,
+            min_df=DESCRIPTION_MIN_DF,
+            preprocessor=description_field,
+        )
+        parts.append(("desc", desc))
+    return FeatureUnion(parts)
 
 
 @dataclass
@@ -77,14 +107,25 @@ def fit(
     tag_texts: list[str] | None = None,
     tag_targets: np.ndarray | None = None,
     tags_only: bool = False,
+    fielded: bool | None = None,
 ) -> LinearModel:
     """The served linear part: one vectorizer fitted on every training text (categories and tags, so serving
-    featurizes once), then the category and tag models."""
+    featurizes once), then the category and tag models. `fielded` None: when the category texts have
+    descriptions (see `vectorizer`)."""
     from sklearn.svm import LinearSVC
 
     t0 = time.perf_counter()
-    vec = vectorizer()
-    vec.fit(([] if tags_only else cat_texts) + (tag_texts or []))
+    texts = ([] if tags_only else cat_texts) + (tag_texts or [])
+    if fielded is None:
+        fielded = has_descriptions(texts)
+    vec = vectorizer(fielded)
+    try:
+        vec.fit(texts)
+    except ValueError:  # no description word in two texts: the description block would be empty
+        if not fielded:
+            raise
+        vec = vectorizer(False)
+        vec.fit(texts)
     if tags_only:
         model = LinearModel(vec, np.zeros((0, 0), np.float32), np.zeros(0, np.float32))
     else:
@@ -121,14 +162,24 @@ def fit_tags(model: LinearModel, texts: list[str], targets: np.ndarray, mask: np
 @dataclass
 class Reference:
     """The baseline exactly as specified: for categories, TF-IDF fitted on the category training titles + LinearSVC;
-    for tags, TF-IDF fitted on the tag training titles + one-vs-rest LinearSVCs (decision threshold 0)."""
+    for tags, TF-IDF fitted on the tag training titles + one-vs-rest LinearSVCs (decision threshold 0). With
+    descriptions it is fitted twice, on the model's input text (title + description) and on the title alone
+    (`title_only`): the report scores the model against whichever is stronger on the test split, so reading
+    descriptions cannot make the reference weaker than it is without them."""
 
     categories: LinearModel
     tags: LinearModel | None
     seconds: float
+    title_only: LinearModel | None = None
 
     def category_scores(self, texts: list[str]) -> np.ndarray:
         return self.categories.category_scores(texts)
+
+    def title_only_scores(self, texts: list[str]) -> np.ndarray | None:
+        if self.title_only is None:
+            return None
+        fields = serving.classifier().fields
+        return self.title_only.category_scores([fields(t)[0] for t in texts])
 
     def tag_scores(self, texts: list[str]) -> np.ndarray | None:
         return self.tags.tag_scores(texts) if self.tags is not None else None
@@ -142,12 +193,16 @@ def fit_reference(
     tag_targets: np.ndarray | None = None,
 ) -> Reference:
     t0 = time.perf_counter()
-    cats = fit(cat_texts, cat_labels, n_classes)
+    cats = fit(cat_texts, cat_labels, n_classes, fielded=False)
+    title_only = None
+    if has_descriptions(cat_texts):
+        fields = serving.classifier().fields
+        title_only = fit([fields(t)[0] for t in cat_texts], cat_labels, n_classes, fielded=False)
     tags = None
     if tag_texts and tag_targets is not None and tag_targets.shape[1]:
         # the tag model's own vectorizer, fitted on the tag titles (the category part of this fit is unused)
-        tags = fit(tag_texts, [0] * len(tag_texts), 1, tag_texts, tag_targets, tags_only=True)
-    return Reference(cats, tags, round(time.perf_counter() - t0, 1))
+        tags = fit(tag_texts, [0] * len(tag_texts), 1, tag_texts, tag_targets, tags_only=True, fielded=False)
+    return Reference(cats, tags, round(time.perf_counter() - t0, 1), title_only)
 
 
 def _prune(w: np.ndarray, cutoff: float) -> Any:

@@ -5,12 +5,16 @@ the code it was trained and measured with.
 What a version folder holds and how a batch is scored:
 
 1. **Text.** `compose_text(title, brand, description)`: the brand in front when the title lacks it, then the
-   description's first characters after ` | `. Tokenized with the version's `tokenizer/tokenizer.json`.
+   description's first characters after ` | ` (followed by `DESCRIPTION_MARK`, a control character the tokenizer
+   drops: it tells the linear part where the description starts). Tokenized with the version's
+   `tokenizer/tokenizer.json`.
 2. **Encoder engine** → per row: leaf logits [C], tag logits [T], and one logits vector per auxiliary taxonomy
    level. Engines: `torch` (weights.pt, fp32; fp16 on CUDA), `onnx` (model.onnx, fp32), `onnx-int8`
    (model.int8.onnx, dynamically quantized). The engine is picked by the Triton config (`engine` parameter) or
    the version's own default (`classifier.json`, chosen at export by an accuracy bound).
-3. **Linear part** (`linear.npz`): TF-IDF word 1-2 + char_wb 2-5 n-grams and linear category and tag scores.
+3. **Linear part** (`linear.npz`): TF-IDF word 1-2 + char_wb 2-5 n-grams and linear category and tag scores;
+   trained with descriptions, those n-grams read the title (and brand) alone and the description has a block of
+   its own (word 1-2 grams), so a long description does not drown the title's n-grams.
 4. **Fusion and calibration** (`classifier.json`): category log-score
    `s = α·(log p_leaf + λ·Σ_k log p_level_k(ancestor)) + (1-α)·log softmax(T·linear)`, then probabilities
    `softmax(s/τ)` (τ fitted on the dev split, so confidences mean what they say); tags
@@ -41,6 +45,11 @@ from typing import Any
 
 import numpy as np
 
+# After the ` | ` that opens the description: the tokenizer's clean-up drops control characters (the encoder sees
+# `title | description` exactly as before), and whitespace normalisation removes it from the title and the
+# description themselves, so it marks the field boundary unambiguously for the linear part.
+DESCRIPTION_MARK = "\x1f"
+DESCRIPTION_SEPARATOR = f" |{DESCRIPTION_MARK} "
 MAX_TITLE_CHARS = 1000  # longer titles are truncated, not rejected (see the listings.new contract)
 MAX_BRAND_CHARS = 100
 ENGINES = ("torch", "onnx", "onnx-int8")
@@ -55,8 +64,14 @@ def compose_text(title: str, brand: str | None = None, description: str | None =
     if desc_chars > 0 and description:
         desc = " ".join(description[: desc_chars * 2].split())[:desc_chars]
         if desc:
-            text = f"{text} | {desc}"
+            text = f"{text}{DESCRIPTION_SEPARATOR}{desc}"
     return text
+
+
+def fields(text: str) -> tuple[str, str]:
+    """A composed text's (brand + title, description); the description is "" when it has none."""
+    head, _, desc = text.partition(DESCRIPTION_SEPARATOR)
+    return head, desc
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -222,17 +237,24 @@ def char_grams(text: str, lo: int = 2, hi: int = 5) -> list[str]:
 class Linear:
     """The linear part: sublinear TF-IDF of word 1-2 and char_wb 2-5 n-grams (each L2-normalised, side by side),
     and sparse linear category / tag weights. Stored as plain arrays in `linear.npz` (no pickle: any NumPy/SciPy
-    reads it), the features computed here exactly as scikit-learn computes them at training."""
+    reads it), the features computed here exactly as scikit-learn computes them at training. A part fitted with
+    descriptions (`desc_terms` in the file) reads them in a third block of word 1-2 grams, and its word and char
+    blocks read the title alone."""
 
     def __init__(self, path: Path) -> None:
         from scipy import sparse
 
         d = np.load(path, allow_pickle=False)
-        self.parts = []  # (n-gram maker, term -> index within the part, idf, the part's first column)
+        fielded = "desc_terms" in d
+        # (n-gram maker, field: 0 title / 1 description / None the whole text, term -> index, idf, first column)
+        self.parts = []
         offset = 0
-        for name, grams in (("word", word_grams), ("char", char_grams)):
+        for name, grams, field in (("word", word_grams, 0), ("char", char_grams, 0), ("desc", word_grams, 1)):
+            if f"{name}_terms" not in d:
+                continue
             terms = d[f"{name}_terms"].tolist()
-            self.parts.append((grams, {t: i for i, t in enumerate(terms)}, d[f"{name}_idf"], offset))
+            vocab = {t: i for i, t in enumerate(terms)}
+            self.parts.append((grams, field if fielded else None, vocab, d[f"{name}_idf"], offset))
             offset += len(terms)
         self.n_features = offset
 
@@ -255,10 +277,11 @@ class Linear:
         rows_out: list[np.ndarray] = []
         cols_out: list[np.ndarray] = []
         data_out: list[np.ndarray] = []
-        for grams, vocab, idf, first in self.parts:
+        split = [fields(t) for t in texts] if any(p[1] is not None for p in self.parts) else []
+        for grams, field, vocab, idf, first in self.parts:
             found: list[int] = []
             row_of: list[int] = []
-            for r, text in enumerate(texts):
+            for r, text in enumerate(texts if field is None else [f[field] for f in split]):
                 got = [j for j in map(vocab.get, grams(text)) if j is not None]
                 found += got
                 row_of += [r] * len(got)
