@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stream.retry import poll
 from training import corpus, dataset, export, serving, tags, train
@@ -651,8 +653,11 @@ def test_bad_input_gets_a_clear_error_or_a_defined_result(local) -> None:
     assert ok.as_numpy("RESULT").shape == (2, 1)
 
 
-def test_served_linear_part_computes_what_scikit_learn_computes(tmp_path: Path, prepared: corpus.Corpus) -> None:
-    """linear.npz (no pickle) read by the serving code gives scikit-learn's features and scores."""
+def test_served_linear_part_computes_what_scikit_learn_computes(
+    tmp_path: Path, prepared: corpus.Corpus, monkeypatch
+) -> None:
+    """linear.npz (no pickle) read by the serving code gives scikit-learn's features and scores, with its weights
+    held dense (small ones) or sparse (a big taxonomy's)."""
     from training import linear
 
     train_rows = prepared.categories["train"][:1500]
@@ -669,6 +674,25 @@ def test_served_linear_part_computes_what_scikit_learn_computes(tmp_path: Path, 
         np.testing.assert_allclose(cats, model.category_scores(probe), atol=1e-4)
     assert np.mean(cats.argmax(1) == model.category_scores(probe).argmax(1)) >= linear.MIN_PRUNE_AGREEMENT - 0.01
     assert tag_scores is not None and tag_scores.shape == (len(probe), 2)
+    assert isinstance(served.cat_coef, np.ndarray) and isinstance(served.tag_coef, np.ndarray)
+    monkeypatch.setattr(serving.classifier(), "DENSE_WEIGHTS_BYTES", 0)
+    held_sparse = serving.classifier().Linear(tmp_path / "linear.npz")
+    assert not isinstance(held_sparse.cat_coef, np.ndarray) and not isinstance(held_sparse.tag_coef, np.ndarray)
+    sparse_cats, sparse_tags = held_sparse(probe)
+    assert sparse_cats.dtype == cats.dtype == np.float32 and sparse_tags is not None
+    np.testing.assert_allclose(sparse_cats, cats, atol=1e-5)
+    np.testing.assert_allclose(sparse_tags, tag_scores, atol=1e-5)
+
+
+@given(
+    st.lists(st.integers(0, 3), min_size=1, max_size=40).map(lambda v: np.array(v, dtype=np.float32)),
+    st.integers(1, 8),
+)
+def test_top_k_is_a_stable_sort_cut_short(scores: np.ndarray, k: int) -> None:
+    """The served top-k (a partition, not a sort of every class) picks and orders as a stable sort does: highest
+    first, ties to the lower index — many tied scores included."""
+    want = np.argsort(-scores, kind="stable")[:k]
+    assert serving.classifier().top_k(scores, k).tolist() == want.tolist()
 
 
 def test_a_description_is_a_block_of_its_own_in_the_linear_part(tmp_path: Path, prepared: corpus.Corpus) -> None:

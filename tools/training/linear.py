@@ -178,11 +178,16 @@ class Reference:
     def title_only_scores(self, texts: list[str]) -> np.ndarray | None:
         if self.title_only is None:
             return None
-        fields = serving.classifier().fields
-        return self.title_only.category_scores([fields(t)[0] for t in texts])
+        return self.title_only.category_scores(titles_of(texts))
 
     def tag_scores(self, texts: list[str]) -> np.ndarray | None:
         return self.tags.tag_scores(texts) if self.tags is not None else None
+
+
+def titles_of(texts: list[str]) -> list[str]:
+    """The title field (brand + title) of each composed text."""
+    fields = serving.classifier().fields
+    return [fields(t)[0] for t in texts]
 
 
 def fit_reference(
@@ -196,8 +201,7 @@ def fit_reference(
     cats = fit(cat_texts, cat_labels, n_classes, fielded=False)
     title_only = None
     if has_descriptions(cat_texts):
-        fields = serving.classifier().fields
-        title_only = fit([fields(t)[0] for t in cat_texts], cat_labels, n_classes, fielded=False)
+        title_only = fit(titles_of(cat_texts), cat_labels, n_classes, fielded=False)
     tags = None
     if tag_texts and tag_targets is not None and tag_targets.shape[1]:
         # the tag model's own vectorizer, fitted on the tag titles (the category part of this fit is unused)

@@ -54,6 +54,7 @@ MAX_TITLE_CHARS = 1000  # longer titles are truncated, not rejected (see the lis
 MAX_BRAND_CHARS = 100
 ENGINES = ("torch", "onnx", "onnx-int8")
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+DENSE_WEIGHTS_BYTES = 64 << 20  # linear weights up to this size are held dense (faster), larger ones sparse
 
 
 def compose_text(title: str, brand: str | None = None, description: str | None = None, desc_chars: int = 0) -> str:
@@ -72,6 +73,17 @@ def fields(text: str) -> tuple[str, str]:
     """A composed text's (brand + title, description); the description is "" when it has none."""
     head, _, desc = text.partition(DESCRIPTION_SEPARATOR)
     return head, desc
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """The indices of the `k` highest scores, highest first, ties to the lower index: what
+    `np.argsort(-scores, kind="stable")[:k]` gives, without sorting every class."""
+    n = scores.shape[-1]
+    if k >= n:
+        return np.argsort(-scores, kind="stable")[:k]
+    kth = np.partition(scores, n - k)[n - k]  # the k-th highest
+    candidates = np.flatnonzero(scores >= kth)  # every score tied with it too, in index order
+    return candidates[np.argsort(-scores[candidates], kind="stable")][:k]
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -261,9 +273,11 @@ class Linear:
         def csr(prefix: str) -> Any:
             if f"{prefix}_data" not in d:
                 return None
-            return sparse.csr_matrix(
-                (d[f"{prefix}_data"], d[f"{prefix}_indices"], d[f"{prefix}_indptr"]), shape=tuple(d[f"{prefix}_shape"])
-            )
+            shape = tuple(int(v) for v in d[f"{prefix}_shape"])
+            m = sparse.csr_matrix((d[f"{prefix}_data"], d[f"{prefix}_indices"], d[f"{prefix}_indptr"]), shape=shape)
+            # a batch times a dense matrix is one pass over the batch's n-grams (the tag weights: 0.17 ms for 64
+            # titles against 1.1 sparse x sparse); a big taxonomy's category weights stay sparse
+            return m.toarray() if shape[0] * shape[1] * 4 <= DENSE_WEIGHTS_BYTES else m
 
         self.cat_coef, self.cat_bias = csr("cat"), d["cat_bias"]
         self.tag_coef = csr("tag")
@@ -277,11 +291,14 @@ class Linear:
         rows_out: list[np.ndarray] = []
         cols_out: list[np.ndarray] = []
         data_out: list[np.ndarray] = []
-        split = [fields(t) for t in texts] if any(p[1] is not None for p in self.parts) else []
+        by_field: dict[int | None, Sequence[str]] = {None: texts}
+        if any(p[1] is not None for p in self.parts):
+            titles, descriptions = zip(*map(fields, texts), strict=True) if texts else ((), ())
+            by_field.update({0: titles, 1: descriptions})
         for grams, field, vocab, idf, first in self.parts:
             found: list[int] = []
             row_of: list[int] = []
-            for r, text in enumerate(texts if field is None else [f[field] for f in split]):
+            for r, text in enumerate(by_field[field]):
                 got = [j for j in map(vocab.get, grams(text)) if j is not None]
                 found += got
                 row_of += [r] * len(got)
@@ -305,11 +322,16 @@ class Linear:
 
     def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
         x = self.features(texts)
-        cats = (x @ self.cat_coef).toarray().astype(np.float32) + self.cat_bias
+        cats = dense(x @ self.cat_coef) + self.cat_bias
         tags = None
         if self.tag_coef is not None:
-            tags = (x @ self.tag_coef).toarray().astype(np.float32) + self.tag_bias
+            tags = dense(x @ self.tag_coef) + self.tag_bias
         return cats, tags
+
+
+def dense(product: Any) -> np.ndarray:
+    """A batch's scores as a float32 array, from a sparse or a dense product."""
+    return np.asarray(product.toarray() if hasattr(product, "toarray") else product, dtype=np.float32)
 
 
 @dataclass
@@ -495,9 +517,10 @@ class Classifier:
         zeroed by a gate."""
         return (tag_probs >= self.tag_thresholds) & (tag_probs > 0)
 
-    def result(self, probs: np.ndarray, tag_probs: np.ndarray, k: int = 5) -> dict:
-        """The RESULT JSON object of one row (the worker's output contract)."""
-        top = np.argsort(-probs, kind="stable")[:k]
+    def result(self, probs: np.ndarray, tag_probs: np.ndarray, k: int = 5, top: np.ndarray | None = None) -> dict:
+        """The RESULT JSON object of one row (the worker's output contract); `top`: its `top_k(probs, k)` when the
+        caller has it already."""
+        top = top_k(probs, k) if top is None else top
         cats = self.labels["categories"]
 
         def entry(i: int) -> dict:

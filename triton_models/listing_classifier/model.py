@@ -200,19 +200,16 @@ class TritonPythonModel:
     def _response(self, span: tuple[int, int], scores, timing: list[float]):
         start, n = span
         cats, tags = scores.probs[start : start + n], scores.tags[start : start + n]
-        top = np.argsort(-cats, axis=1, kind="stable")[:, :TOP_K]
+        top = np.empty((n, min(TOP_K, cats.shape[1])), dtype=np.int64)
+        results = np.empty((n, 1), dtype=object)
+        for r, (c, t) in enumerate(zip(cats, tags, strict=True)):
+            top[r] = self.classifier_mod.top_k(c, TOP_K)
+            results[r, 0] = json.dumps(self.model.result(c, t, top=top[r]), ensure_ascii=False).encode()
         top_scores = np.take_along_axis(cats, top, axis=1)
         if top.shape[1] < TOP_K:  # a taxonomy with fewer classes: pad with -1 / 0
             pad = TOP_K - top.shape[1]
             top = np.pad(top, ((0, 0), (0, pad)), constant_values=-1)
             top_scores = np.pad(top_scores, ((0, 0), (0, pad)))
-        results = np.array(
-            [
-                [json.dumps(self.model.result(c, t, TOP_K), ensure_ascii=False).encode()]
-                for c, t in zip(cats, tags, strict=True)
-            ],
-            dtype=object,
-        )
         return pb_utils.InferenceResponse(
             output_tensors=[
                 pb_utils.Tensor("CATEGORY_IDS", top.astype(np.int32)),
