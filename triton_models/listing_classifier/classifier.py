@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -234,16 +235,46 @@ def word_grams(text: str) -> list[str]:
 
 def char_grams(text: str, lo: int = 2, hi: int = 5) -> list[str]:
     """Character 2-5 grams inside word boundaries, as TfidfVectorizer(analyzer="char_wb") makes them."""
+    return [g for w in SPACES.sub(" ", text.lower()).split() for g in word_char_grams(w, lo, hi)]
+
+
+def word_char_grams(word: str, lo: int = 2, hi: int = 5) -> list[str]:
+    """One word's char_wb n-grams (the word padded with a space each side)."""
     out: list[str] = []
-    for w in SPACES.sub(" ", text.lower()).split():
-        w = f" {w} "
-        size = len(w)
-        for n in range(lo, hi + 1):
-            if n >= size:  # a short word counts once, whole
-                out.append(w)
-                break
-            out.extend([w[i : i + n] for i in range(size - n + 1)])
+    w = f" {word} "
+    size = len(w)
+    for n in range(lo, hi + 1):
+        if n >= size:  # a short word counts once, whole
+            out.append(w)
+            break
+        out.extend([w[i : i + n] for i in range(size - n + 1)])
     return out
+
+
+def known_ids(vocab: dict[str, int], grams: Callable[[str], list[str]], text: str) -> list[int]:
+    """The vocabulary columns of a text's n-grams (unknown ones dropped)."""
+    return [j for j in map(vocab.get, grams(text)) if j is not None]
+
+
+class CharIds:
+    """A text's char_wb n-grams as vocabulary columns, word by word through a bounded cache: char_wb n-grams never
+    cross a word, and catalogue titles reuse their words (brands, "for", "men", sizes), so most words of a batch
+    were seen in an earlier one."""
+
+    def __init__(self, vocab: dict[str, int], max_words: int = 50_000) -> None:
+        self.vocab, self.max_words = vocab, max_words
+        self.words: dict[str, list[int]] = {}
+
+    def __call__(self, text: str) -> list[int]:
+        out: list[int] = []
+        for w in SPACES.sub(" ", text.lower()).split():
+            ids = self.words.get(w)
+            if ids is None:
+                ids = [j for j in map(self.vocab.get, word_char_grams(w)) if j is not None]
+                if len(self.words) < self.max_words:
+                    self.words[w] = ids
+            out += ids
+        return out
 
 
 class Linear:
@@ -258,15 +289,16 @@ class Linear:
 
         d = np.load(path, allow_pickle=False)
         fielded = "desc_terms" in d
-        # (n-gram maker, field: 0 title / 1 description / None the whole text, term -> index, idf, first column)
-        self.parts = []
+        # (text -> its n-grams' columns, field: 0 title / 1 description / None the whole text, idf, first column)
+        self.parts: list[tuple[Callable[[str], list[int]], int | None, np.ndarray, int]] = []
         offset = 0
-        for name, grams, field in (("word", word_grams, 0), ("char", char_grams, 0), ("desc", word_grams, 1)):
+        for name, field in (("word", 0), ("char", 0), ("desc", 1)):
             if f"{name}_terms" not in d:
                 continue
             terms = d[f"{name}_terms"].tolist()
             vocab = {t: i for i, t in enumerate(terms)}
-            self.parts.append((grams, field if fielded else None, vocab, d[f"{name}_idf"], offset))
+            ids = CharIds(vocab) if name == "char" else partial(known_ids, vocab, word_grams)
+            self.parts.append((ids, field if fielded else None, d[f"{name}_idf"], offset))
             offset += len(terms)
         self.n_features = offset
 
@@ -295,11 +327,11 @@ class Linear:
         if any(p[1] is not None for p in self.parts):
             titles, descriptions = zip(*map(fields, texts), strict=True) if texts else ((), ())
             by_field.update({0: titles, 1: descriptions})
-        for grams, field, vocab, idf, first in self.parts:
+        for ids, field, idf, first in self.parts:
             found: list[int] = []
             row_of: list[int] = []
             for r, text in enumerate(by_field[field]):
-                got = [j for j in map(vocab.get, grams(text)) if j is not None]
+                got = ids(text)
                 found += got
                 row_of += [r] * len(got)
             if not found:
