@@ -39,7 +39,7 @@ from stream import keys
 from stream.timefmt import iso_ms
 
 WINDOW_S = 3.0  # the live latency is a percentile of the live results written in the last WINDOW_S seconds
-MAX_SAMPLES = 300  # the newest stream entries read per step: parsing one costs ~80 µs of the backfill's CPU
+MAX_SAMPLES = 300  # the newest stream entries read per step (~3 µs each with hiredis, ~60 µs without)
 INTERVAL_S = 0.5  # one control step every INTERVAL_S
 PROBE_S = WINDOW_S + 1.0  # a pause long enough for the window to hold only results of live-only traffic
 REPROBE_S = 60.0  # the live baseline is measured again this often (live load changes)
