@@ -724,7 +724,7 @@ def test_a_description_is_a_block_of_its_own_in_the_linear_part(tmp_path: Path, 
     np.testing.assert_allclose(served.features(probe).toarray(), model.transform(probe).toarray(), atol=1e-6)
     # the title's columns do not depend on the description
     n_title = sum(len(p.vocabulary_) for name, p in model.vectorizer.transformer_list if name != "desc")
-    probe_titles = [clf.fields(t)[0] for t in probe[:100]]
+    probe_titles = linear.titles_of(probe[:100])
     with_desc = served.features(probe[:100]).toarray()
     alone = served.features(probe_titles).toarray()
     np.testing.assert_allclose(with_desc[:, :n_title], alone[:, :n_title], atol=1e-6)

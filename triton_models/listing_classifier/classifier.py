@@ -233,13 +233,9 @@ def word_grams(text: str) -> list[str]:
     return tokens + [f"{a} {b}" for a, b in pairwise(tokens)]
 
 
-def char_grams(text: str, lo: int = 2, hi: int = 5) -> list[str]:
-    """Character 2-5 grams inside word boundaries, as TfidfVectorizer(analyzer="char_wb") makes them."""
-    return [g for w in SPACES.sub(" ", text.lower()).split() for g in word_char_grams(w, lo, hi)]
-
-
 def word_char_grams(word: str, lo: int = 2, hi: int = 5) -> list[str]:
-    """One word's char_wb n-grams (the word padded with a space each side)."""
+    """One word's character 2-5 grams, padded with a space each side, as TfidfVectorizer(analyzer="char_wb")
+    makes them (char_wb n-grams never cross a word: a text's are its words' in turn, see `CharIds`)."""
     out: list[str] = []
     w = f" {word} "
     size = len(w)
@@ -270,7 +266,7 @@ class CharIds:
         for w in SPACES.sub(" ", text.lower()).split():
             ids = self.words.get(w)
             if ids is None:
-                ids = [j for j in map(self.vocab.get, word_char_grams(w)) if j is not None]
+                ids = known_ids(self.vocab, word_char_grams, w)
                 if len(self.words) < self.max_words:
                     self.words[w] = ids
             out += ids
