@@ -40,6 +40,22 @@ def decision(item: str, version: int, category: str, tags: list[str], kind: str 
     return item.encode(), orjson.dumps(doc)
 
 
+def published_by_humans(s, items: set[str], timeout: float = 60) -> dict[str, dict]:
+    """The `source: "human"` records on listings.classified by item, once every one of `items` has one. The worker
+    writes a decision to Redis before it sends it to Kafka, so Redis can show it a moment before the topic does."""
+    found: dict[str, dict] = {}
+
+    def arrived() -> bool:
+        for m in read_topic(s, s.topics.classified, timeout_s=2):
+            doc = orjson.loads(m.value)
+            if doc["source"] == "human":
+                found[doc["item_id"]] = doc
+        return items <= found.keys()
+
+    wait_for(arrived, timeout, f"human labels of {sorted(items)} on {s.topics.classified}")
+    return found
+
+
 @pytest.fixture
 def reviewing(stack, tmp_path):
     """A worker that sends every result to review (threshold 1.0), with a handful of classified items.
@@ -90,10 +106,7 @@ def test_human_labels_win_and_bad_feedback_is_dead_lettered(reviewing) -> None:
     assert r.hgetall(keys.REVIEW_STATS) == {"corrected": "1", "accepted": "1"}
     dlq = {orjson.loads(m.value)["error_type"] for m in read_topic(s, s.topics.dlq, expected=4)}
     assert {"feedback_unknown_item", "feedback_unknown_category", "feedback_older_version", "not_json"} <= dlq
-    human = [
-        orjson.loads(m.value) for m in read_topic(s, s.topics.classified) if orjson.loads(m.value)["source"] == "human"
-    ]
-    assert {d["item_id"] for d in human} == {ids[0], ids[1]}
+    assert published_by_humans(s, {ids[0], ids[1]}).keys() == {ids[0], ids[1]}
     # a replay with any model never overwrites the human label of that listing_version ...
     summary = asyncio.run(backfill(s, BackfillOptions(group="rv-replay", progress=False, governor=False)))
     assert summary.stale >= 2
@@ -270,10 +283,6 @@ def test_a_reviewer_accepts_one_item_and_corrects_another_in_a_real_browser(revi
     assert feedback[corrected]["decision"] == "corrected" and feedback[corrected]["category_id"] == alternative
     wait_for(lambda: redis_items(s, [corrected])[corrected].get("category_id") == alternative, 60, "correction applied")
     wait_for(lambda: redis_items(s, [accepted])[accepted].get("label_source") == "human", 60, "acceptance applied")
-    human = {
-        orjson.loads(m.value)["item_id"]
-        for m in read_topic(s, s.topics.classified)
-        if orjson.loads(m.value)["source"] == "human"
-    }
-    assert {accepted, corrected} <= human
+    human = published_by_humans(s, {accepted, corrected})
+    assert human[corrected]["category"]["id"] == alternative and human[accepted]["review"]["decision"] == "accepted"
     assert (tmp_path / "review.png").stat().st_size > 10_000
