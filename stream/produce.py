@@ -28,7 +28,7 @@ import orjson
 
 from stream import connections
 from stream.config import Settings
-from stream.files import JSONL_SUFFIXES, jsonl_objects
+from stream.files import JSONL_SUFFIXES, csv_dict_reader, data_suffix, jsonl_objects, open_text
 
 FLUSH_TIMEOUT_S = 120.0
 MAX_ERROR_SAMPLES = 5
@@ -73,15 +73,15 @@ def read_listings(
     if limit is not None and limit <= 0:
         return
     n = 0
-    if path.suffix.lower() in JSONL_SUFFIXES:
+    if data_suffix(path) in JSONL_SUFFIXES:
         for _, obj in jsonl_objects(path):
             yield obj
             n += 1
             if limit is not None and n >= limit:
                 return
         return
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
+    with open_text(path) as f:
+        reader = csv_dict_reader(f, path)
         columns = list(reader.fieldnames or [])
         missing = [c for c in mapping.values() if c not in columns]
         if missing:
@@ -303,7 +303,7 @@ def run(args: argparse.Namespace, s: Settings) -> int:
     preflight.one_shot(s, redis=False)
     try:
         listings = list(read_listings(args.file, args.limit, parse_map(args.map)))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, csv.Error) as exc:
         print(f"produce: cannot read {args.file}: {exc}", file=sys.stderr)
         return 2
     try:

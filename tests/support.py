@@ -3,6 +3,7 @@ and wait for a condition (failing the test with `AssertionError`)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,23 +34,44 @@ def listing(item_id: str, title: str, **fields: Any) -> tuple[bytes, bytes]:
 
 
 def read_topic(settings: Settings, topic: str, timeout_s: float = 5.0, expected: int = 0) -> list[Any]:
-    """Every record of the topic from the beginning: stops after `timeout_s` without new ones, or, when
-    `expected` is given, once that many arrived (waiting up to six idle periods for them)."""
-    from kafka import KafkaConsumer
+    """Every record of the topic from the beginning. It always reads up to the end offsets the topic had when called,
+    however slowly the consumer starts (up to two minutes), then stops after `timeout_s` without new records; when
+    `expected` is given and fewer arrived, it waits up to six idle periods for them."""
+    from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(
-        topic,
-        **connections.kafka(settings.kafka),
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-        consumer_timeout_ms=int(timeout_s * 1000),
+        **connections.kafka(settings.kafka), auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
     )
     out: list[Any] = []
+    idle_limit = timeout_s * (6 if expected else 1)
     try:
-        for _ in range(6 if expected else 1):
-            out.extend(consumer)
-            if len(out) >= expected:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        waited = time.monotonic()
+        while not parts and time.monotonic() - waited < idle_limit:  # not created yet
+            time.sleep(0.2)
+            parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        if not parts:
+            return out
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        ends = consumer.end_offsets(parts)
+        give_up = time.monotonic() + 120
+        last_new = time.monotonic()
+        caught_up = False
+        while True:
+            batch = consumer.poll(timeout_ms=200)
+            now = time.monotonic()
+            for records in batch.values():
+                out.extend(records)
+                last_new = now
+            if not caught_up:
+                caught_up = all(consumer.position(tp) >= ends[tp] for tp in parts)
+                if caught_up:
+                    last_new = now  # the idle periods count from here
+                elif now < give_up:
+                    continue
+            idle = now - last_new
+            if idle >= idle_limit or (idle >= timeout_s and len(out) >= expected):
                 break
     finally:
         consumer.close()

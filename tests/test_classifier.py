@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import threading
 import urllib.request
@@ -10,6 +11,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -201,6 +203,29 @@ def test_bad_training_files_get_one_clear_error(tmp_path: Path) -> None:
     assert "line 2: not JSON" in err("e.jsonl", '{"t": "x", "c": "A"}\n{oops\n')
     with pytest.raises(dataset.DataError, match="no such file"):
         dataset.read(dataset.Source(tmp_path / "nope.csv", cols), categories=True)
+
+
+def test_training_files_may_be_gzipped_tsv_excel_or_hold_long_descriptions(tmp_path: Path) -> None:
+    """What public catalogues come as: gzipped, tab- or semicolon-separated, with Excel's byte-order mark, with a
+    description longer than Python's csv field limit (128 KiB); and one not in UTF-8 gets a clear error."""
+    cols = dataset.Columns(title="title", category="path", description="desc")
+    long = "word " * 40_000  # 200,000 characters
+    files = {
+        "a.csv.gz": gzip.compress(f'title,path,desc\n"Mug, blue",Kitchen > Mugs,"{long}"\n'.encode()),
+        "b.tsv": f"title\tpath\tdesc\nMug, blue\tKitchen > Mugs\t{long}\n".encode(),
+        "c.csv": f"\ufefftitle;path;desc\nMug, blue;Kitchen > Mugs;{long}\n".encode(),
+        "d.jsonl.gz": gzip.compress(orjson.dumps({"title": "Mug, blue", "path": "Kitchen > Mugs", "desc": long})),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        [row] = dataset.read(dataset.Source(tmp_path / name, cols), categories=True)
+        assert (row.title, row.path, row.description) == ("Mug, blue", ("Kitchen", "Mugs"), long.strip()), name
+    (tmp_path / "e.csv").write_bytes("title,path\nMug,Kitchen\nCaf\u00e9 mug,Kitchen\n".encode("cp1252"))
+    with pytest.raises(dataset.DataError, match=r"e.csv, line 3, column 4: not UTF-8 \(byte 0xe9\); .*iconv"):
+        dataset.read(dataset.Source(tmp_path / "e.csv", dataset.Columns("title", "path")), categories=True)
+    (tmp_path / "f.csv.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(dataset.DataError, match=r"f.csv.gz, after row 1: not a readable CSV"):
+        dataset.read(dataset.Source(tmp_path / "f.csv.gz", dataset.Columns("title", "path")), categories=True)
 
 
 def test_a_given_split_is_kept_and_its_missing_dev_and_test_are_taken_from_train() -> None:

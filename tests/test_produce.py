@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import uuid
 from pathlib import Path
@@ -64,6 +65,22 @@ def test_read_csv_with_item_id_and_title_columns(tmp_path: Path) -> None:
         {"item_id": "a", "title": "Phone case", "listing_version": 3, "price": 9.5},
         {"item_id": "b", "title": "Mug"},
     ]
+
+
+def test_read_gzipped_and_differently_delimited_files(tmp_path: Path) -> None:
+    want = [{"item_id": "a", "title": "Phone case, black", "price": 9.5}, {"item_id": "b", "title": "Mug"}]
+    variants = {
+        "excel.csv": "\ufeffitem_id;title;price\na;Phone case, black;9.5\nb;Mug;\n",  # BOM, semicolons
+        "tabs.tsv": "item_id\ttitle\tprice\na\tPhone case, black\t9.5\nb\tMug\t\n",
+        "pipes.csv": "item_id|title|price\na|Phone case, black|9.5\nb|Mug|\n",
+        "plain.csv.gz": 'item_id,title,price\na,"Phone case, black",9.5\nb,Mug,\n',
+    }
+    for name, text in variants.items():
+        path = tmp_path / name
+        path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+        assert list(read_listings(path)) == want, name
+    (tmp_path / "l.jsonl.gz").write_bytes(gzip.compress(b'{"item_id": "a", "title": "A"}\n'))
+    assert list(read_listings(tmp_path / "l.jsonl.gz")) == [{"item_id": "a", "title": "A"}]
 
 
 def test_read_jsonl_and_bad_files(tmp_path: Path) -> None:

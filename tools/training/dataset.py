@@ -18,7 +18,14 @@ from typing import Any
 
 import orjson
 
-from stream.files import JSONL_SUFFIXES, jsonl_objects
+from stream.files import (
+    JSONL_SUFFIXES,
+    csv_dict_reader,
+    data_suffix,
+    first_non_utf8_line,
+    jsonl_objects,
+    open_text,
+)
 
 SPLITS = ("train", "dev", "test")
 
@@ -73,15 +80,16 @@ class Row:
 
 
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(row number, record) of a CSV (header = row 1), JSONL (line number) or Parquet (1-based) file."""
-    suffix = path.suffix.lower()
+    """(row number, record) of a CSV/TSV (header = row 1), JSONL (line number) or Parquet (1-based) file; CSV, TSV
+    and JSONL may be gzipped (`.csv.gz`)."""
+    suffix = data_suffix(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if suffix in JSONL_SUFFIXES:
         try:
             yield from jsonl_objects(path)
-        except ValueError as exc:
-            raise DataError(str(exc)) from None
+        except (ValueError, OSError, EOFError) as exc:  # OSError, EOFError: a broken gzip
+            raise DataError(str(exc) if isinstance(exc, ValueError) else f"{path}: {exc}") from None
     elif suffix in (".parquet", ".pq"):
         try:
             import pyarrow.parquet as pq
@@ -94,12 +102,19 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         for n, rec in enumerate(table.to_pylist(), 1):
             yield n, rec
     else:
-        with path.open(newline="", encoding="utf-8") as f:
-            try:
-                for n, rec in enumerate(csv.DictReader(f), 2):
+        n = 1
+        try:
+            with open_text(path) as f:
+                for n, rec in enumerate(csv_dict_reader(f, path), 2):
                     yield n, rec
-            except (csv.Error, UnicodeDecodeError) as exc:
-                raise DataError(f"{path}: not a readable UTF-8 CSV ({exc})") from None
+        except UnicodeDecodeError:
+            line, column, byte = first_non_utf8_line(path) or (n, 0, 0)
+            raise DataError(
+                f"{path}, line {line}, column {column}: not UTF-8 (byte 0x{byte:02x}); convert the file first, "
+                "e.g. iconv -f cp1252 -t utf-8"
+            ) from None
+        except (csv.Error, OSError, EOFError) as exc:
+            raise DataError(f"{path}, after row {n}: not a readable CSV ({exc})") from None
 
 
 def _text(value: Any) -> str:
