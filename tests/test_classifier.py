@@ -720,6 +720,24 @@ def test_top_k_is_a_stable_sort_cut_short(scores: np.ndarray, k: int) -> None:
     assert serving.classifier().top_k(scores, k).tolist() == want.tolist()
 
 
+def test_a_description_is_read_without_its_markup() -> None:
+    """HTML in a description (common in catalogue exports) would spend the 400 characters the model reads on tags:
+    tags go, entities become their characters; a title is read as written, and a bare `<` is text."""
+    clf = serving.classifier()
+    html_desc = "<p>Fine <b>bone</b> china &amp; gold rim.<br/>Dishwasher&nbsp;safe</p><!-- x -->"
+    html_desc += "<ul><li>2 mugs</li></ul>"
+    assert clf.fields(clf.compose_text("Mug & saucer", None, html_desc, 400)) == (
+        "Mug & saucer",
+        "Fine bone china & gold rim. Dishwasher safe 2 mugs",
+    )
+    assert clf.fields(clf.compose_text("<b>Mug</b>", None, "sizes 3 < 5 and 9 > 7", 400)) == (
+        "<b>Mug</b>",
+        "sizes 3 < 5 and 9 > 7",
+    )
+    long = "<p>" + "x" * 2000 + "</p>"
+    assert clf.fields(clf.compose_text("Mug", None, long, 400))[1] == "x" * 400
+
+
 def test_a_description_is_a_block_of_its_own_in_the_linear_part(tmp_path: Path, prepared: corpus.Corpus) -> None:
     """With descriptions the linear part's word and char n-grams read the title alone and the description has its
     own block (a long description would otherwise drown the title's n-grams); the served code computes what

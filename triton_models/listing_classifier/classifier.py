@@ -5,9 +5,9 @@ the code it was trained and measured with.
 What a version folder holds and how a batch is scored:
 
 1. **Text.** `compose_text(title, brand, description)`: the brand in front when the title lacks it, then the
-   description's first characters after ` | ` (followed by `DESCRIPTION_MARK`, a control character the tokenizer
-   drops: it tells the linear part where the description starts). Tokenized with the version's
-   `tokenizer/tokenizer.json`.
+   description's first characters, HTML tags and entities removed (`plain_text`), after ` | ` (followed by
+   `DESCRIPTION_MARK`, a control character the tokenizer drops: it tells the linear part where the description
+   starts). Tokenized with the version's `tokenizer/tokenizer.json`.
 2. **Encoder engine** → per row: leaf logits [C], tag logits [T], and one logits vector per auxiliary taxonomy
    level. Engines: `torch` (weights.pt, fp32; fp16 on CUDA), `onnx` (model.onnx, fp32), `onnx-int8`
    (model.int8.onnx, dynamically quantized). The engine is picked by the Triton config (`engine` parameter) or
@@ -35,6 +35,7 @@ What a version folder holds and how a batch is scored:
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -55,7 +56,15 @@ MAX_TITLE_CHARS = 1000  # longer titles are truncated, not rejected (see the lis
 MAX_BRAND_CHARS = 100
 ENGINES = ("torch", "onnx", "onnx-int8")
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+MARKUP = re.compile(r"</?[A-Za-z!][^<>]{0,300}>")  # an HTML tag, as catalogue descriptions often carry them
 DENSE_WEIGHTS_BYTES = 64 << 20  # linear weights up to this size are held dense (faster), larger ones sparse
+
+
+def plain_text(text: str) -> str:
+    """A description without its markup: HTML tags become spaces, entities their characters (`&amp;` → `&`)."""
+    if "<" in text:
+        text = MARKUP.sub(" ", text)
+    return html.unescape(text) if "&" in text else text
 
 
 def compose_text(title: str, brand: str | None = None, description: str | None = None, desc_chars: int = 0) -> str:
@@ -64,7 +73,7 @@ def compose_text(title: str, brand: str | None = None, description: str | None =
     brand = " ".join((brand or "")[:MAX_BRAND_CHARS].split())
     text = f"{brand} {title}" if brand and brand.lower() not in title.lower() else title
     if desc_chars > 0 and description:
-        desc = " ".join(description[: desc_chars * 2].split())[:desc_chars]
+        desc = " ".join(plain_text(description[: desc_chars * 4]).split())[:desc_chars]
         if desc:
             text = f"{text}{DESCRIPTION_SEPARATOR}{desc}"
     return text
