@@ -260,7 +260,12 @@ def produce_listings(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--file", required=True, type=Path, help="JSONL of listing objects, or a CSV of listings")
+    parser.add_argument(
+        "--file",
+        required=True,
+        type=Path,
+        help="JSONL of listing objects, or a CSV (or TSV, ;- or |-separated) of listings; .gz for gzipped",
+    )
     parser.add_argument(
         "--map",
         action="append",

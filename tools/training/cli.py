@@ -20,7 +20,7 @@ HELP = "fine-tune the classifier on a catalogue and export a new Triton model ve
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data (default: the example catalogue in LISTINGS_DATA_DIR)")
-    data.add_argument("--data", type=Path, help="labelled listings: CSV, JSONL or Parquet")
+    data.add_argument("--data", type=Path, help="labelled listings: CSV (or TSV), JSONL (either may be .gz) or Parquet")
     data.add_argument("--title-column", default="title")
     data.add_argument(
         "--category-column",
