@@ -730,9 +730,11 @@ def test_a_description_is_read_without_its_markup() -> None:
         "Mug & saucer",
         "Fine bone china & gold rim. Dishwasher safe 2 mugs",
     )
-    assert clf.fields(clf.compose_text("<b>Mug</b>", None, "sizes 3 < 5 and 9 > 7", 400)) == (
+    assert clf.fields(
+        clf.compose_text("<b>Mug</b>", None, "sizes 3 < 5 and 9 > 7; AT&T &notice &#233;&#xE9;", 400)
+    ) == (
         "<b>Mug</b>",
-        "sizes 3 < 5 and 9 > 7",
+        "sizes 3 < 5 and 9 > 7; AT&T &notice éé",
     )
     long = "<p>" + "x" * 2000 + "</p>"
     assert clf.fields(clf.compose_text("Mug", None, long, 400))[1] == "x" * 400

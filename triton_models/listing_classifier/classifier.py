@@ -57,6 +57,8 @@ MAX_BRAND_CHARS = 100
 ENGINES = ("torch", "onnx", "onnx-int8")
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 MARKUP = re.compile(r"</?[A-Za-z!][^<>]{0,300}>")  # an HTML tag, as catalogue descriptions often carry them
+# an HTML entity with its semicolon (html.unescape alone also reads "&nothing" as "¬hing")
+ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
 DENSE_WEIGHTS_BYTES = 64 << 20  # linear weights up to this size are held dense (faster), larger ones sparse
 
 
@@ -64,7 +66,7 @@ def plain_text(text: str) -> str:
     """A description without its markup: HTML tags become spaces, entities their characters (`&amp;` → `&`)."""
     if "<" in text:
         text = MARKUP.sub(" ", text)
-    return html.unescape(text) if "&" in text else text
+    return ENTITY.sub(lambda m: html.unescape(m[0]), text) if "&" in text else text
 
 
 def compose_text(title: str, brand: str | None = None, description: str | None = None, desc_chars: int = 0) -> str:
