@@ -25,12 +25,15 @@ def data_suffix(path: Path) -> str:
 
 
 def open_text(path: Path) -> IO[str]:
-    """A data file as text for the csv module: UTF-8 with or without a byte-order mark (Excel writes one), gunzipped
-    when its name ends in `.gz`."""
+    """A data file as text for the csv module, gunzipped when its name ends in `.gz`: UTF-8 with or without a
+    byte-order mark (Excel's "CSV UTF-8" writes one), or UTF-16 when it starts with that encoding's byte-order mark
+    (Excel's "Unicode Text")."""
     path = Path(path)
+    with open_binary(path) as f:
+        encoding = "utf-16" if f.read(2) in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
     if path.suffix.lower() == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
-    return path.open(encoding="utf-8-sig", newline="")
+        return gzip.open(path, "rt", encoding=encoding, newline="")
+    return path.open(encoding=encoding, newline="")
 
 
 def open_binary(path: Path) -> IO[bytes]:

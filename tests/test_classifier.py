@@ -206,14 +206,16 @@ def test_bad_training_files_get_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_training_files_may_be_gzipped_tsv_excel_or_hold_long_descriptions(tmp_path: Path) -> None:
-    """What public catalogues come as: gzipped, tab- or semicolon-separated, with Excel's byte-order mark, with a
-    description longer than Python's csv field limit (128 KiB); and one not in UTF-8 gets a clear error."""
+    """What public catalogues come as: gzipped, tab- or semicolon-separated, with Excel's byte-order mark, Excel's
+    UTF-16 "Unicode Text", with a description longer than Python's csv field limit (128 KiB); and one in another
+    encoding gets a clear error."""
     cols = dataset.Columns(title="title", category="path", description="desc")
     long = "word " * 40_000  # 200,000 characters
     files = {
         "a.csv.gz": gzip.compress(f'title,path,desc\n"Mug, blue",Kitchen > Mugs,"{long}"\n'.encode()),
         "b.tsv": f"title\tpath\tdesc\nMug, blue\tKitchen > Mugs\t{long}\n".encode(),
         "c.csv": f"\ufefftitle;path;desc\nMug, blue;Kitchen > Mugs;{long}\n".encode(),
+        "excel-unicode.txt": f"title\tpath\tdesc\r\nMug, blue\tKitchen > Mugs\t{long}\r\n".encode("utf-16"),
         "d.jsonl.gz": gzip.compress(orjson.dumps({"title": "Mug, blue", "path": "Kitchen > Mugs", "desc": long})),
     }
     for name, data in files.items():
