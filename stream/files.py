@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -28,12 +29,10 @@ def open_text(path: Path) -> IO[str]:
     """A data file as text for the csv module, gunzipped when its name ends in `.gz`: UTF-8 with or without a
     byte-order mark (Excel's "CSV UTF-8" writes one), or UTF-16 when it starts with that encoding's byte-order mark
     (Excel's "Unicode Text")."""
-    path = Path(path)
-    with open_binary(path) as f:
-        encoding = "utf-16" if f.read(2) in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
-    if path.suffix.lower() == ".gz":
-        return gzip.open(path, "rt", encoding=encoding, newline="")
-    return path.open(encoding=encoding, newline="")
+    raw = open_binary(path)
+    encoding = "utf-16" if raw.read(2) in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+    raw.seek(0)
+    return io.TextIOWrapper(raw, encoding=encoding, newline="")
 
 
 def open_binary(path: Path) -> IO[bytes]:

@@ -45,11 +45,11 @@ def read_topic(settings: Settings, topic: str, timeout_s: float = 5.0, expected:
     out: list[Any] = []
     idle_limit = timeout_s * (6 if expected else 1)
     try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
         waited = time.monotonic()
-        while not parts and time.monotonic() - waited < idle_limit:  # not created yet
+        while not (parts := [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]):
+            if time.monotonic() - waited >= idle_limit:  # never created
+                break
             time.sleep(0.2)
-            parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
         if not parts:
             return out
         consumer.assign(parts)
