@@ -24,7 +24,8 @@ LR_HEADS = 3e-3
 LEVEL_LOSS_WEIGHT = 0.5
 TAG_LOSS_WEIGHT = 0.5
 WARMUP = 0.06
-SCALES = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0)  # tried for the label-name head init
+# scales tried for the class-name head init (0: the names say nothing, e.g. codes)
+SCALES = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0)
 LABEL_INIT_TITLES = 3000  # training titles sampled to centre and scale it
 
 
