@@ -722,6 +722,40 @@ def test_top_k_is_a_stable_sort_cut_short(scores: np.ndarray, k: int) -> None:
     assert serving.classifier().top_k(scores, k).tolist() == want.tolist()
 
 
+def test_heads_start_as_the_zero_shot_classifier_of_the_class_names() -> None:
+    """Before any training step, the leaf head already tells mugs, phone cases and running shoes apart from their
+    class names alone (the pretrained encoder), with the label priors as biases."""
+    import torch
+
+    from training import artifact, finetune
+
+    enc = artifact.encoder_dir()
+    tok = serving.classifier().Tokenizer(enc, 40)
+    names = ["Kitchen > Mugs", "Mobiles & Accessories > Phone cases", "Footwear > Running shoes"]
+    titles = [
+        "Ceramic coffee mug 350 ml",
+        "Printed tea cup with handle",
+        "Silicone back cover for iPhone 12",
+        "Shockproof case for Samsung Galaxy S21",
+        "Nike men's running shoes",
+        "Adidas women's sports shoe",
+    ]
+    labels = np.array([0, 0, 1, 1, 2, 2, 0, 0])  # the last two: more mugs than the rest, a prior to keep
+    ids = tok.encode(titles) + tok.encode(["Steel mug", "Enamel camping mug"])
+    net = serving.network().build(enc, 3, [], 0)
+    finetune.init_biases(net, labels.tolist(), None)
+    prior = net.category.bias.detach().clone()
+    [info] = finetune.init_label_heads(net, [(net.category, names, labels)], ids, tok.encode, tok.pad_id)
+    assert info["scale"] > 0 and info["zero_shot_accuracy"] == 1.0 and info["classes"] == 3
+    logits = finetune.predict_logits(net, ids, tok.pad_id, torch.device("cpu"))[0]
+    assert logits.argmax(1).tolist() == labels.tolist()
+    assert torch.allclose(net.category.weight.norm(dim=1), torch.full((3,), info["scale"]), atol=1e-4)
+    # the biases are the priors shifted so that the mean title scores the priors exactly
+    with torch.inference_mode():
+        mean_title = torch.from_numpy(finetune._pooled(net.eval(), ids, tok.pad_id)).mean(0)
+        assert torch.allclose(net.category(mean_title), prior, atol=1e-4)
+
+
 def test_a_description_is_read_without_its_markup() -> None:
     """HTML in a description (common in catalogue exports) would spend the 400 characters the model reads on tags:
     tags go, entities become their characters; a title is read as written, and a bare `<` is text."""
