@@ -554,6 +554,13 @@ def test_cascade_skips_the_encoder_only_for_rows_the_linear_part_is_sure_of(loca
     np.testing.assert_allclose(got.tags[~easy], want.tags[~easy], atol=1e-4)
     linear_only = mod.softmax(cascaded.linear_log_scores(lin_cat[easy]))
     np.testing.assert_allclose(got.probs[easy], linear_only, atol=1e-6)
+    t_lin = full.meta["fusion"]["linear_temperature"]
+    scale = (
+        full.meta["cascade"].get("linear_scale")
+        or (1 - full.meta["fusion"]["alpha"]) / full.meta["fusion"]["temperature"]
+    )
+    assert cascaded.cascade_scale == pytest.approx(scale)
+    np.testing.assert_allclose(linear_only, mod.softmax(scale * mod.log_softmax(t_lin * lin_cat[easy])), atol=1e-6)
     assert (got.probs[easy].argmax(1) == lin_cat[easy].argmax(1)).all()
     if full.tag_names:
         tops = full.top_of_class[linear_only.argmax(1)]
@@ -564,6 +571,37 @@ def test_cascade_skips_the_encoder_only_for_rows_the_linear_part_is_sure_of(loca
     cascaded.cascade_margin = None
     cascaded.score_texts(texts)
     assert sum(encoded) == len(texts)
+
+
+def test_the_cascade_scale_fits_the_rows_it_skips() -> None:
+    """The skipped rows' probabilities are the linear term's, at the factor that fits the skipped dev rows best
+    (the fusion's own `(1-α)/τ` leaves them under-confident when the fusion leans on the encoder)."""
+    from training import cascade
+
+    mod = serving.classifier()
+    rng = np.random.default_rng(0)
+    lin = rng.normal(size=(400, 5))
+    y = lin.argmax(1)
+    y[:40] = (y[:40] + 1) % 5  # 90% of the sure rows right
+
+    class Skipping:
+        meta = {"fusion": {"linear_temperature": 2.0}}
+        cascade_scale = 0.3
+
+        def linear(self, texts: list[str]) -> tuple[np.ndarray, None]:
+            return lin, None
+
+        def easy_rows(self, scores: np.ndarray) -> np.ndarray:
+            return np.arange(len(scores)) < 300  # the last 100 rows stay on the encoder
+
+    z = mod.log_softmax(2.0 * lin[:300])
+
+    def log_loss(s: float) -> float:
+        return float(-np.mean(np.log(mod.softmax(s * z)[np.arange(300), y[:300]])))
+
+    s = cascade.fit_scale(Skipping(), ["x"] * 400, y)
+    assert log_loss(s) < log_loss(0.3) and log_loss(s) <= min(log_loss(s * 0.8), log_loss(s * 1.25))
+    assert cascade.fit_scale(Skipping(), ["x"] * 400, np.full(400, -100)) == 0.3  # nothing labelled: as fused
 
 
 @pytest.mark.stack

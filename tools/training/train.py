@@ -293,6 +293,7 @@ def train(opts: TrainOptions, out: Path, threads: int = 2, echo: Callable[[str],
         "data": c.stats,
         "linear": lin_info,
         "best_epoch": fit.best_epoch,
+        "head_init": label_init,
     }
     artifact.write_json(out / "classifier.json", meta)
 
