@@ -554,11 +554,9 @@ def test_cascade_skips_the_encoder_only_for_rows_the_linear_part_is_sure_of(loca
     np.testing.assert_allclose(got.tags[~easy], want.tags[~easy], atol=1e-4)
     linear_only = mod.softmax(cascaded.linear_log_scores(lin_cat[easy]))
     np.testing.assert_allclose(got.probs[easy], linear_only, atol=1e-6)
-    t_lin = full.meta["fusion"]["linear_temperature"]
-    scale = (
-        full.meta["cascade"].get("linear_scale")
-        or (1 - full.meta["fusion"]["alpha"]) / full.meta["fusion"]["temperature"]
-    )
+    fusion = full.meta["fusion"]
+    t_lin = fusion["linear_temperature"]
+    scale = (full.meta.get("cascade") or {}).get("linear_scale") or (1 - fusion["alpha"]) / fusion["temperature"]
     assert cascaded.cascade_scale == pytest.approx(scale)
     np.testing.assert_allclose(linear_only, mod.softmax(scale * mod.log_softmax(t_lin * lin_cat[easy])), atol=1e-6)
     assert (got.probs[easy].argmax(1) == lin_cat[easy].argmax(1)).all()
