@@ -554,6 +554,11 @@ def test_cascade_skips_the_encoder_only_for_rows_the_linear_part_is_sure_of(loca
     np.testing.assert_allclose(got.tags[~easy], want.tags[~easy], atol=1e-4)
     linear_only = mod.softmax(cascaded.linear_log_scores(lin_cat[easy]))
     np.testing.assert_allclose(got.probs[easy], linear_only, atol=1e-6)
+    fusion = full.meta["fusion"]
+    t_lin = fusion["linear_temperature"]
+    scale = (full.meta.get("cascade") or {}).get("linear_scale") or (1 - fusion["alpha"]) / fusion["temperature"]
+    assert cascaded.cascade_scale == pytest.approx(scale)
+    np.testing.assert_allclose(linear_only, mod.softmax(scale * mod.log_softmax(t_lin * lin_cat[easy])), atol=1e-6)
     assert (got.probs[easy].argmax(1) == lin_cat[easy].argmax(1)).all()
     if full.tag_names:
         tops = full.top_of_class[linear_only.argmax(1)]
@@ -564,6 +569,37 @@ def test_cascade_skips_the_encoder_only_for_rows_the_linear_part_is_sure_of(loca
     cascaded.cascade_margin = None
     cascaded.score_texts(texts)
     assert sum(encoded) == len(texts)
+
+
+def test_the_cascade_scale_fits_the_rows_it_skips() -> None:
+    """The skipped rows' probabilities are the linear term's, at the factor that fits the skipped dev rows best
+    (the fusion's own `(1-α)/τ` leaves them under-confident when the fusion leans on the encoder)."""
+    from training import cascade
+
+    mod = serving.classifier()
+    rng = np.random.default_rng(0)
+    lin = rng.normal(size=(400, 5))
+    y = lin.argmax(1)
+    y[:40] = (y[:40] + 1) % 5  # 90% of the sure rows right
+
+    class Skipping:
+        meta = {"fusion": {"linear_temperature": 2.0}}
+        cascade_scale = 0.3
+
+        def linear(self, texts: list[str]) -> tuple[np.ndarray, None]:
+            return lin, None
+
+        def easy_rows(self, scores: np.ndarray) -> np.ndarray:
+            return np.arange(len(scores)) < 300  # the last 100 rows stay on the encoder
+
+    z = mod.log_softmax(2.0 * lin[:300])
+
+    def log_loss(s: float) -> float:
+        return float(-np.mean(np.log(mod.softmax(s * z)[np.arange(300), y[:300]])))
+
+    s = cascade.fit_scale(Skipping(), ["x"] * 400, y)
+    assert log_loss(s) < log_loss(0.3) and log_loss(s) <= min(log_loss(s * 0.8), log_loss(s * 1.25))
+    assert cascade.fit_scale(Skipping(), ["x"] * 400, np.full(400, -100)) == 0.3  # nothing labelled: as fused
 
 
 @pytest.mark.stack
@@ -720,6 +756,40 @@ def test_top_k_is_a_stable_sort_cut_short(scores: np.ndarray, k: int) -> None:
     first, ties to the lower index — many tied scores included."""
     want = np.argsort(-scores, kind="stable")[:k]
     assert serving.classifier().top_k(scores, k).tolist() == want.tolist()
+
+
+def test_heads_start_as_the_zero_shot_classifier_of_the_class_names() -> None:
+    """Before any training step, the leaf head already tells mugs, phone cases and running shoes apart from their
+    class names alone (the pretrained encoder), with the label priors as biases."""
+    import torch
+
+    from training import artifact, finetune
+
+    enc = artifact.encoder_dir()
+    tok = serving.classifier().Tokenizer(enc, 40)
+    names = ["Kitchen > Mugs", "Mobiles & Accessories > Phone cases", "Footwear > Running shoes"]
+    titles = [
+        "Ceramic coffee mug 350 ml",
+        "Printed tea cup with handle",
+        "Silicone back cover for iPhone 12",
+        "Shockproof case for Samsung Galaxy S21",
+        "Nike men's running shoes",
+        "Adidas women's sports shoe",
+    ]
+    labels = np.array([0, 0, 1, 1, 2, 2, 0, 0])  # the last two: more mugs than the rest, a prior to keep
+    ids = tok.encode(titles) + tok.encode(["Steel mug", "Enamel camping mug"])
+    net = serving.network().build(enc, 3, [], 0)
+    finetune.init_biases(net, labels.tolist(), None)
+    prior = net.category.bias.detach().clone()
+    [info] = finetune.init_label_heads(net, [(net.category, names, labels)], ids, tok.encode, tok.pad_id)
+    assert info["scale"] > 0 and info["zero_shot_accuracy"] == 1.0 and info["classes"] == 3
+    logits = finetune.predict_logits(net, ids, tok.pad_id, torch.device("cpu"))[0]
+    assert logits.argmax(1).tolist() == labels.tolist()
+    assert torch.allclose(net.category.weight.norm(dim=1), torch.full((3,), info["scale"]), atol=1e-4)
+    # the biases are the priors shifted so that the mean title scores the priors exactly
+    with torch.inference_mode():
+        mean_title = torch.from_numpy(finetune._pooled(net.eval(), ids, tok.pad_id)).mean(0)
+        assert torch.allclose(net.category(mean_title), prior, atol=1e-4)
 
 
 def test_a_description_is_read_without_its_markup() -> None:

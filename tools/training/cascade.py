@@ -28,6 +28,7 @@ import numpy as np
 from training import metrics, serving
 
 GRID = (2.0, 1.5, 1.2, 1.0, 0.8)
+SCALES = np.geomspace(0.02, 4.0, 80)  # tried for the skipped rows' `linear_scale`
 MIN_AGREEMENT = 0.998
 MAX_ACCURACY_LOSS = 0.001
 MAX_TAG_F1_LOSS = 0.001
@@ -71,6 +72,27 @@ def _figures(clf: Any, texts: Sequence[str], y: np.ndarray, tag_dev: TagDev | No
     return out
 
 
+def fit_scale(clf: Any, texts: Sequence[str], y: np.ndarray) -> float:
+    """The factor on the linear term's log-probabilities that fits the dev rows the cascade skips best (least
+    log-loss): the fusion's own `(1-α)/τ` calibrates the sum of both terms, and on its own the linear term is then
+    under-confident wherever the fusion leans on the encoder (α high, T low). The fusion's factor when no labelled
+    dev row is skipped."""
+    lin = clf.linear(list(texts))[0]
+    easy = clf.easy_rows(lin) & (y >= 0)
+    if not easy.any():
+        return float(clf.cascade_scale)
+    t = float(clf.meta.get("fusion", {}).get("linear_temperature", 1.0))
+    z = serving.classifier().log_softmax(t * lin[easy])
+    picked = z[np.arange(len(z)), y[easy]]
+
+    def loss(s: float) -> float:
+        logits = s * z
+        top = logits.max(1)
+        return float(np.mean(top + np.log(np.exp(logits - top[:, None]).sum(1)) - s * picked))
+
+    return min((float(s) for s in SCALES), key=loss)
+
+
 def choose(
     folder: Path,
     engine: str,
@@ -93,9 +115,11 @@ def choose(
     chosen = None
     for margin in GRID:
         clf.cascade_margin = margin
+        clf.cascade_scale = fit_scale(clf, texts, y)
         got = _figures(clf, texts, y, tag_dev)
         row = {
             "linear_margin": margin,
+            "linear_scale": round(clf.cascade_scale, 4),
             "skipped_share": round(got["skipped_share"], 4),
             "top1_agreement": round(float(np.mean(got["pred"] == full["pred"])), 4),
             "accuracy_leaf": round(got["accuracy_leaf"], 4),
@@ -121,7 +145,7 @@ def choose(
     served: dict[str, Any] = {}
     if chosen is not None:  # the engine that will serve, with this cascade, against PyTorch fp32 without it
         fast = make(folder, engine=engine, threads=THREADS, cascade=False)
-        fast.cascade_margin = chosen["linear_margin"]
+        fast.cascade_margin, fast.cascade_scale = chosen["linear_margin"], chosen["linear_scale"]
         fast.score_texts(list(texts[:BATCH]))
         got = _figures(fast, texts, y, None)
         served = {
@@ -150,6 +174,7 @@ def choose(
         echo(f"cascade: none ({'; '.join(why)})")
     return {
         "linear_margin": chosen["linear_margin"] if chosen else None,
+        "linear_scale": chosen["linear_scale"] if chosen else None,
         "chosen_on": "torch",
         "without": {
             "accuracy_leaf": round(full["accuracy_leaf"], 4),

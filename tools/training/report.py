@@ -186,6 +186,7 @@ def evaluate(
         "confused_pairs": metrics.confused_pairs(true, _paths(classes, pred)),
         "curve": fit.curve,
         "best_epoch": fit.best_epoch,
+        "head_init": served.meta.get("head_init", []),
         "train_seconds": fit.seconds,
         "baseline_seconds": reference.seconds,
         "linear_part_seconds": lin.seconds,

@@ -221,6 +221,19 @@ def train(opts: TrainOptions, out: Path, threads: int = 2, echo: Callable[[str],
         ]
     net = network.build(enc_dir, len(tax.classes), level_sizes, len(c.tag_names))
     finetune.init_biases(net, y_train.tolist(), y_tag_train if len(tag_train) else None)
+    sample = sorted(random.Random(opts.seed).sample(range(len(cat_ids)), min(finetune.LABEL_INIT_TITLES, len(cat_ids))))
+    label_init = finetune.init_label_heads(
+        net,
+        [(net.category, [" > ".join(p) for p in tax.classes], y_train[sample])]
+        + [
+            (head, [" > ".join(n) for n in tax.level_nodes(k)], a[y_train[sample]])
+            for head, k, a in zip(net.levels, levels, ancestors, strict=True)
+        ],
+        [cat_ids[i] for i in sample],
+        tok.encode,
+        tok.pad_id,
+    )
+    echo(f"heads started from the class names: {label_init}")
     dev_cats = c.categories["dev"]
     y_dev = np.array(c.labels("dev"))
     dev_ids = tok.encode([e.text for e in dev_cats])
@@ -280,6 +293,7 @@ def train(opts: TrainOptions, out: Path, threads: int = 2, echo: Callable[[str],
         "data": c.stats,
         "linear": lin_info,
         "best_epoch": fit.best_epoch,
+        "head_init": label_init,
     }
     artifact.write_json(out / "classifier.json", meta)
 

@@ -26,11 +26,12 @@ What a version folder holds and how a batch is scored:
    the group applies to; every tag has its own threshold.
 7. **Cascade** (`classifier.json` → `cascade.linear_margin`, chosen at export on the dev split): a row whose
    linear category scores put the best class at least that margin ahead of the second skips the encoder. Its
-   category comes from the linear term of the fusion alone (`softmax((1-α)·log softmax(T·linear)/τ)`: the
-   encoder abstains) and its tags from the linear tag scores (`sigmoid(T_tag·linear_tag)`). Export keeps a
-   margin only where, on dev, it changes (almost) no top-1 class, costs no leaf accuracy or tag F1 and keeps
-   the calibration; with no such margin the version has no cascade. The `cascade=False` argument (Triton:
-   config parameter `cascade: off`) scores every row with the encoder.
+   category comes from the linear term of the fusion alone (`softmax(s·log softmax(T·linear))`: the encoder
+   abstains; `s` is the cascade's `linear_scale`, fitted on the dev rows it skips, else the fusion's `(1-α)/τ`)
+   and its tags from the linear tag scores (`sigmoid(T_tag·linear_tag)`). Export keeps a margin only where, on
+   dev, it changes (almost) no top-1 class, costs no leaf accuracy or tag F1 and keeps the calibration; with no
+   such margin the version has no cascade. The `cascade=False` argument (Triton: config parameter
+   `cascade: off`) scores every row with the encoder.
 """
 
 from __future__ import annotations
@@ -431,6 +432,9 @@ class Classifier:
                 self.allowed[j] = [t in set(applies) for t in tops]
         margin = (self.meta.get("cascade") or {}).get("linear_margin")
         self.cascade_margin: float | None = float(margin) if cascade and margin is not None else None
+        f = self.meta.get("fusion", {})
+        fused_scale = (1 - float(f.get("alpha", 1.0))) / float(f.get("temperature", 1.0))
+        self.cascade_scale = float((self.meta.get("cascade") or {}).get("linear_scale") or fused_scale)
         if not self.can_cascade():
             self.cascade_margin = None
 
@@ -489,11 +493,11 @@ class Classifier:
         return z
 
     def linear_log_scores(self, linear: np.ndarray) -> np.ndarray:
-        """The category log-scores of rows the encoder skipped: the fusion's linear term alone."""
+        """The category log-scores of rows the encoder skipped: the fusion's linear term alone, times the cascade's
+        own `linear_scale` when export fitted one on dev (else the fusion's `(1-α)/τ`)."""
         f = self.meta.get("fusion", {})
-        a = float(f.get("alpha", 1.0))
         t = float(f.get("linear_temperature", 1.0))
-        return (1 - a) * log_softmax(t * linear) / float(f.get("temperature", 1.0))
+        return self.cascade_scale * log_softmax(t * linear)
 
     def linear_tag_logits(self, linear: np.ndarray) -> np.ndarray:
         """The tag logits of rows the encoder skipped: the linear tag scores at their fusion temperature."""
