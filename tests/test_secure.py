@@ -13,7 +13,7 @@ import pytest
 from conftest import free_ports
 
 from devtools.workers import WorkerProcess, isolated, produce_raw
-from support import TITLES, direct_categories, listing, make_test_ca, redis_items, wait_for
+from support import TITLES, assert_categories, direct_categories, listing, make_test_ca, redis_items, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -69,8 +69,7 @@ def test_worker_end_to_end_over_sasl_ssl_and_redis_tls(secure, tmp_path) -> None
     finally:
         w.kill()
     stored = redis_items(s, ids)
-    expected = direct_categories(s, titles)
-    assert [stored[i]["category_id"] for i in ids] == expected
+    assert_categories([stored[i]["category_id"] for i in ids], direct_categories(s, titles))
     log = w.log_path.read_text()
     assert KAFKA_PASSWORD not in log and REDIS_PASSWORD not in log  # secrets never logged
 
