@@ -502,6 +502,27 @@ def test_a_catalogue_with_descriptions_is_served_with_them(local) -> None:
 
 
 @pytest.mark.stack
+def test_the_static_int8_engine_gives_a_row_the_same_answer_in_any_batch(local, prepared: corpus.Corpus) -> None:
+    """Dynamic int8 scales each batch's activations with one factor, so a row's scores move with its batch-mates;
+    the static engine's scales were fixed at export: a row scores the same alone, in a batch, or in another one."""
+    version_dir = _served_version(local)
+    meta = json.loads((version_dir / "classifier.json").read_text())
+    assert meta["engines"]["engines"]["onnx-int8-static"]["other_batches"]["top1_changes"] == 0
+    clf = serving.classifier().Classifier(version_dir, engine="onnx-int8-static", cascade=False)
+    titles = [e.text for e in prepared.categories["test"][:96]]
+    together = clf.score_texts(titles).probs
+    shuffled = np.random.default_rng(1).permutation(len(titles))
+    other = np.zeros_like(together)
+    other[shuffled] = clf.score_texts([titles[i] for i in shuffled]).probs
+    alone = np.concatenate([clf.score_texts([t]).probs for t in titles[:12]])
+    np.testing.assert_allclose(other, together, atol=1e-5)
+    np.testing.assert_allclose(alone, together[:12], atol=1e-5)
+    # and it is the network: it agrees with PyTorch fp32 on these titles
+    torch_top = serving.classifier().Classifier(version_dir, engine="torch", cascade=False).score_texts(titles)
+    assert np.mean(together.argmax(1) == torch_top.probs.argmax(1)) >= 0.97
+
+
+@pytest.mark.stack
 def test_every_engine_agrees_with_torch_through_triton(local, prepared: corpus.Corpus) -> None:
     """The ONNX engines, served by the real Triton, give the PyTorch fp32 answer on real titles."""
     import tritonclient.grpc as grpcclient
@@ -516,7 +537,7 @@ def test_every_engine_agrees_with_torch_through_triton(local, prepared: corpus.C
     original = config.read_text()
     client = grpcclient.InferenceServerClient(local.triton_grpc)
     try:
-        for engine in ("onnx", "onnx-int8"):
+        for engine in ("onnx", "onnx-int8", "onnx-int8-static"):
             config.write_text(original.replace('string_value: "auto"', f'string_value: "{engine}"'))
             triton.load_model(local, MODEL_NAME)
             got = np.array([json.loads(r[0])["category"]["id"] for r in _infer(client, titles).as_numpy("RESULT")])
