@@ -1,9 +1,8 @@
-"""Serving engines of a version: the ONNX graph of the network (fp32) and two int8 variants of it — dynamically
-quantized (each batch's activations get their own scale) and statically quantized (activation scales fixed at
-export from training texts, so a row's answer does not depend on its batch-mates) — written beside the PyTorch
-weights; each measured on the dev split against PyTorch fp32 through the served code (top-1 agreement of the final
-category, leaf accuracy, speed, and how much a row's scores move when the same rows come in other batches), and
-the default chosen.
+"""Serving engines of a version: the ONNX graph of the network (fp32) and its int8 dynamically-quantized variant
+(each batch's activations get their own scale, so a row's scores move a little with its batch-mates), written
+beside the PyTorch weights; each measured on the dev split against PyTorch fp32 through the served code (top-1
+agreement of the final category, leaf accuracy, speed, and how much a row's answer moves when the same rows come
+in other batches), and the default chosen.
 
 The default is the fastest engine that keeps the accuracy bound: at least `MIN_AGREEMENT` top-1 agreement with
 PyTorch fp32 and at most `MAX_ACCURACY_LOSS` less dev leaf accuracy. An engine that misses it is kept in the
@@ -26,7 +25,6 @@ MAX_ACCURACY_LOSS = 0.005
 OPSET = 17
 SPEED_THREADS = 2
 SPEED_BATCH = 64  # LISTINGS_MAX_BATCH's default
-CALIBRATION_TEXTS = 512  # training texts whose activations fix the static int8 engine's scales
 
 
 def export_onnx(folder: Path) -> Path:
@@ -76,64 +74,6 @@ def quantize_int8(folder: Path) -> Path:
     return dst
 
 
-def quantize_int8_static(folder: Path, texts: Sequence[str]) -> Path:
-    """model.int8-static.onnx: int8 weights as in model.int8.onnx, and the activations entering those MatMuls
-    quantized with fixed scales — their range over `texts` (training texts, min/max) — instead of each batch's own,
-    so a row's scores are the same in any batch. The attention's activation-by-activation MatMuls and the heads
-    stay fp32."""
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    src = folder / "model.onnx"
-    graph = onnx.load(str(src)).graph
-    weights = {i.name for i in graph.initializer}
-    outputs = {o.name for o in graph.output}
-    fp32 = [
-        n.name for n in graph.node if set(n.output) & outputs or (n.op_type == "MatMul" and not set(n.input) & weights)
-    ]
-    clf = serving.classifier()
-    tokenizer = clf.Classifier(folder, engine="onnx", cascade=False).tokenizer
-    ids = tokenizer.encode(list(texts))
-    feeds = []
-    for i in range(0, len(ids), 32):
-        input_ids, mask = clf.pad(ids[i : i + 32], tokenizer.pad_id)
-        feeds.append({"input_ids": input_ids, "attention_mask": mask})
-
-    class Feeds(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.rest = iter(feeds)
-
-        def get_next(self) -> dict | None:
-            return next(self.rest, None)
-
-    dst = folder / clf.ONNX_FILES["onnx-int8-static"]
-    quantize_static(
-        str(src),
-        str(dst),
-        Feeds(),
-        quant_format=QuantFormat.QOperator,
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-        activation_type=QuantType.QUInt8,
-        op_types_to_quantize=["MatMul", "Gemm"],
-        nodes_to_exclude=fp32,
-        calibrate_method=CalibrationMethod.MinMax,
-    )
-    return dst
-
-
-def calibration_texts(texts: Sequence[str], n: int = CALIBRATION_TEXTS) -> list[str]:
-    """`n` texts spread evenly over `texts` (a file is often sorted by category)."""
-    step = max(1, len(texts) // n)
-    return list(texts[::step][:n])
-
-
 def measure(folder: Path, engine: str, texts: Sequence[str], y: np.ndarray, reference: np.ndarray | None) -> dict:
     clf = serving.classifier().Classifier(folder, engine=engine, threads=SPEED_THREADS, cascade=False)
     clf.score_texts(list(texts[:SPEED_BATCH]))  # warm-up
@@ -171,15 +111,8 @@ def _size(folder: Path, engine: str) -> int:
     return (folder / name).stat().st_size
 
 
-def export_and_choose(
-    folder: Path,
-    dev: Sequence[Any],
-    y_dev: np.ndarray,
-    calibration: Sequence[str],
-    echo: Callable[[str], None] = print,
-) -> dict:
-    """Export the ONNX engines, measure every engine on `dev`, choose the default. `calibration`: training texts
-    for the static int8 engine's activation scales."""
+def export_and_choose(folder: Path, dev: Sequence[Any], y_dev: np.ndarray, echo: Callable[[str], None] = print) -> dict:
+    """Export the ONNX engines, measure every engine on `dev`, choose the default."""
     texts = [e.text for e in dev]
     out: dict[str, Any] = {
         "measured_on": f"dev split, {len(texts)} titles in batches of {SPEED_BATCH}, {SPEED_THREADS} CPU threads"
@@ -192,8 +125,6 @@ def export_and_choose(
         found["onnx"] = measure(folder, "onnx", texts, y_dev, reference)
         quantize_int8(folder)
         found["onnx-int8"] = measure(folder, "onnx-int8", texts, y_dev, reference)
-        quantize_int8_static(folder, calibration_texts(calibration))
-        found["onnx-int8-static"] = measure(folder, "onnx-int8-static", texts, y_dev, reference)
     except ImportError as exc:  # onnx/onnxruntime missing: the version serves with torch
         out["onnx_error"] = f"{type(exc).__name__}: {exc}"
     base_acc = found["torch"]["dev_accuracy_leaf"] or 0.0

@@ -300,7 +300,7 @@ def train(opts: TrainOptions, out: Path, threads: int = 2, echo: Callable[[str],
     # ---------------------------------------------------------------- engines (ONNX) and the default
     from training import engines
 
-    meta["engines"] = engines.export_and_choose(out, dev_cats, y_dev, [e.text for e in train_cats], echo=echo)
+    meta["engines"] = engines.export_and_choose(out, dev_cats, y_dev, echo=echo)
     meta["default_engine"] = meta["engines"]["default"]
     artifact.write_json(out / "classifier.json", meta)
 

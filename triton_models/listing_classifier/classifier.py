@@ -11,9 +11,9 @@ What a version folder holds and how a batch is scored:
 2. **Encoder engine** → per row: leaf logits [C], tag logits [T], and one logits vector per auxiliary taxonomy
    level. Engines: `torch` (weights.pt, fp32; fp16 on CUDA), `onnx` (model.onnx, fp32), `onnx-int8`
    (model.int8.onnx, dynamically quantized: each batch's activations get one scale, so a row's scores move a
-   little with its batch-mates), `onnx-int8-static` (model.int8-static.onnx: the same int8 weights, activation
-   scales fixed at export, so a row's answer is the same in any batch). The engine is picked by the Triton config
-   (`engine` parameter) or the version's own default (`classifier.json`, chosen at export by an accuracy bound).
+   little with its batch-mates; the fp32 engines give a row the same answer in any batch). The engine is picked
+   by the Triton config (`engine` parameter) or the version's own default (`classifier.json`, chosen at export
+   by an accuracy bound).
 3. **Linear part** (`linear.npz`): TF-IDF word 1-2 + char_wb 2-5 n-grams and linear category and tag scores;
    trained with descriptions, those n-grams read the title (and brand) alone and the description has a block of
    its own (word 1-2 grams), so a long description does not drown the title's n-grams.
@@ -57,8 +57,8 @@ DESCRIPTION_MARK = "\x1f"
 DESCRIPTION_SEPARATOR = f" |{DESCRIPTION_MARK} "
 MAX_TITLE_CHARS = 1000  # longer titles are truncated, not rejected (see the listings.new contract)
 MAX_BRAND_CHARS = 100
-ENGINES = ("torch", "onnx", "onnx-int8", "onnx-int8-static")
-ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx", "onnx-int8-static": "model.int8-static.onnx"}
+ENGINES = ("torch", "onnx", "onnx-int8")
+ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 MARKUP = re.compile(r"</?[A-Za-z!][^<>]{0,300}>")  # an HTML tag, as catalogue descriptions often carry them
 # an HTML entity with its semicolon (html.unescape alone also reads "&nothing" as "¬hing")
 ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
