@@ -123,6 +123,32 @@ def test_redelivery_is_same_and_reports_the_last_tag_change(stack, r) -> None:
     assert last["item_id"] == iid and last["category_id"] == "c"
 
 
+def test_a_different_redelivered_answer_replaces_an_unconfirmed_one(stack, r) -> None:
+    """The same listing and model version answered differently (int8 answers move with their batch-mates): over
+    an unconfirmed result it is applied, so the outputs re-sent are what Redis holds; over a confirmed one it is
+    the same (nothing written: the confirmed answer was published)."""
+    iid = f"it-{uuid.uuid4().hex[:8]}"
+    _apply(stack, [_item(iid, 1, 1, "c", ["a"])])
+    old = _item(iid, 2, 1, "c", ["a"])
+    _apply(stack, [old])  # listing_version 2, never confirmed
+    again = _apply(stack, [_item(iid, 2, 1, "d", ["b"])])[0]
+    assert again.status == "applied" and again.needs_outputs
+    assert r.hget(keys.listing(iid), "category_id") == "d"
+    assert again.prev_tags == ["a"] and again.added == ["b"] and again.removed == ["a"]
+    assert r.sismember("category:d", iid) and not r.sismember("category:c", iid)
+
+    async def confirm() -> None:
+        store = _store(stack)
+        await store.confirm_outputs([_item(iid, 2, 1, "d", ["b"])])
+        await store.close()
+
+    asyncio.run(confirm())
+    assert r.hget(keys.listing(iid), "outputs_pending") == "0"
+    later = _apply(stack, [_item(iid, 2, 1, "e", ["c"])])[0]
+    assert later.status == "same" and not later.needs_outputs
+    assert r.hget(keys.listing(iid), "category_id") == "d"
+
+
 def test_batch_in_one_round_trip_keeps_order_per_item(stack, r) -> None:
     iid = f"it-{uuid.uuid4().hex[:8]}"
     outs = _apply(stack, [_item(iid, 1, 1, "v1", ["a"]), _item(iid, 2, 1, "v2", ["b"]), _item(iid, 1, 1, "v1", [])])

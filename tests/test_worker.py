@@ -151,9 +151,13 @@ def test_sigkill_mid_stream_loses_nothing(stack, worker_factory) -> None:
     w2 = worker_factory(s, LISTINGS_MAX_BATCH="16")
     wait_for(lambda: len(redis_items(s, ids)) == len(ids), 240, "every item after restart", w2.log_tail)
     after = redis_items(s, ids)
-    # redelivered events left what they had written identical
+    # redelivered events left what they had written identical, unless its outputs were never confirmed and the
+    # model answered differently in its new batch (int8): then the new answer replaced it, in Redis and on Kafka
     for iid, h in done_before.items():
-        assert result_fields(after[iid]) == result_fields(h)
+        if (after[iid]["category_id"], after[iid]["tags"]) == (h["category_id"], h["tags"]):
+            assert result_fields(after[iid]) == result_fields(h)
+        else:
+            assert h["outputs_pending"] == "1", (iid, h, after[iid])
     classified = _latest_by_key(read_topic(s, s.topics.classified))
     assert set(classified) == set(ids)
     for iid in ids:

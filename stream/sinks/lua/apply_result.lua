@@ -13,7 +13,11 @@
 --   "applied": stored (hash, indexes, one stream entry), marked pending until the caller confirms that its
 --              Kafka outputs were acknowledged (confirm_outputs.lua);
 --   "same":    this result is already stored: nothing written. `pending` = "1" means the outputs of that write
---              were never confirmed (a crash in between): the caller re-emits them; "0": nothing left to do;
+--              were never confirmed (a crash in between): the caller re-emits them; "0": nothing left to do.
+--              A redelivered model result whose category or tags differ from an unconfirmed one of the same
+--              listing and model version (int8 answers move a little with their batch-mates) replaces it instead
+--              ("applied", its previous tags those before the unconfirmed write), so what the caller then sends
+--              to Kafka is what Redis holds;
 --   "stale":   (model) a newer result, or a human decision for this listing_version, is stored: nothing written;
 --   "unknown_item" | "older_version" | "unknown_version": (human) refused, nothing written.
 local key = KEYS[1]
@@ -26,6 +30,7 @@ local mode = ARGV[10]
 local cur = redis.call('HMGET', key, 'listing_version', 'model_version', 'category_id', 'tags', 'tags_prev',
   'outputs_pending', 'label_source')
 local human_stored = cur[7] == 'human'
+local replacing = false
 if mode == 'human' then
   if not cur[1] then return {'unknown_item', '[]', '[]', '0'} end
   local clv = tonumber(cur[1])
@@ -41,10 +46,15 @@ elseif cur[1] then
     return {'stale', cur[4] or '[]', cur[5] or '[]', '0'}
   end
   if lv == clv and mv == cmv then
-    return {'same', cur[4] or '[]', cur[5] or '[]', cur[6] or '0'}
+    if cur[6] ~= '1' or (cur[3] == cat and cur[4] == tags_json) then
+      return {'same', cur[4] or '[]', cur[5] or '[]', cur[6] or '0'}
+    end
+    replacing = true
   end
 end
 local old_tags_json = cur[4] or '[]'
+local prev_tags_json = old_tags_json
+if replacing then prev_tags_json = cur[5] or '[]' end
 local old_tags = cjson.decode(old_tags_json)
 local new_tags = cjson.decode(tags_json)
 local cat_prefix = ARGV[8]
@@ -72,7 +82,7 @@ end
 put('listing_version', ARGV[2])
 put('category_id', cat)
 put('tags', tags_json)
-put('tags_prev', old_tags_json)
+put('tags_prev', prev_tags_json)
 put('outputs_pending', '1')
 put('label_source', mode)
 if mode == 'human' then
@@ -92,4 +102,4 @@ redis.call('HSET', key, unpack(flat))
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*',
   'item_id', item, 'listing_version', ARGV[2], 'model_version', cur[2] and mode == 'human' and cur[2] or ARGV[3],
   'category_id', cat, 'tags', tags_json, 'source', fields['source'] or '', 'event_time', fields['event_time'] or '')
-return {'applied', tags_json, old_tags_json, '1'}
+return {'applied', tags_json, prev_tags_json, '1'}
