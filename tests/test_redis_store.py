@@ -129,20 +129,12 @@ def test_a_different_redelivered_answer_replaces_an_unconfirmed_one(stack, r) ->
     the same (nothing written: the confirmed answer was published)."""
     iid = f"it-{uuid.uuid4().hex[:8]}"
     _apply(stack, [_item(iid, 1, 1, "c", ["a"])])
-    old = _item(iid, 2, 1, "c", ["a"])
-    _apply(stack, [old])  # listing_version 2, never confirmed
-    again = _apply(stack, [_item(iid, 2, 1, "d", ["b"])])[0]
+    _apply(stack, [_item(iid, 2, 1, "c", ["a"])])  # listing_version 2, never confirmed
+    again = _apply(stack, [_item(iid, 2, 1, "d", ["b"])], confirm=True)[0]  # its outputs confirmed once sent
     assert again.status == "applied" and again.needs_outputs
     assert r.hget(keys.listing(iid), "category_id") == "d"
     assert again.prev_tags == ["a"] and again.added == ["b"] and again.removed == ["a"]
     assert r.sismember("category:d", iid) and not r.sismember("category:c", iid)
-
-    async def confirm() -> None:
-        store = _store(stack)
-        await store.confirm_outputs([_item(iid, 2, 1, "d", ["b"])])
-        await store.close()
-
-    asyncio.run(confirm())
     assert r.hget(keys.listing(iid), "outputs_pending") == "0"
     later = _apply(stack, [_item(iid, 2, 1, "e", ["c"])])[0]
     assert later.status == "same" and not later.needs_outputs

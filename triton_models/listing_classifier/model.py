@@ -7,9 +7,9 @@ other requests of the batch are served. Titles are truncated (1,000 characters, 
 limit), never rejected for length.
 
 Config parameters (`config.pbtxt`): `engine` = `auto` (the version's default, chosen at export by the accuracy
-bound) | `torch` | `onnx` | `onnx-int8`; `cascade` = `on` (rows the linear part is sure of
-skip the encoder, at the margin the version chose at export; see `classifier.py`) | `off`; `cpu_threads` (the
-engine's CPU threads, on a GPU instance too); `nice`
+bound) | `torch` | `onnx` | `onnx-int8`; `cascade` = `on` (rows the linear part is sure of skip the encoder, at
+the margin the version chose at export; see `classifier.py`) | `off`; `cpu_threads` (the engine's CPU threads, on
+a GPU instance too); `nice`
 (0-19, default 0) = the CPU niceness of the instance's process, every thread of it (the background copy that
 serves backfills sets 19, see tools/training/background.py). A GPU instance runs on its device (ONNX Runtime's
 CUDA provider, or torch in fp16).
