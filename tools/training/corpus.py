@@ -135,6 +135,18 @@ def build(
     extra = [e for e in extra if e.key not in known]  # a reviewed title the data already has keeps the data's label
     categories = assign(cats + extra, seed)
     taxonomy = Taxonomy.build(e.path for e in categories["train"])
+    if len(taxonomy.classes) < 2:
+        source = category_rows[0].where.rsplit(", row ", 1)[0] if category_rows else "the data"
+        found = f"one category ({' > '.join(taxonomy.classes[0])})" if taxonomy.classes else "no category"
+        raise DataError(f"{source}: the train split has {found}; a classifier needs at least two")
+    empty = [s for s in ("dev", "test") if not categories[s]]
+    if empty:
+        source = category_rows[0].where.rsplit(", row ", 1)[0]
+        raise DataError(
+            f"{source}: {len(cats)} distinct titles leave the {' and '.join(empty)} split empty (the seeded split "
+            "puts 10% of the titles in dev and 15% in test; dev chooses the epoch and the fusion, test is scored): "
+            "give more rows, or a split column with dev and test rows"
+        )
     same_file = tag_rows is None
     if same_file:
         tags_by_split = {s: [e for e in v if e.tags or e.tag_groups] for s, v in categories.items()}

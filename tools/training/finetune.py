@@ -66,7 +66,7 @@ def init_biases(net: Any, labels: list[int], tag_targets: np.ndarray | None) -> 
     with torch.no_grad():
         counts = torch.bincount(torch.tensor(labels), minlength=net.category.out_features).float() + 1.0
         net.category.bias.copy_(torch.log(counts / counts.sum()))
-        if tag_targets is not None and len(tag_targets):
+        if tag_targets is not None and tag_targets.size:
             pos = torch.tensor(tag_targets.sum(0), dtype=torch.float) + 1.0
             prior = pos / (len(tag_targets) + 2.0)
             net.tags.bias.copy_(torch.log(prior / (1 - prior)))

@@ -268,7 +268,9 @@ def train(opts: TrainOptions, out: Path, threads: int = 2, echo: Callable[[str],
         tag_dev_ids = tok.encode([e.text for e in dev_tag_ex])
         z = finetune.predict_logits(net, tag_dev_ids, tok.pad_id, torch.device("cpu"))[1]
         y_tdev, m_tdev = tags.targets(dev_tag_ex, tag_index, complete=c.same_file_tags)
-        tag_params = fusion.tune_tags(z, lin.tag_scores([e.text for e in dev_tag_ex]), y_tdev, m_tdev)
+        tag_params = fusion.tune_tags(
+            z, lin.tag_scores([e.text for e in dev_tag_ex]), y_tdev, m_tdev, [tags.group_of(t) for t in c.tag_names]
+        )
 
     # ---------------------------------------------------------------- the artifact (with its serving code)
     for name in artifact.SERVING_FILES:
