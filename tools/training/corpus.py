@@ -118,6 +118,11 @@ def vocabulary(examples: Iterable[Example], min_count: int = MIN_TAG_COUNT) -> l
     return sorted(t for t, n in counts.items() if n >= min_count)
 
 
+def _source(rows: Sequence[Row]) -> str:
+    """The file the rows came from, as their `where` names it (`f.csv, row 7` → `f.csv`)."""
+    return rows[0].where.rsplit(", row ", 1)[0] if rows else "the data"
+
+
 def build(
     category_rows: Sequence[Row],
     tag_rows: Sequence[Row] | None,
@@ -127,8 +132,8 @@ def build(
 ) -> Corpus:
     """`tag_rows` None: the tags (if any) come with the category rows."""
     cats, stats = dedupe(category_rows, compose)
+    source = _source(category_rows)
     if any(e.given_split for e in cats) and not any(e.given_split == "train" for e in cats):
-        source = category_rows[0].where.rsplit(", row ", 1)[0]
         raise DataError(f"{source}: the split column gives no train rows (a model needs some)")
     extra = dedupe(extra_rows, compose, extra=True)[0] if extra_rows else []
     known = {e.key for e in cats}
@@ -136,16 +141,15 @@ def build(
     categories = assign(cats + extra, seed)
     taxonomy = Taxonomy.build(e.path for e in categories["train"])
     if len(taxonomy.classes) < 2:
-        source = category_rows[0].where.rsplit(", row ", 1)[0] if category_rows else "the data"
         found = f"one category ({' > '.join(taxonomy.classes[0])})" if taxonomy.classes else "no category"
         raise DataError(f"{source}: the train split has {found}; a classifier needs at least two")
     empty = [s for s in ("dev", "test") if not categories[s]]
     if empty:
-        source = category_rows[0].where.rsplit(", row ", 1)[0]
+        share = dict(SPLIT_FRACTIONS)
         raise DataError(
             f"{source}: {len(cats)} distinct titles leave the {' and '.join(empty)} split empty (the seeded split "
-            "puts 10% of the titles in dev and 15% in test; dev chooses the epoch and the fusion, test is scored): "
-            "give more rows, or a split column with dev and test rows"
+            f"puts {share['dev']:.0%} of the titles in dev and {share['test']:.0%} in test; dev chooses the epoch and "
+            "the fusion, test is scored): give more rows, or a split column with dev and test rows"
         )
     same_file = tag_rows is None
     if same_file:
