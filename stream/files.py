@@ -28,11 +28,23 @@ def data_suffix(path: Path) -> str:
 def open_text(path: Path) -> IO[str]:
     """A data file as text for the csv module, gunzipped when its name ends in `.gz`: UTF-8 with or without a
     byte-order mark (Excel's "CSV UTF-8" writes one), or UTF-16 when it starts with that encoding's byte-order mark
-    (Excel's "Unicode Text")."""
+    (Excel's "Unicode Text") or, without one, with two ASCII characters as UTF-16 (some exporters write no mark)."""
     raw = open_binary(path)
-    encoding = "utf-16" if raw.read(2) in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+    encoding = text_encoding(raw.read(4))
     raw.seek(0)
     return io.TextIOWrapper(raw, encoding=encoding, newline="")
+
+
+def text_encoding(head: bytes) -> str:
+    """The encoding of a text file that starts with `head` (its first 4 bytes): UTF-16 by its byte-order mark, or by
+    the zero bytes of two ASCII characters (a header's first two: a UTF-8 text never holds a zero byte), else UTF-8."""
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "utf-16"
+    if len(head) == 4 and head[0] and head[2] and not head[1] and not head[3]:
+        return "utf-16-le"
+    if len(head) == 4 and head[1] and head[3] and not head[0] and not head[2]:
+        return "utf-16-be"
+    return "utf-8-sig"
 
 
 def open_binary(path: Path) -> IO[bytes]:

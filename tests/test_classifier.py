@@ -248,8 +248,8 @@ def test_a_tag_group_shares_one_threshold_chosen_on_the_groups_dev_f1() -> None:
 
 def test_training_files_may_be_gzipped_tsv_excel_or_hold_long_descriptions(tmp_path: Path) -> None:
     """What public catalogues come as: gzipped, tab- or semicolon-separated, with Excel's byte-order mark, Excel's
-    UTF-16 "Unicode Text", with a description longer than Python's csv field limit (128 KiB); and one in another
-    encoding gets a clear error."""
+    UTF-16 "Unicode Text" or UTF-16 without a byte-order mark (read as UTF-8 it was a TypeError traceback), with a
+    description longer than Python's csv field limit (128 KiB); and one in another encoding gets a clear error."""
     cols = dataset.Columns(title="title", category="path", description="desc")
     long = "word " * 40_000  # 200,000 characters
     files = {
@@ -257,6 +257,8 @@ def test_training_files_may_be_gzipped_tsv_excel_or_hold_long_descriptions(tmp_p
         "b.tsv": f"title\tpath\tdesc\nMug, blue\tKitchen > Mugs\t{long}\n".encode(),
         "c.csv": f"\ufefftitle;path;desc\nMug, blue;Kitchen > Mugs;{long}\n".encode(),
         "excel-unicode.txt": f"title\tpath\tdesc\r\nMug, blue\tKitchen > Mugs\t{long}\r\n".encode("utf-16"),
+        "no-mark-le.csv": f'title,path,desc\n"Mug, blue",Kitchen > Mugs,{long}\n'.encode("utf-16-le"),
+        "no-mark-be.tsv": f"title\tpath\tdesc\nMug, blue\tKitchen > Mugs\t{long}\n".encode("utf-16-be"),
         "d.jsonl.gz": gzip.compress(orjson.dumps({"title": "Mug, blue", "path": "Kitchen > Mugs", "desc": long})),
     }
     for name, data in files.items():
