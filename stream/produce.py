@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from stream import connections
+from stream import connections, logs
 from stream.config import Settings
 from stream.files import JSONL_SUFFIXES, csv_dict_reader, data_suffix, jsonl_objects, open_text
 
@@ -113,6 +113,7 @@ def _compression() -> str | None:
 def make_producer(settings: Settings) -> Any:
     from kafka import KafkaProducer
 
+    logs.quiet_slow_steps()
     return KafkaProducer(
         **connections.kafka(settings.kafka),
         acks="all",

@@ -262,6 +262,43 @@ def test_kafka_library_log_repeats_are_thinned_and_counted() -> None:
     assert all(f.filter(record("listings.worker", "batch done", 120 + k * 0.01)) for k in range(5))
 
 
+def test_kafka_python_slow_step_warnings_pass_only_at_debug(caplog) -> None:  # type: ignore[no-untyped-def]
+    """kafka-python 3's I/O thread warns when one loop step took over 0.1 s, GIL waits included: on a busy host
+    (the demo trains beside its producer) that line landed in the demo's screen with nothing wrong. After
+    `quiet_slow_steps` it passes only where its logger is at debug; the same logger's other warnings pass."""
+    import logging
+
+    from stream.logs import SLOW_STEP_LOGGER, quiet_slow_steps
+
+    logger = logging.getLogger(SLOW_STEP_LOGGER)
+    slow = (
+        "Task <kafka.net.selector.Task object at 0x7f56> ran for 0.374s (>0.100s threshold). It is blocking the "
+        "event loop -- likely a tight sync loop inside a coroutine. Other pollers will time out."
+    )
+    level = logger.level
+    try:
+        logger.setLevel(logging.INFO)
+        with caplog.at_level(logging.INFO, logger=SLOW_STEP_LOGGER):
+            logger.warning(slow)
+            assert [r.getMessage() for r in caplog.records] == [slow]  # without the filter it shows
+            caplog.clear()
+            quiet_slow_steps()
+            quiet_slow_steps()  # idempotent: one filter
+            assert sum(type(f).__name__ == "SlowStepFilter" for f in logger.filters) == 1
+            logger.warning(slow)
+            logger.warning("Task %s left RUNNING after step; demoting to UNSCHEDULED", "t")
+            assert [r.getMessage() for r in caplog.records] == [
+                "Task t left RUNNING after step; demoting to UNSCHEDULED"
+            ]
+            caplog.clear()
+            logger.setLevel(logging.DEBUG)
+            logger.warning(slow)
+            assert [r.getMessage() for r in caplog.records] == [slow]
+    finally:
+        logger.setLevel(level)
+        logger.filters[:] = [f for f in logger.filters if type(f).__name__ != "SlowStepFilter"]
+
+
 def test_backfill_stop_cancels_a_wait_it_interrupts_and_keeps_work_that_finished() -> None:
     import signal
 
