@@ -268,7 +268,7 @@ def test_kafka_python_slow_step_warnings_pass_only_at_debug(caplog) -> None:  # 
     `quiet_slow_steps` it passes only where its logger is at debug; the same logger's other warnings pass."""
     import logging
 
-    from stream.logs import SLOW_STEP_LOGGER, quiet_slow_steps
+    from stream.logs import SLOW_STEP_LOGGER, SlowStepFilter, quiet_slow_steps
 
     logger = logging.getLogger(SLOW_STEP_LOGGER)
     slow = (
@@ -278,7 +278,7 @@ def test_kafka_python_slow_step_warnings_pass_only_at_debug(caplog) -> None:  # 
     level, filters, disabled = logger.level, list(logger.filters), logger.disabled
     try:
         # a producer made earlier in this process (the bench, the workers' tests) installed it already
-        logger.filters[:] = [f for f in filters if type(f).__name__ != "SlowStepFilter"]
+        logger.filters[:] = [f for f in filters if not isinstance(f, SlowStepFilter)]
         logger.disabled = False
         logger.setLevel(logging.INFO)
         with caplog.at_level(logging.INFO, logger=SLOW_STEP_LOGGER):
@@ -287,7 +287,7 @@ def test_kafka_python_slow_step_warnings_pass_only_at_debug(caplog) -> None:  # 
             caplog.clear()
             quiet_slow_steps()
             quiet_slow_steps()  # idempotent: one filter
-            assert sum(type(f).__name__ == "SlowStepFilter" for f in logger.filters) == 1
+            assert sum(isinstance(f, SlowStepFilter) for f in logger.filters) == 1
             logger.warning(slow)
             logger.warning("Task %s left RUNNING after step; demoting to UNSCHEDULED", "t")
             assert [r.getMessage() for r in caplog.records] == [
