@@ -3,7 +3,7 @@
 Fields: `error` (human-readable reason), `error_type` (a stable code, see `contract.ERROR_TYPES`; the worker
 may add its own, e.g. for a poison event that fails classification), `topic`, `partition`, `offset`,
 `key` + `key_encoding`, `payload` (the original value, base64), `payload_size` (its length in bytes),
-`payload_truncated`, `failed_at` (ISO-8601 UTC, ms), `source` (`live` or `backfill`).
+`payload_truncated`, `failed_at` (ISO-8601 UTC, ms), `source` (`live`, `backfill` or `feedback`).
 
 * `key` is the key as a UTF-8 string when it decodes as UTF-8 (`key_encoding: "utf-8"`), else base64
   (`key_encoding: "base64"`); `null` with `key_encoding: null` when the message had no key.

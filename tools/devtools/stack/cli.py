@@ -14,9 +14,18 @@ from stream.config import Settings
 HELP = "start, stop or inspect the local Kafka + Redis + Triton stack"
 
 
+def _part(name: str) -> str:
+    # a type, not `choices`: with `nargs="*"` Python 3.11's argparse checks an empty list against the choices too
+    if name not in control.PARTS:
+        raise argparse.ArgumentTypeError(f"{name!r} is not a part (choose from {', '.join(control.PARTS)})")
+    return name
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["up", "down", "status"])
-    parser.add_argument("parts", nargs="*", choices=[[], *control.PARTS], help="only these parts")
+    parser.add_argument(
+        "parts", nargs="*", type=_part, metavar="PART", help=f"only these parts: {', '.join(control.PARTS)}"
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
