@@ -39,16 +39,7 @@ def free_ports(n: int) -> list[int]:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--long", action="store_true", help="run the long fault suite")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--long"):
-        return
-    skip = pytest.mark.skip(reason="long run: use `make test-long` (pytest --long)")
-    for item in items:
-        if "long" in item.keywords:
-            item.add_marker(skip)
+    parser.addoption("--long", action="store_true", help="the fault suite's long scenarios (more events, 30 s outages)")
 
 
 def make_model_repository(dest: Path) -> Path:

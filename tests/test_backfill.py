@@ -85,16 +85,19 @@ def test_since_resolves_start_by_time_and_live_group_is_untouched(stack, tmp_pat
 def test_stops_at_the_end_offsets_seen_at_start(stack) -> None:
     s = isolated(stack, "bf-end")
     produce_raw(s, _events("first", 30))
-    options = _opts(rate=40)
+    options = _opts(rate=10, governor=False)  # paced: 3 s for the 30, so the late events land while it runs
     plan_key = keys.backfill_plan(default_group(options, s.topics.input))
 
     async def run_and_feed() -> object:
         r = connections.redis_async(s.redis)
         task = asyncio.create_task(backfill(s, options))
         while not await r.exists(plan_key):
+            if task.done():  # it failed before making its plan: say why
+                return task.result()
             await asyncio.sleep(0.05)
         await r.aclose()
         await asyncio.to_thread(produce_raw, s, _events("late", 10))  # after the plan was made
+        assert not task.done(), "the backfill ended before the late events were in: the test proves nothing"
         return await task
 
     summary = asyncio.run(run_and_feed())

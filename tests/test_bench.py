@@ -8,6 +8,7 @@ import json
 import pytest
 
 from devtools.bench.measure import MIN_CPU_SPAN_S
+from devtools.stats import busy_share
 from stream import cli
 
 pytestmark = pytest.mark.stack
@@ -78,8 +79,16 @@ def test_bench_quick(stack, local, tmp_path, capsys) -> None:
     assert 0 < busy["busy_share"] <= 1 and busy["window"] in ("processing", "whole run")
     assert busy["span_s"] >= MIN_CPU_SPAN_S and busy["core_ms_per_event"] > 0, busy
     pr = results["protection"]
-    assert pr["b_core_ms_per_event"] == busy["core_ms_per_event"] and pr["backfill_ceiling_per_s"] >= 0
-    assert 0 <= pr["live_only_idle_share"] <= 1 and "share_of_ceiling" in pr
+    assert pr["b_core_ms_per_event"] == busy["core_ms_per_event"]
+    # the ceiling is (d)'s idle CPU at (b)'s cost per event, from the figures the run recorded beside it
+    live_only = f["d_latency"]["cpu_by_process"]
+    idle = max(0.0, 1 - busy_share(live_only) - live_only.get("stolen", 0.0))
+    assert pr["live_only_idle_share"] == round(idle, 3)
+    ceiling = idle * results["machine"]["cpu_count"] * 1000 / busy["core_ms_per_event"]
+    assert pr["backfill_ceiling_per_s"] == round(ceiling, 1)
+    # (the rates beside them are rounded to 0.1/s: a share may round the other way)
+    assert pr["share_ceiling"] == pytest.approx(ceiling / pr["free_capacity_per_s"], abs=0.006)
+    assert pr["share_of_ceiling"] == pytest.approx(pr["backfill_per_s_during_live"] / ceiling, abs=0.006)
     # who had the CPU while the events were in flight: the worker and Triton did work, and the backfill in (d')
     for key in ("b_pipeline", "d_latency", "d_latency_with_backfill"):
         cpu = f[key]["cpu_by_process"]

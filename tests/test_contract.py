@@ -145,8 +145,10 @@ def test_item_id_bounds() -> None:
 
 
 def test_caps_accept_values_at_the_limit() -> None:
-    parse(enc(good(description="d" * DESCRIPTION_MAX_CHARS, brand="b" * OPTIONAL_STRING_MAX_CHARS)))
-    parse(enc(good(listing_version=MAX_SAFE_INT, schema_version=MAX_SAFE_INT)))
+    got = parse(enc(good(description="d" * DESCRIPTION_MAX_CHARS, brand="b" * OPTIONAL_STRING_MAX_CHARS)))
+    assert got.description == "d" * DESCRIPTION_MAX_CHARS and got.brand == "b" * OPTIONAL_STRING_MAX_CHARS
+    got = parse(enc(good(listing_version=MAX_SAFE_INT, schema_version=MAX_SAFE_INT)))
+    assert got.listing_version == MAX_SAFE_INT and got.schema_version == MAX_SAFE_INT
 
 
 # ---------------------------------------------------------------- invalid events, one per class

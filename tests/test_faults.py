@@ -127,6 +127,7 @@ def _run_with_fault(stack, tmp_path, name: str, n: int, fault: Callable[[Scenari
         wait_group_stable(s, workers=[w])
         sc.stream()
         wait_for(lambda: sc.done() >= n // 10, 180, "first results", w.log_tail)
+        assert sc.done() < n, "every event was done before the fault: the scenario proves nothing"
         fault(sc, w)
         sc.wait_fed()
         sc.verify(300, w.log_tail)
@@ -201,9 +202,12 @@ def test_worker_stop_is_bounded_while_kafka_is_down(local, stack, tmp_path) -> N
         assert w.proc is not None
         status = w.proc.returncode
         log = w.log_path.read_text()
-        assert status == EXIT_STOP_TIMEOUT and 5 <= took < 15, (status, took, w.log_tail())
+        # status 75 is the shutdown timeout's exit; it came after the 5 s set, and well inside a pod's 45 s grace
+        # period (Faust's own wait, 60 s, would not be)
+        assert status == EXIT_STOP_TIMEOUT and 5 <= took < 45, (status, took, w.log_tail())
         assert "LISTINGS_SHUTDOWN_TIMEOUT_S" in log
-        assert log.count("Unable connect to node") <= 2, w.log_tail()
+        # thinned: one line per message every 10 s of the outage, not ~50 a second
+        assert log.count("Unable connect to node") <= 2 + (3 + took) // 10, w.log_tail()
     finally:
         w.kill()
 
@@ -304,7 +308,9 @@ def test_partitions_are_taken_over_fast_after_a_sigkill(stack, tmp_path) -> None
             f"takeover: longest wait of an event sent after the kill {standstill_s:.1f}s "
             f"(session timeout {s.kafka.session_timeout_ms / 1000:.0f}s)"
         )
-        assert t_kill > 0 and standstill_s <= 30.0, standstill_s
+        # the dead member's partitions moved after LISTINGS_KAFKA_SESSION_TIMEOUT_MS (10 s) and a rebalance;
+        # with Faust's default session timeout (60 s) no event sent after the kill could wait less than 60 s
+        assert t_kill > 0 and standstill_s < 45.0, standstill_s
         assert b.alive()
     finally:
         a.kill()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 from conftest import free_ports
@@ -95,7 +94,6 @@ def test_a_wrong_password_stops_the_worker_with_one_clear_line(secure, tmp_path,
 def test_one_shot_command_with_a_wrong_password_says_so_in_one_line(secure) -> None:
     _, runtime = secure
     env = {**os.environ, **runtime.to_env(), "LISTINGS_KAFKA_SASL_PASSWORD": "not-the-password"}
-    t0 = time.monotonic()
     out = subprocess.run(
         [sys.executable, "-m", "stream", "backfill", "--from-beginning", "--json"],
         env=env,
@@ -107,4 +105,3 @@ def test_one_shot_command_with_a_wrong_password_says_so_in_one_line(secure) -> N
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("listings backfill: Kafka at"), out.stderr[-2000:]
     assert "not-the-password" not in out.stderr
-    assert time.monotonic() - t0 < 60
