@@ -11,6 +11,7 @@ from stream.classify.triton_client import BatchResult, Classification
 from stream.config import Settings
 from stream.pipeline.process import Pipeline
 from stream.pipeline.records import InRecord
+from stream.timefmt import iso_ms
 
 
 class RejectsPoison:
@@ -330,3 +331,62 @@ def test_backfill_stop_cancels_a_wait_it_interrupts_and_keeps_work_that_finished
     assert finished and not interrupted and cancelled and not after
     assert exit_code("") == 0
     assert exit_code("SIGINT") == 130
+
+
+def test_demo_without_a_terminal_prints_status_lines_and_each_lifecycle_step_once() -> None:
+    """Piped into a log, the demo's live view draws nothing until it stops: instead it prints its figures on one
+    line every `every_s` seconds and each lifecycle step once, as it happens."""
+    from devtools.demo import PlainLog, Progress
+
+    progress = Progress(
+        Settings(),
+        [{"item_id": "a", "true_category": "Home > Lamps"}, {"item_id": "b", "true_category": "Home > Rugs"}],
+        metrics_port=0,
+    )  # no Redis call: the state below stands in for what `poll` reads
+    progress.stage = "serving v1"
+    assert progress.status_line() == "serving v1 | 0 classified at 0/s"  # before any result: no empty figures
+    progress.state = {
+        "a": {"category_path": "Home > Lamps", "model_version": "1"},
+        "b": {"category_path": "Home > Lamps", "model_version": "1"},
+    }
+    progress.latencies.extend([40.0, 90.0])
+    line = progress.status_line()
+    assert line.startswith("serving v1 | 2 classified") and "p99 90 ms" in line
+    assert line.endswith("top level 100.0%, leaf 50.0% of 2")
+
+    out: list[str] = []
+    log = PlainLog(out.append, every_s=15)
+    count = iter(range(1, 10))
+    steps: list[str] = []
+    log.update(lambda: f"status {next(count)}", steps, now=100.0)  # the first call: a status line at once
+    log.update(lambda: f"status {next(count)}", steps, now=110.0)  # within 15 s: nothing
+    steps.append("exported v2")
+    log.update(lambda: f"status {next(count)}", steps, now=112.0)  # the new step, once
+    log.update(lambda: f"status {next(count)}", steps, now=116.0)  # 16 s after the first status: the next
+    assert out == ["status 1", "lifecycle: exported v2", "status 2"]
+
+
+def test_demo_counts_only_results_stored_since_it_started() -> None:
+    """The local stack keeps its Redis between runs: a second demo must not take the first one's results (same
+    held-out items) for its own and finish before it produced anything."""
+    from devtools.demo import Progress
+
+    class FakePipeline:  # what `poll` asks of a Redis pipeline, answered from a dict
+        def __init__(self, hashes: dict[str, dict[str, str]]) -> None:
+            self.hashes, self.calls = hashes, []
+
+        def hmget(self, key: str, fields: list[str]) -> None:
+            self.calls.append([self.hashes.get(key, {}).get(f) for f in fields])
+
+        def execute(self) -> list[list[str | None]]:
+            return self.calls
+
+    started = "2026-12-06T03:00:00.000Z"
+    hashes = {
+        "listing:old": {"classified_at": "2026-12-06T02:59:59.999Z", "event_time": "2026-12-06T02:59:59.900Z"},
+        "listing:new": {"classified_at": "2026-12-06T03:00:00.050Z", "event_time": "2026-12-06T03:00:00.010Z"},
+    }
+    progress = Progress(Settings(), [{"item_id": "old"}, {"item_id": "new"}], 0, since_ms=iso_ms(started))
+    progress.r = type("FakeRedis", (), {"pipeline": lambda self, transaction: FakePipeline(hashes)})()
+    progress.poll()
+    assert list(progress.state) == ["new"] and list(progress.latencies) == [40]

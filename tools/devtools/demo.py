@@ -26,7 +26,7 @@ import time
 import urllib.request
 import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from stream.timefmt import iso_ms
 HELP = "the main job on the local stack (what `make demo` runs)"
 SHADOW_SECONDS = 40.0
 REHEARSAL_SEED = 14  # --rehearse: the second quick model's seed (differs from the first model's, 13)
+PLAIN_EVERY_S = 15.0  # without a terminal: one status line this often
 
 
 @dataclass(frozen=True)
@@ -75,12 +76,15 @@ def _scrape(port: int) -> dict[str, float]:
 
 
 class Progress:
-    """What the live view shows, read from Redis (results) and the worker's metrics."""
+    """What the live view shows, read from Redis (results) and the worker's metrics. Only results stored from
+    `since_ms` (epoch ms) on count: the local stack keeps its Redis between runs, and a second demo must not count
+    the first one's results as its own."""
 
-    def __init__(self, settings: Settings, rows: list[dict[str, Any]], metrics_port: int) -> None:
+    def __init__(self, settings: Settings, rows: list[dict[str, Any]], metrics_port: int, since_ms: int = 0) -> None:
         self.r = connections.redis_sync(settings.redis, decode_responses=True)
         self.rows = {row["item_id"]: row for row in rows}
         self.metrics_port = metrics_port
+        self.since_ms = since_ms
         self.state: dict[str, dict[str, str]] = {}
         self.first_at: float | None = None
         self.latencies: deque[float] = deque(maxlen=2000)
@@ -106,7 +110,7 @@ class Progress:
             pipe.hmget(keys.listing(iid), fields)
         for iid, vals in zip(ids, pipe.execute(), strict=True):
             h = dict(zip(fields, vals, strict=True))
-            if not h["classified_at"]:
+            if not h["classified_at"] or iso_ms(h["classified_at"]) < self.since_ms:
                 continue
             old = self.state.get(iid)
             if old is None or old["classified_at"] != h["classified_at"]:
@@ -143,6 +147,16 @@ class Progress:
             out[h["model_version"]] = out.get(h["model_version"], 0) + 1
         return out
 
+    def status_line(self) -> str:
+        """The live view's main figures on one line (for output that is not a terminal)."""
+        top, leaf, scored = self.accuracy()
+        line = f"{self.stage} | {len(self.state)} classified at {self.rate():.0f}/s"
+        if self.latencies:
+            line += f" | produce→Redis p99 {percentile(list(self.latencies), 99):.0f} ms"
+        if scored:
+            line += f" | top level {top:.1%}, leaf {leaf:.1%} of {scored}"
+        return line
+
     def render(self, produced: int) -> Any:
         from rich.console import Group
         from rich.table import Table
@@ -177,6 +191,25 @@ class Progress:
                 tags,
             )
         return Group(stats, ex)
+
+
+class PlainLog:
+    """For output that is not a terminal (a log file, a pipe, CI), where rich's live view draws nothing until it
+    stops: a status line every `every_s` seconds, and each lifecycle step once, as it happens."""
+
+    def __init__(self, echo: Callable[[str], None], every_s: float = PLAIN_EVERY_S) -> None:
+        self.echo = echo
+        self.every_s = every_s
+        self.last: float | None = None
+        self.shown = 0
+
+    def update(self, status: Callable[[], str], lifecycle: list[str], now: float) -> None:
+        for line in lifecycle[self.shown :]:
+            self.echo(f"lifecycle: {line}")
+        self.shown = len(lifecycle)
+        if self.last is None or now - self.last >= self.every_s:
+            self.echo(status())
+            self.last = now
 
 
 class Feeder:
@@ -288,7 +321,7 @@ def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
     trainer: subprocess.Popen[bytes] | None = None
     feeding: threading.Thread | None = None
     train_log = stack.log_dir / "demo-train.log"
-    progress = Progress(settings, rows, metrics_port)
+    progress = Progress(settings, rows, metrics_port, since_ms=int(time.time() * 1000))
     feeder = Feeder(settings, rows, options.rate or (10.0 if lifecycle else 0.0))
     try:
         wait_group_stable(settings, workers=[worker])
@@ -302,12 +335,15 @@ def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
                 )
         feeding = threading.Thread(target=feeder.run, daemon=True)
         feeding.start()
+        plain = None if console.is_terminal else PlainLog(lambda line: console.print(line, soft_wrap=True))
         with Live(progress.render(0), console=console, refresh_per_second=2) as live:
 
             def tick(stage: str) -> None:
                 progress.stage = stage
                 progress.poll()
                 live.update(progress.render(feeder.produced))
+                if plain is not None:
+                    plain.update(progress.status_line, progress.lifecycle, time.monotonic())
                 if not worker.alive():
                     raise RuntimeError(f"the worker exited; its log:\n{worker.log_tail()}")
 
