@@ -70,7 +70,9 @@ def test_bench_quick(stack, local, tmp_path, capsys) -> None:
     # every latency run opens with a ramp at the same rate, measured apart; the figures above are after it
     for run in (f["d_latency"], lb):
         assert run["ramp_s"] == results["config"]["ramp_seconds"] > 0
-        assert run["ramp_events"] == round(run["target_rate"] * run["ramp_s"]) and run["ramp_p99_ms"] > 0
+        # round(rate x ramp) on the unrounded rate; the rate is recorded to 0.1/s (ci58: 571 against round(571.5))
+        assert abs(run["ramp_events"] - run["target_rate"] * run["ramp_s"]) <= 0.5 + 0.05 * run["ramp_s"]
+        assert run["ramp_p99_ms"] > 0
         assert len(run["latencies_ms"]) == run["events"]
     assert only["ramp_p99_alone_ms"] == f["d_latency"]["ramp_p99_ms"]
     # (b)'s CPU while it processed (start-up left out) prices the backfill share the VM's idle CPU in (d) allows
