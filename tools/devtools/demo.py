@@ -289,6 +289,7 @@ def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
     from training import export, train
 
     console = Console()
+    console.soft_wrap = not console.is_terminal  # a log's lines are not cut at 80 columns
     settings = stack.runtime(base)
     t_start = time.monotonic()
     started = control.status(stack)
@@ -335,7 +336,7 @@ def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
                 )
         feeding = threading.Thread(target=feeder.run, daemon=True)
         feeding.start()
-        plain = None if console.is_terminal else PlainLog(lambda line: console.print(line, soft_wrap=True))
+        plain = None if console.is_terminal else PlainLog(console.print)
         with Live(progress.render(0), console=console, refresh_per_second=2) as live:
 
             def tick(stage: str) -> None:
