@@ -206,8 +206,9 @@ def test_worker_stop_is_bounded_while_kafka_is_down(local, stack, tmp_path) -> N
         # period (Faust's own wait, 60 s, would not be)
         assert status == EXIT_STOP_TIMEOUT and 5 <= took < 45, (status, took, w.log_tail())
         assert "LISTINGS_SHUTDOWN_TIMEOUT_S" in log
-        # thinned: one line per message every 10 s of the outage, not ~50 a second
-        assert log.count("Unable connect to node") <= 2 + (3 + took) // 10, w.log_tail()
+        # thinned: one line per message every 10 s of the outage, not ~50 a second (at most 2 while the outage
+        # lasts under 20 s, as before; one more for each further 10 s window a slower stop adds)
+        assert log.count("Unable connect to node") <= max(2, 1 + (3 + took) // 10), w.log_tail()
     finally:
         w.kill()
 
