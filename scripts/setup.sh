@@ -31,7 +31,11 @@ fi
 req_hash=$(cat pyproject.toml tools/pyproject.toml | sha256sum | cut -c1-12)
 stamp=.venv/.setup-$req_hash
 if [ ! -e "$stamp" ]; then
-  echo "setup: creating the virtual environment (.venv) and installing packages (torch is large: first run takes minutes)"
+  if [ -x .venv/bin/python ]; then
+    echo "setup: pyproject.toml changed since .venv was installed: updating its packages"
+  else
+    echo "setup: creating the virtual environment (.venv) and installing packages (torch is large: first run takes minutes)"
+  fi
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
   .venv/bin/pip install -q --upgrade pip
   # A wheelhouse outside the checkout, filled once per dependency set: later checkouts (and CI) of the same

@@ -10,12 +10,18 @@ it), and publishes one comparison per event to `listings.shadow` (key `item_id`)
      "live": {"category_id", "path", "confidence", "needs_review", "model_version"},
      "candidate": {... the same for version N}, "compared_at"}
 
+An event without a live result to compare is published with `"live": null` and `"uncompared"`: `no_live_result`
+(the live worker had not written this `listing_version` in time, or a newer one is stored) or `same_version` (the
+stored result is the candidate's own, e.g. from before a rollback: not a comparison).
+
 It writes nothing to the item state or the output topics. Prometheus: `listings_shadow_events_total{candidate}`,
 `listings_shadow_agreements_total{candidate,top_level}`, `listings_shadow_compared_total{candidate,top_level}`,
 `listings_shadow_review_flips_total{candidate}`, `listings_shadow_confidence_shift{candidate}`.
 
-`listings shadow --report` reads the topic back and prints the summary (agreement overall and per top-level
-category, review flips, confidence shift, the most frequent flips), and writes it as JSON and a PNG.
+`listings shadow --report` reads the topic back and prints the summary of one candidate (`--candidate`, or the one
+compared most recently; the others are counted, not mixed in): agreement overall and per top-level category, the
+live versions it was compared with, review flips, confidence shift, the most frequent flips; and writes it as JSON
+and a PNG.
 """
 
 from __future__ import annotations
@@ -92,7 +98,13 @@ def comparison(listing: Listing, live: dict[str, str] | None, cand: Any, candida
         "live": None,
         "compared_at": now_iso(),
     }
-    if live:
+    if not live:
+        doc["uncompared"] = "no_live_result"
+    if live and live.get("model_version") == candidate:
+        # the stored result is the candidate's own (e.g. written while it was live, before a rollback): comparing it
+        # with itself would count as agreement
+        doc["uncompared"] = "same_version"
+    elif live:
         live_doc = {
             "category_id": live.get("category_id", ""),
             "path": [p for p in live.get("category_path", "").split(" > ") if p],
@@ -173,6 +185,8 @@ async def shadow(settings: Settings, options: ShadowOptions) -> dict[str, int]:
                     records.append(OutRecord(settings.topics.shadow, listing.item_id.encode(), orjson.dumps(doc)))
                     m["events"].labels(options.candidate).inc()
                     counts["events"] += 1
+                    if doc.get("uncompared") == "same_version":
+                        counts["same_version"] += 1
                     if doc["live"] is not None:
                         counts["compared"] += 1
                         counts["agree"] += int(doc["agree"])
@@ -226,7 +240,13 @@ async def _live_results(r: Any, listings: list[Listing]) -> dict[str, dict[str, 
 
 
 def summarize(records: list[dict], candidate: str | None = None) -> dict:
-    rows = [d for d in records if candidate is None or d["candidate"]["model_version"] == candidate]
+    """The comparisons of one candidate version (`candidate`, or the one compared most recently): agreement overall
+    and per top level, review flips, confidence shift, the most frequent flips, and the live versions it was
+    compared with. Other candidates' comparisons in the topic are counted, not mixed in."""
+    by_candidate = Counter(d["candidate"]["model_version"] for d in records)
+    if candidate is None and records:
+        candidate = max(records, key=lambda d: d.get("compared_at", ""))["candidate"]["model_version"]
+    rows = [d for d in records if d["candidate"]["model_version"] == candidate]
     compared = [d for d in rows if d.get("live")]
     by_top: dict[str, list[bool]] = defaultdict(list)
     for d in compared:
@@ -236,9 +256,12 @@ def summarize(records: list[dict], candidate: str | None = None) -> dict:
     )
     shifts = [d["confidence_shift"] for d in compared]
     return {
-        "candidate": candidate or sorted({d["candidate"]["model_version"] for d in rows}),
+        "candidate": candidate,
         "events": len(rows),
         "compared": len(compared),
+        "uncompared": dict(Counter(d.get("uncompared", "no_live_result") for d in rows if not d.get("live"))),
+        "live_versions": dict(Counter(d["live"]["model_version"] for d in compared).most_common()),
+        "other_candidates": {v: n for v, n in sorted(by_candidate.items()) if v != candidate},
         "agreement": round(sum(d["agree"] for d in compared) / len(compared), 4) if compared else None,
         "by_top_level": {
             k: {"compared": len(v), "agreement": round(sum(v) / len(v), 4)}
@@ -257,6 +280,13 @@ def read_shadow(settings: Settings, timeout_s: float = 5.0) -> list[dict]:
     return [orjson.loads(m.value) for m in read_all(settings, settings.topics.shadow, timeout_s)]
 
 
+def short_path(path: str, width: int = 60) -> str:
+    """A category path for a narrow column: its last two levels, the rest elided, cut at `width`."""
+    parts = path.split(" > ")
+    text = (" > ".join(["…", *parts[-2:]])) if len(parts) > 2 else path
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def plot(summary: dict, path: Path) -> Path:
     import matplotlib
 
@@ -269,12 +299,15 @@ def plot(summary: dict, path: Path) -> Path:
     a1.set_xlim(0, 1)
     a1.set_title(f"top-1 agreement by top level (overall {summary['agreement']})")
     a2.axis("off")
-    lines = [f"{f['count']:>4}  {f['live'][-40:]}\n      → {f['candidate'][-40:]}" for f in summary["top_flips"]]
+    lines = [
+        f"{f['count']:>4}  {short_path(f['live'])}\n   →  {short_path(f['candidate'])}" for f in summary["top_flips"]
+    ]
     a2.text(
         0, 1, "most frequent flips (live → candidate)\n\n" + "\n".join(lines), va="top", family="monospace", fontsize=8
     )
+    against = ", ".join(f"v{v}" for v in summary["live_versions"]) or "-"
     fig.suptitle(
-        f"shadow v{summary['candidate']}: {summary['compared']} compared, "
+        f"shadow: candidate v{summary['candidate']} against live {against}: {summary['compared']} compared, "
         f"review flips {summary['review_flips']}, mean confidence shift {summary['mean_confidence_shift']}"
     )
     fig.tight_layout()

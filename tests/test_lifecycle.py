@@ -105,7 +105,8 @@ def test_shadow_writes_only_its_topic_and_its_figures_match_a_direct_computation
     summary = summarize(read_shadow(s), new)
     candidate = direct_results(s, titles, version=new)
     agree = [before_state[i]["category_id"] == c["category"]["id"] for i, c in zip(ids, candidate, strict=True)]
-    assert summary["compared"] == len(ids)
+    assert summary["compared"] == len(ids) and summary["uncompared"] == {}
+    assert summary["candidate"] == new and summary["live_versions"] == {old: len(ids)}
     assert summary["agreement"] == pytest.approx(sum(agree) / len(agree), abs=1e-4)
     flips = sum(
         (before_state[i]["needs_review"] == "1") != (c["confidence"] < s.worker.review_threshold)

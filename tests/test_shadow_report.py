@@ -1,0 +1,73 @@
+"""The shadow report's arithmetic (pure logic, no stack): which comparisons count, and for which candidate. The
+end-to-end shadow run against the real stack is in test_lifecycle."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import orjson
+
+from stream.events.contract import parse_listing
+from stream.shadow import comparison, short_path, summarize
+
+
+def _listing(item: str, version: int = 1):
+    return parse_listing(orjson.dumps({"item_id": item, "title": "a steel mug", "listing_version": version}), None)
+
+
+def _cand(cat: str, conf: float, path: tuple[str, ...] = ("Kitchen", "Mugs")):
+    return SimpleNamespace(category={"id": cat, "path": list(path)}, confidence=conf)
+
+
+def _live(cat: str, conf: float, version: str) -> dict[str, str]:
+    return {
+        "category_id": cat,
+        "category_path": "Kitchen > Mugs",
+        "confidence": str(conf),
+        "needs_review": "1" if conf < 0.5 else "0",
+        "model_version": version,
+        "listing_version": "1",
+    }
+
+
+def _doc(item: str, cand_version: str, cand_cat: str, live: dict[str, str] | None, at: str) -> dict:
+    doc = comparison(_listing(item), live, _cand(cand_cat, 0.9), cand_version, 0.5)
+    doc["compared_at"] = at
+    return doc
+
+
+def test_a_live_result_of_the_candidate_itself_is_not_a_comparison() -> None:
+    doc = comparison(_listing("x"), _live("mugs", 0.9, "5"), _cand("mugs", 0.9), "5", 0.5)
+    assert doc["live"] is None and doc["uncompared"] == "same_version" and "agree" not in doc
+    doc = comparison(_listing("x"), None, _cand("mugs", 0.9), "5", 0.5)
+    assert doc["live"] is None and doc["uncompared"] == "no_live_result"
+    doc = comparison(_listing("x"), _live("cups", 0.4, "4"), _cand("mugs", 0.9), "5", 0.5)
+    assert doc["live"]["model_version"] == "4" and doc["agree"] is False and doc["review_flip"] is True
+    assert "uncompared" not in doc
+
+
+def test_the_report_keeps_candidates_apart_and_defaults_to_the_newest() -> None:
+    records = [
+        _doc("a", "5", "mugs", _live("mugs", 0.9, "4"), "2026-12-06T01:00:00.000Z"),
+        _doc("b", "5", "mugs", _live("cups", 0.9, "4"), "2026-12-06T01:00:01.000Z"),
+        _doc("c", "5", "mugs", _live("mugs", 0.9, "5"), "2026-12-06T01:00:02.000Z"),  # its own result: left out
+        _doc("d", "5", "mugs", None, "2026-12-06T01:00:03.000Z"),
+        _doc("a", "6", "cups", _live("mugs", 0.9, "4"), "2026-12-06T02:00:00.000Z"),
+    ]
+    newest = summarize(records)
+    assert newest["candidate"] == "6" and newest["events"] == 1 and newest["agreement"] == 0.0
+    assert newest["other_candidates"] == {"5": 4}
+
+    five = summarize(records, "5")
+    assert five["events"] == 4 and five["compared"] == 2 and five["agreement"] == 0.5
+    assert five["uncompared"] == {"same_version": 1, "no_live_result": 1}
+    assert five["live_versions"] == {"4": 2} and five["other_candidates"] == {"6": 1}
+    assert five["top_flips"] == [{"live": "Kitchen > Mugs", "candidate": "Kitchen > Mugs", "count": 1}]
+    assert summarize([])["candidate"] is None
+
+
+def test_flip_paths_are_shortened_from_the_front() -> None:
+    assert short_path("A > B") == "A > B"
+    assert short_path("Home > Kitchen > Mugs") == "… > Kitchen > Mugs"
+    long = short_path("Home > " + "x" * 80 + " > Mugs", width=20)
+    assert len(long) == 20 and long.startswith("… > x") and long.endswith("…")
