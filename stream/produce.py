@@ -304,13 +304,22 @@ def run(args: argparse.Namespace, s: Settings) -> int:
     from stream import preflight
 
     if args.rate < 0 or (args.limit is not None and args.limit < 0):
-        print("produce: --rate and --limit must be >= 0", file=sys.stderr)
+        print("listings produce: --rate and --limit must be >= 0", file=sys.stderr)
+        return 2
+    try:
+        mapping = parse_map(args.map)
+    except ValueError as exc:
+        print(f"listings produce: {exc}", file=sys.stderr)
         return 2
     preflight.one_shot(s, redis=False)
     try:
-        listings = list(read_listings(args.file, args.limit, parse_map(args.map)))
+        listings = list(read_listings(args.file, args.limit, mapping))
     except (OSError, ValueError, csv.Error) as exc:
-        print(f"produce: cannot read {args.file}: {exc}", file=sys.stderr)
+        if isinstance(exc, OSError) and exc.strerror:
+            why = f"{args.file}: {exc.strerror}"
+        else:
+            why = str(exc) if str(args.file) in str(exc) else f"{args.file}: {exc}"
+        print(f"listings produce: cannot read {why}", file=sys.stderr)
         return 2
     try:
         summary = produce_listings(
@@ -323,7 +332,7 @@ def run(args: argparse.Namespace, s: Settings) -> int:
             listing_version=args.listing_version,
         )
     except KafkaError as exc:
-        print(f"produce: Kafka at {s.kafka.bootstrap} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"listings produce: Kafka at {s.kafka.bootstrap} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(summary))

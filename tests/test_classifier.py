@@ -330,6 +330,12 @@ def test_reads_csv_jsonl_and_parquet_with_any_depth_and_given_split(tmp_path: Pa
         dataset.Source(tmp_path / "x.csv", dataset.Columns("name", "cat", "/", tags="labels")), categories=True
     )
     assert row.tags == ("gender:men", "colour:navy-blue") and row.tag_groups == {"gender", "colour"}
+    # a path written as a JSON list in a CSV cell: one item is split by the separator, several are the levels
+    (tmp_path / "tree.csv").write_text(
+        'name,tree\nTee,"[""Clothing >> Tops >> Tees""]"\nMug,"[""Kitchen"", ""Mugs""]"\nOdd,[not json\n'
+    )
+    rows = dataset.read(dataset.Source(tmp_path / "tree.csv", dataset.Columns("name", "tree", ">>")), categories=True)
+    assert [r.path for r in rows] == [("Clothing", "Tops", "Tees"), ("Kitchen", "Mugs"), ("[not json",)]
 
 
 def test_category_levels_from_one_column_each(tmp_path: Path) -> None:

@@ -155,6 +155,15 @@ def _category_path(rec: dict[str, Any], cols: Columns) -> tuple[str, ...]:
         levels = [_text(rec.get(c)) for c in cols.category_levels]
         return tuple(levels[: levels.index("")] if "" in levels else levels)
     raw = rec.get(cols.category or "")
+    if isinstance(raw, str) and raw.lstrip().startswith("["):
+        # a list written as JSON text in a CSV cell: its items are the levels; one item is a path to split
+        # (Flipkart's `product_category_tree` is `["Clothing >> Women's Clothing >> …"]`)
+        try:
+            items = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            items = None
+        if isinstance(items, list):
+            raw = items[0] if len(items) == 1 and isinstance(items[0], str) else items
     parts = raw if isinstance(raw, list | tuple) else _text(raw).split(cols.separator)
     return tuple(p for p in (_text(x) for x in parts) if p)
 
