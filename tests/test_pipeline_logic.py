@@ -390,3 +390,27 @@ def test_demo_counts_only_results_stored_since_it_started() -> None:
     progress.r = type("FakeRedis", (), {"pipeline": lambda self, transaction: FakePipeline(hashes)})()
     progress.poll()
     assert list(progress.state) == ["new"] and list(progress.latencies) == [40]
+
+
+def test_demo_plays_the_lifecycle_whenever_the_served_model_is_not_the_current_full_one(tmp_path) -> None:
+    from devtools.demo import DemoOptions, Plan, exported_artifact, plan
+
+    default, quick, rehearse = DemoOptions(), DemoOptions(quick=True), DemoOptions(rehearse=True)
+    # a fresh repository: the cached full model straight away, else a quick model and the lifecycle
+    assert plan("full", None, default) == Plan("cached", False)
+    assert plan(None, None, default) == Plan("quick", True)
+    assert plan(None, None, quick) == Plan("quick", False)
+    assert plan("full", None, rehearse) == Plan("quick", True)
+    # versions exist: serve them; the lifecycle when the newest is not the current full model
+    assert plan("full", "full", default) == Plan(None, False)
+    assert plan("full", "quick-one", default) == Plan(None, True)  # a first run stopped before its promotion
+    assert plan(None, "old-full", default) == Plan(None, True)  # the training code changed
+    assert plan("full", "unknown", default) == Plan(None, True)
+    assert plan("full", "full", rehearse) == Plan(None, True)
+    assert plan(None, "old-full", quick) == Plan(None, False)
+
+    version = tmp_path / "listing_classifier" / "3"
+    version.mkdir(parents=True)
+    assert exported_artifact(tmp_path, 3) is None
+    (version / "export.json").write_text('{"artifact": "a34e87dd00ce74a8", "version": 3}')
+    assert exported_artifact(tmp_path, 3) == "a34e87dd00ce74a8"

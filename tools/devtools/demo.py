@@ -5,10 +5,12 @@
 2. One worker classifies held-out real listings (plus a few malformed events) streamed at a steady rate; the view
    shows the rate, dead-letter and review counts, latency, accuracy so far against the true categories, and the
    latest classifications.
-3. Started on the quick model, the demo trains the full one in the background (its progress is in the view). When
-   it is ready it is exported as a new version, **shadowed** on the live stream (agreement with the live version),
-   **promoted** (the worker follows without a restart), and the catalogue is **re-classified** by a governed
-   backfill while the accuracy moves.
+3. Whenever the served model is not the full one for this code and data (the first run, a first run stopped before
+   its promotion, a change to the training code) — and with `--rehearse`, every time — the demo trains the full
+   one in the background (its progress is in the view; at once when cached). When it is ready it is exported as a
+   new version, **shadowed** on the live stream (agreement with the live version), **promoted** (the worker
+   follows without a restart), and the catalogue is **re-classified** by a governed backfill while the accuracy
+   moves.
 It stops only what it started.
 """
 
@@ -249,6 +251,38 @@ def full_model_cached(stack: StackSettings) -> Path | None:
     return path if artifact.complete(path) else None
 
 
+@dataclass(frozen=True)
+class Plan:
+    first_model: str | None  # what to export before serving: "cached" (the full model), "quick", or None (served)
+    lifecycle: bool  # bring a new model in live: export, shadow, promote, re-classify
+
+
+def plan(cached: str | None, newest: str | None, options: DemoOptions) -> Plan:
+    """What the demo does, from the cached full model's artifact name (None: not trained for this code and data)
+    and the artifact the newest exported version holds (None: no version yet).
+    The lifecycle plays whenever the served model is not the current full one — the first run, a first run stopped
+    before its promotion (the repository holds only the quick model), or a change to the training code — and, with
+    `--rehearse`, every time; never with `--quick`."""
+    if newest is None:
+        first = "cached" if cached is not None and not options.rehearse else "quick"
+        newest = cached if first == "cached" else None
+    else:
+        first = None
+    lifecycle = not options.quick and (options.rehearse or cached is None or newest != cached)
+    return Plan(first, lifecycle)
+
+
+def exported_artifact(repo: Path, version: int) -> str | None:
+    """The artifact (cache entry name) a version was exported from (its `export.json`), or None."""
+    from training.config import MODEL_NAME
+
+    try:
+        doc = orjson.loads((Path(repo) / MODEL_NAME / str(version) / "export.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return str(doc.get("artifact") or "") or None
+
+
 def training_status(log: Path) -> str:
     """The background training's progress, from its log."""
     try:
@@ -294,21 +328,26 @@ def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
     t_start = time.monotonic()
     started = control.status(stack)
     cached = full_model_cached(stack)
-    lifecycle = (cached is None or options.rehearse) and not options.quick
-    lifecycle = lifecycle and not export.versions(stack.model_repository)
+    existing = export.versions(stack.model_repository)
+    # a version without its export record is not known to be the full model
+    newest = (exported_artifact(stack.model_repository, existing[-1]) or "unknown") if existing else None
+    todo = plan(cached.name if cached else None, newest, options)
+    lifecycle = todo.lifecycle
 
     # the stack (Kafka, Redis) comes up while the first model is made ready; Triton once it has a version
     bring_up = threading.Thread(target=control.up, args=(stack, ["redis", "kafka"]), kwargs={"echo": console.print})
     bring_up.start()
-    if not export.versions(stack.model_repository):
-        if cached is not None and not options.rehearse:
-            console.print("exporting the cached full model")
-            export.export(cached, stack.model_repository)
-        else:
-            console.print("training a quick model first (the full one follows in the background)")
-            with quiet_export():
-                quick = train.train_or_reuse(stack, train.options(train.default_data(stack.data_dir), quick=True))
-            export.export(quick, stack.model_repository)
+    if todo.first_model == "cached" and cached is not None:
+        console.print("exporting the cached full model")
+        export.export(cached, stack.model_repository)
+    elif todo.first_model == "quick":
+        console.print("training a quick model first (the full one follows in the background)")
+        with quiet_export():
+            quick = train.train_or_reuse(stack, train.options(train.default_data(stack.data_dir), quick=True))
+        export.export(quick, stack.model_repository)
+    elif lifecycle:
+        what = "a second quick model (--rehearse)" if options.rehearse else "the full model for this code and data"
+        console.print(f"serving v{existing[-1]}; {what} follows, then shadow, promotion and re-classification")
     bring_up.join()
     control.up(stack, echo=console.print)
     if started["triton"]["running"]:
@@ -323,7 +362,10 @@ def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
     feeding: threading.Thread | None = None
     train_log = stack.log_dir / "demo-train.log"
     progress = Progress(settings, rows, metrics_port, since_ms=int(time.time() * 1000))
-    feeder = Feeder(settings, rows, options.rate or (10.0 if lifecycle else 0.0))
+    # a steady 10/s while a model trains (the first pass would otherwise be over long before it is ready)
+    trains = lifecycle and (cached is None or options.rehearse)
+    incoming = "rehearsal model" if options.rehearse else "full model"  # the model the lifecycle brings in
+    feeder = Feeder(settings, rows, options.rate or (10.0 if trains else 0.0))
     try:
         wait_group_stable(settings, workers=[worker])
         if lifecycle:
@@ -349,7 +391,7 @@ def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
                     raise RuntimeError(f"the worker exited; its log:\n{worker.log_tail()}")
 
             while len(progress.state) < len(rows):
-                tick(f"serving v{live_version}" + (f"; full model: {training_status(train_log)}" if trainer else ""))
+                tick(f"serving v{live_version}" + (f"; {incoming}: {training_status(train_log)}" if trainer else ""))
                 time.sleep(1)
                 if time.monotonic() - t_start > 3600:
                     raise RuntimeError("gave up after an hour")
@@ -357,7 +399,7 @@ def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
             progress.lifecycle.append(f"first listing classified {first:.0f}s after start; all {len(rows)} done")
             if trainer is not None:
                 while trainer.poll() is None:
-                    tick(f"serving v{live_version}; full model: {training_status(train_log)}")
+                    tick(f"serving v{live_version}; {incoming}: {training_status(train_log)}")
                     time.sleep(2)
                 if trainer.returncode != 0:
                     raise RuntimeError(f"full training failed; see {train_log}")
@@ -423,7 +465,8 @@ def run_lifecycle(
     models.promote(settings, live)
     candidate = str(export.export(full, stack.model_repository))
     triton.load_model(stack, settings.triton.model_name, with_background=True)
-    progress.lifecycle.append(f"full model exported as v{candidate}; shadowing it on the live stream")
+    incoming = "rehearsal model" if options.rehearse else "full model"
+    progress.lifecycle.append(f"{incoming} exported as v{candidate}; shadowing it on the live stream")
     result: dict[str, Any] = {}
     shadowing = threading.Thread(
         target=lambda: result.update(
@@ -451,7 +494,8 @@ def run_lifecycle(
     while not done.is_set():
         n = progress.by_version().get(candidate, 0)
         top, leaf, _ = progress.accuracy(candidate)
-        tick(f"re-classifying the catalogue with v{candidate}: {n}/{len(progress.rows)}, its leaf accuracy {leaf:.1%}")
+        so_far = f", its leaf accuracy {leaf:.1%}" if n else ""
+        tick(f"re-classifying the catalogue with v{candidate}: {n}/{len(progress.rows)}{so_far}")
         time.sleep(1)
     tick(f"v{candidate} live")
     top, leaf, scored = progress.accuracy(candidate)
