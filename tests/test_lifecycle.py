@@ -63,6 +63,50 @@ def test_promotion_and_rollback_reach_a_running_worker(stack, versions, tmp_path
         w.kill()
 
 
+def test_a_live_record_naming_a_version_triton_does_not_serve_holds_the_events_instead_of_dead_lettering_them(
+    stack, versions, tmp_path
+) -> None:
+    """As after the live version's folder was removed and Triton reloaded: every request is refused NOT_FOUND. That
+    is a serving problem, not the events': they wait (the worker unready, saying which version is missing) and are
+    classified once a served version is promoted; none is dead-lettered."""
+    import urllib.request
+
+    from conftest import free_ports
+
+    old, _ = versions
+    s = isolated(stack, "unserved")
+    r = connections.redis_sync(s.redis)
+    r.hset(models.live_key(s.triton.model_name), "version", "999")
+    r.close()
+    ids = [f"un-{i}" for i in range(4)]
+    dlq_before = len(read_topic(s, s.topics.dlq, timeout_s=2))
+    produce_raw(s, [listing(i, TITLES[n % len(TITLES)]) for n, i in enumerate(ids)])
+    [port] = free_ports(1)
+    w = WorkerProcess(s, tmp_path, metrics_port=port).start()
+
+    def readyz() -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError:
+            return 0, ""
+
+    try:
+        wait_for(lambda: "does not serve" in w.log_tail(), 90, "the worker naming the missing version", w.log_tail)
+        wait_for(lambda: readyz()[0] == 503, 30, "/readyz unready", w.log_tail)
+        assert "version 999" in readyz()[1]
+        assert redis_items(s, ids) == {} and len(read_topic(s, s.topics.dlq, timeout_s=2)) == dlq_before
+        models.promote(s, old)
+        wait_for(lambda: len(redis_items(s, ids)) == len(ids), 60, "the held events classified", w.log_tail)
+        assert {h["model_version"] for h in redis_items(s, ids).values()} == {old}
+        assert len(read_topic(s, s.topics.dlq, timeout_s=2)) == dlq_before
+        wait_for(lambda: readyz()[0] == 200, 30, "/readyz ready again", w.log_tail)
+    finally:
+        w.kill()
+
+
 def test_promoting_a_version_triton_does_not_serve_is_refused(stack) -> None:
     env = {**os.environ, **stack.to_env()}
     out = subprocess.run(

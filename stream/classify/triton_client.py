@@ -122,9 +122,9 @@ class TritonClassifier:
         return self._taxonomies[key]
 
     async def ping(self) -> bool:
-        """Triton serves this model (a readiness probe)."""
+        """Triton serves this model, in the version the requests go to (a readiness probe)."""
         client = self._connect()
-        return bool(await client.is_server_ready() and await client.is_model_ready(self.model_name))
+        return bool(await client.is_server_ready() and await client.is_model_ready(self.model_name, self.model_version))
 
     async def close(self) -> None:
         if self._client is not None:
@@ -165,6 +165,14 @@ class TritonClassifier:
             # a model that is loading or unloaded also answers UNAVAILABLE-like errors
             if "unavailable" in str(exc).lower() or "not ready" in str(exc).lower():
                 raise TritonUnavailable(str(exc)) from exc
+            if str(exc.status()) == "StatusCode.NOT_FOUND" or "unknown model" in text:
+                # the model or this version is not loaded (a live record naming a version Triton does not serve,
+                # a version removed or not loaded yet): a serving problem, never the event's — retried, not
+                # dead-lettered
+                raise TritonUnavailable(
+                    f"Triton does not serve {self.model_name} version {version or '(newest)'}: load it, or promote "
+                    f"a version it serves (listings promote N; listings models lists them): {exc}"
+                ) from exc
             raise
 
     async def _target(self, client: Any, version: str) -> str:
