@@ -97,11 +97,14 @@ def exit_code(stopped_by: str) -> int:
 class Stop:
     """A graceful stop: the first SIGTERM or SIGINT stops fetching, lets the batches in flight go through their
     sinks and commits them (a rerun with the same arguments then redoes nothing); a second one cancels the run
-    (the batches in flight are redone by the rerun: at-least-once, as after a kill)."""
+    (the batches in flight are redone by the rerun: at-least-once, as after a kill), and so does the first after
+    `timeout_s` (LISTINGS_SHUTDOWN_TIMEOUT_S from the CLI) if those batches have not finished by then."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float = 0.0) -> None:
         self.requested = asyncio.Event()
         self.signal = ""
+        self.timeout_s = timeout_s  # > 0: a stop whose batches in flight have not finished by then stops at once
+        self.outran = False
         self._task: asyncio.Task[Any] | None = None
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -120,6 +123,20 @@ class Stop:
         self.signal = sig.name
         self.requested.set()
         print(f"backfill: {sig.name}: finishing the batches in flight (again to stop at once)", file=sys.stderr)
+        if self.timeout_s > 0 and self._task is not None:
+            asyncio.get_running_loop().call_later(self.timeout_s, self._outrun)
+
+    def _outrun(self) -> None:
+        """The batches in flight did not finish in time (e.g. a dependency is down and they are being retried):
+        stop now, as a second signal would."""
+        if self._task is not None and not self._task.done():
+            self.outran = True
+            print(
+                f"backfill: the batches in flight did not finish within LISTINGS_SHUTDOWN_TIMEOUT_S "
+                f"({self.timeout_s:g} s): stopping now",
+                file=sys.stderr,
+            )
+            self._task.cancel()
 
     async def unless_requested(self, work: Any) -> bool:
         """Await `work` (a coroutine) unless a stop comes first (then it is cancelled): True if it completed."""
@@ -373,6 +390,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON, no progress bar")
 
 
+def unserved_version(settings: Settings, pinned: str) -> str:
+    """Why the backfill cannot start with its model version (`--model-version`, else the live record), or "" when
+    Triton serves it. Checked once at the start: a version that goes away later is retried like an outage."""
+    from stream import models
+
+    version = pinned
+    if not version:
+        r = connections.redis_sync(settings.redis)
+        try:
+            version = models.read_live(r, settings.triton.model_name).version
+        finally:
+            r.close()
+    if not version:
+        return ""  # no record: the newest version Triton serves
+    served = models.served_versions(settings)
+    if served.get(version) == "READY":
+        return ""
+    ready = ", ".join(v for v, st in served.items() if st == "READY") or "none"
+    which = "--model-version" if pinned else "the live record (listings promote)"
+    return f"version {version} of {settings.triton.model_name} ({which}) is not served by Triton (ready: {ready})"
+
+
 def options_from(args: argparse.Namespace) -> BackfillOptions:
     return BackfillOptions(
         since_ms=None if args.from_beginning else args.since,
@@ -393,7 +432,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if settings.backfill.nice:
         os.nice(settings.backfill.nice)  # the kernel serves a live worker on the same host first
     preflight.one_shot(settings)
-    stop = Stop()
+    missing = unserved_version(settings, args.model_version or "")
+    if missing:
+        print(f"listings backfill: {missing}", file=sys.stderr)
+        return 2
+    stop = Stop(settings.worker.shutdown_timeout_s)
 
     async def main() -> Summary:
         loop = asyncio.get_running_loop()

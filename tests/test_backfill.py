@@ -205,6 +205,15 @@ def two_model_versions(local, stack):
         yield versions
 
 
+def test_a_model_version_triton_does_not_serve_is_refused_at_the_start(stack) -> None:
+    env = {**os.environ, **stack.to_env()}
+    out = subprocess.run(
+        [*_backfill_cmd(), "--model-version", "999"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "version 999" in out.stderr and "--model-version" in out.stderr and "not served by Triton" in out.stderr
+
+
 def test_model_version_rule(stack, tmp_path, two_model_versions) -> None:
     older, newer = two_model_versions
     s = isolated(stack, "bf-model")

@@ -414,3 +414,33 @@ def test_demo_plays_the_lifecycle_whenever_the_served_model_is_not_the_current_f
     assert exported_artifact(tmp_path, 3) is None
     (version / "export.json").write_text('{"artifact": "a34e87dd00ce74a8", "version": 3}')
     assert exported_artifact(tmp_path, 3) == "a34e87dd00ce74a8"
+
+
+def test_backfill_stop_is_bounded_when_the_batches_in_flight_cannot_finish() -> None:
+    """A stop waits for the batches in flight; one that is being retried against a dependency that stays down
+    must not hold it past LISTINGS_SHUTDOWN_TIMEOUT_S."""
+    import signal
+    import time
+
+    import pytest
+
+    from stream.backfill import Stop
+
+    stop = Stop(timeout_s=0.2)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        stop.install(loop)
+        try:
+            loop.call_later(0.05, stop._on_signal, signal.SIGTERM)
+            await asyncio.sleep(30)  # a batch in flight, retried for as long as its dependency is down
+        finally:
+            stop.uninstall(loop)
+
+    t0 = time.monotonic()
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(scenario())
+    assert stop.outran and stop.signal == "SIGTERM" and time.monotonic() - t0 < 5
+
+    unbounded = Stop()  # the default (a library caller's): no bound, the second signal is the way out
+    assert unbounded.timeout_s == 0 and not unbounded.outran
