@@ -122,6 +122,16 @@ class LiveVersion:
             self._redis = None
 
 
+def repository_versions(repository: Any, model: str) -> list[str]:
+    """The numbered version folders of a model in a repository folder (Triton may serve fewer of them)."""
+    from pathlib import Path
+
+    folder = Path(repository) / model
+    if not folder.is_dir():
+        return []
+    return sorted((p.name for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=int)
+
+
 def training_metrics(repository: Any, model: str, version: str) -> dict[str, Any] | None:
     """A version's headline training metrics from the model repository's metrics.json, when readable."""
     from pathlib import Path

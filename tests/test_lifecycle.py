@@ -107,7 +107,7 @@ def test_a_live_record_naming_a_version_triton_does_not_serve_holds_the_events_i
         w.kill()
 
 
-def test_promoting_a_version_triton_does_not_serve_is_refused(stack) -> None:
+def test_promoting_a_version_triton_does_not_serve_is_refused(stack, tmp_path) -> None:
     env = {**os.environ, **stack.to_env()}
     out = subprocess.run(
         [sys.executable, "-m", "stream", "promote", "999"], env=env, capture_output=True, text=True, timeout=60
@@ -118,6 +118,20 @@ def test_promoting_a_version_triton_does_not_serve_is_refused(stack) -> None:
     )
     doc = json.loads(listed.stdout)
     assert doc["versions"] and all(v["state"] for v in doc["versions"])
+    # with the repository folder: its versions Triton has not loaded are listed too (a rollback past them needs a load)
+    repo = tmp_path / "repo"
+    served = [v["version"] for v in doc["versions"]]
+    for version in [*served, "999"]:
+        (repo / stack.triton.model_name / version).mkdir(parents=True)
+    with_repo = subprocess.run(
+        [sys.executable, "-m", "stream", "models", "--json", "--repository", str(repo)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    states = {v["version"]: v["state"] for v in json.loads(with_repo.stdout)["versions"]}
+    assert states["999"] == "NOT_LOADED" and all(states[v] != "NOT_LOADED" for v in served)
 
 
 def test_shadow_writes_only_its_topic_and_its_figures_match_a_direct_computation(stack, versions, tmp_path) -> None:

@@ -11,6 +11,7 @@ from stream import connections, models
 from stream.config import Settings
 
 HELP = "list the model versions Triton serves, the live one, and their training metrics"
+NOT_LOADED = "NOT_LOADED"  # on disk (--repository), not loaded by Triton
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +42,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             models.training_metrics(args.repository, settings.triton.model_name, version) if args.repository else None
         )
         rows.append({"version": version, "state": state, "live": version == effective, "metrics": metrics})
+    if args.repository:
+        # versions on disk that Triton has not loaded (config.pbtxt's version_policy keeps the newest two): the ones
+        # a rollback further back would need loaded first
+        for version in models.repository_versions(args.repository, settings.triton.model_name):
+            if version not in served:
+                metrics = models.training_metrics(args.repository, settings.triton.model_name, version)
+                rows.append({"version": version, "state": NOT_LOADED, "live": False, "metrics": metrics})
+        rows.sort(key=lambda row: int(row["version"]) if row["version"].isdigit() else 0)
     doc = {
         "model": settings.triton.model_name,
         "live": effective,
@@ -65,4 +74,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             else "metrics: pass --repository to show them"
         )
         print(f"  {'*' if row['live'] else ' '} v{row['version']:<4} {row['state']:<12} {figures}")
+    if any(row["state"] == NOT_LOADED for row in rows):
+        print("  NOT_LOADED: on disk, not loaded by Triton (version_policy); load a version before promoting it")
     return 0
