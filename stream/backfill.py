@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -202,16 +202,7 @@ async def backfill(settings: Settings, options: BackfillOptions, stop: Stop | No
 
     topic = options.topic or settings.topics.input
     if not options.model_version:  # re-classify with the live version (the one `listings promote` recorded)
-        from dataclasses import replace
-
-        from stream.models import read_live
-
-        r = connections.redis_sync(settings.redis)
-        try:
-            live = read_live(r, settings.triton.model_name).version
-        finally:
-            r.close()
-        options = replace(options, model_version=live)
+        options = replace(options, model_version=model_version_to_use(settings, ""))
     group = options.group or default_group(options, topic)
     batch_size = settings.backfill.max_batch
     started = time.monotonic()
@@ -390,26 +381,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON, no progress bar")
 
 
-def unserved_version(settings: Settings, pinned: str) -> str:
-    """Why the backfill cannot start with its model version (`--model-version`, else the live record), or "" when
-    Triton serves it. Checked once at the start: a version that goes away later is retried like an outage."""
-    from stream import models
+def model_version_to_use(settings: Settings, pinned: str) -> str:
+    """`--model-version`, else the live record (`listings promote`); "" without either: Triton's newest."""
+    if pinned:
+        return pinned
+    from stream.models import read_live
 
-    version = pinned
-    if not version:
-        r = connections.redis_sync(settings.redis)
-        try:
-            version = models.read_live(r, settings.triton.model_name).version
-        finally:
-            r.close()
-    if not version:
-        return ""  # no record: the newest version Triton serves
-    served = models.served_versions(settings)
-    if served.get(version) == "READY":
-        return ""
-    ready = ", ".join(v for v, st in served.items() if st == "READY") or "none"
-    which = "--model-version" if pinned else "the live record (listings promote)"
-    return f"version {version} of {settings.triton.model_name} ({which}) is not served by Triton (ready: {ready})"
+    r = connections.redis_sync(settings.redis)
+    try:
+        return read_live(r, settings.triton.model_name).version
+    finally:
+        r.close()
 
 
 def options_from(args: argparse.Namespace) -> BackfillOptions:
@@ -432,17 +414,25 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if settings.backfill.nice:
         os.nice(settings.backfill.nice)  # the kernel serves a live worker on the same host first
     preflight.one_shot(settings)
-    missing = unserved_version(settings, args.model_version or "")
-    if missing:
-        print(f"listings backfill: {missing}", file=sys.stderr)
+    # checked once at the start (a version that goes away later is retried like an outage), and resolved here so
+    # that the run does not read the live record again
+    from stream.models import unserved
+
+    options = options_from(args)
+    version = model_version_to_use(settings, options.model_version)
+    why = unserved(settings, version) if version else ""  # no version at all: Triton's newest
+    if why:
+        which = "--model-version" if options.model_version else "the live record (listings promote)"
+        print(f"listings backfill: {why} ({which})", file=sys.stderr)
         return 2
+    options = replace(options, model_version=version)
     stop = Stop(settings.worker.shutdown_timeout_s)
 
     async def main() -> Summary:
         loop = asyncio.get_running_loop()
         stop.install(loop)
         try:
-            return await backfill(settings, options_from(args), stop)
+            return await backfill(settings, options, stop)
         finally:
             stop.uninstall(loop)
 

@@ -64,6 +64,15 @@ def served_versions(settings: Settings) -> dict[str, str]:
         client.close()
 
 
+def unserved(settings: Settings, version: str) -> str:
+    """Why Triton cannot take requests for `version` of the model, naming the versions it can; "" when READY."""
+    served = served_versions(settings)
+    if served.get(version) == "READY":
+        return ""
+    ready = ", ".join(v for v, state in served.items() if state == "READY") or "none"
+    return f"version {version} of {settings.triton.model_name} is not served by Triton (ready versions: {ready})"
+
+
 def promote(settings: Settings, version: str | None, rollback: bool = False, by: str | None = None) -> Live:
     """Make `version` live (it must be READY in Triton), or return to the previous one with `rollback`."""
     model = settings.triton.model_name
@@ -79,10 +88,9 @@ def promote(settings: Settings, version: str | None, rollback: bool = False, by:
             assert version is not None
             if current.version:
                 history.append(current.version)
-        served = served_versions(settings)
-        if served.get(str(version)) != "READY":
-            ready = ", ".join(v for v, s in served.items() if s == "READY") or "none"
-            raise UnknownVersion(f"version {version} of {model} is not served by Triton (ready versions: {ready})")
+        why = unserved(settings, str(version))
+        if why:
+            raise UnknownVersion(why)
         live = Live(str(version), history[-20:], iso(time.time() * 1000), by or getpass.getuser())
         r.hset(
             live_key(model),

@@ -353,8 +353,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if not args.candidate:
         print("listings shadow: give --candidate N (or --report)", file=sys.stderr)
         return 2
-    if models.served_versions(settings).get(args.candidate) != "READY":
-        print(f"listings shadow: version {args.candidate} is not served by Triton", file=sys.stderr)
+    why = models.unserved(settings, args.candidate)
+    if why:
+        print(f"listings shadow: {why}", file=sys.stderr)
         return 2
     r = connections.redis_sync(settings.redis)
     try:

@@ -1,9 +1,15 @@
-"""Test-only helpers: build events, read what the worker wrote to Kafka and Redis, ask Triton directly,
-and wait for a condition (failing the test with `AssertionError`)."""
+"""Test-only helpers: build events, read what the worker wrote to Kafka and Redis, ask Triton directly, run
+`listings` commands and probe a worker's HTTP endpoints, and wait for a condition (failing the test with
+`AssertionError`)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +21,29 @@ from stream import connections, keys
 from stream.classify.triton_client import text_inputs
 from stream.config import Settings
 from stream.retry import poll
+
+
+def listings_cli(
+    settings: Settings, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`listings ARGS` as a subprocess pointed at `settings`' stack (plus `env`), its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "stream", *args],
+        env={**os.environ, **settings.to_env(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def probe(port: int, path: str) -> tuple[int, dict]:
+    """A worker's health endpoint on 127.0.0.1:`port`: HTTP status and JSON body."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, orjson.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read())
+
 
 # real-looking titles of different categories, for tests that need a few listings
 TITLES = [

@@ -3,7 +3,6 @@ a full Redis is an outage (back-pressure, retries, nothing lost or dead-lettered
 
 from __future__ import annotations
 
-import json
 import urllib.error
 import urllib.request
 
@@ -13,17 +12,9 @@ from conftest import free_ports
 
 from devtools.workers import WorkerProcess, isolated, produce_raw, wait_group_stable
 from stream import connections
-from support import TITLES, listing, read_topic, redis_items, wait_for
+from support import TITLES, listing, probe, read_topic, redis_items, wait_for
 
 pytestmark = pytest.mark.stack
-
-
-def probe(port: int, path: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def metric(port: int, name: str) -> float:

@@ -6,16 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from devtools.workers import WorkerProcess, isolated, produce_raw, wait_group_stable
 from stream import connections, keys, models
 from stream.shadow import ShadowOptions, read_shadow, shadow, summarize
-from support import TITLES, another_version, direct_results, listing, read_topic, redis_items, wait_for
+from support import (
+    TITLES,
+    another_version,
+    direct_results,
+    listing,
+    listings_cli,
+    probe,
+    read_topic,
+    redis_items,
+    wait_for,
+)
 
 pytestmark = pytest.mark.stack
 
@@ -69,8 +76,6 @@ def test_a_live_record_naming_a_version_triton_does_not_serve_holds_the_events_i
     """As after the live version's folder was removed and Triton reloaded: every request is refused NOT_FOUND. That
     is a serving problem, not the events': they wait (the worker unready, saying which version is missing) and are
     classified once a served version is promoted; none is dead-lettered."""
-    import urllib.request
-
     from conftest import free_ports
 
     old, _ = versions
@@ -83,39 +88,24 @@ def test_a_live_record_naming_a_version_triton_does_not_serve_holds_the_events_i
     produce_raw(s, [listing(i, TITLES[n % len(TITLES)]) for n, i in enumerate(ids)])
     [port] = free_ports(1)
     w = WorkerProcess(s, tmp_path, metrics_port=port).start()
-
-    def readyz() -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-        except OSError:
-            return 0, ""
-
     try:
         wait_for(lambda: "does not serve" in w.log_tail(), 90, "the worker naming the missing version", w.log_tail)
-        wait_for(lambda: readyz()[0] == 503, 30, "/readyz unready", w.log_tail)
-        assert "version 999" in readyz()[1]
+        wait_for(lambda: probe(port, "/readyz")[0] == 503, 30, "/readyz unready", w.log_tail)
+        assert "version 999" in probe(port, "/readyz")[1]["dependencies"]["triton"]["calls"]
         assert redis_items(s, ids) == {} and len(read_topic(s, s.topics.dlq, timeout_s=2)) == dlq_before
         models.promote(s, old)
         wait_for(lambda: len(redis_items(s, ids)) == len(ids), 60, "the held events classified", w.log_tail)
         assert {h["model_version"] for h in redis_items(s, ids).values()} == {old}
         assert len(read_topic(s, s.topics.dlq, timeout_s=2)) == dlq_before
-        wait_for(lambda: readyz()[0] == 200, 30, "/readyz ready again", w.log_tail)
+        wait_for(lambda: probe(port, "/readyz")[0] == 200, 30, "/readyz ready again", w.log_tail)
     finally:
         w.kill()
 
 
 def test_promoting_a_version_triton_does_not_serve_is_refused(stack, tmp_path) -> None:
-    env = {**os.environ, **stack.to_env()}
-    out = subprocess.run(
-        [sys.executable, "-m", "stream", "promote", "999"], env=env, capture_output=True, text=True, timeout=60
-    )
+    out = listings_cli(stack, "promote", "999")
     assert out.returncode == 2 and "999" in out.stderr and "not served by Triton" in out.stderr
-    listed = subprocess.run(
-        [sys.executable, "-m", "stream", "models", "--json"], env=env, capture_output=True, text=True, timeout=60
-    )
+    listed = listings_cli(stack, "models", "--json")
     doc = json.loads(listed.stdout)
     assert doc["versions"] and all(v["state"] for v in doc["versions"])
     # with the repository folder: its versions Triton has not loaded are listed too (a rollback past them needs a load)
@@ -123,13 +113,7 @@ def test_promoting_a_version_triton_does_not_serve_is_refused(stack, tmp_path) -
     served = [v["version"] for v in doc["versions"]]
     for version in [*served, "999"]:
         (repo / stack.triton.model_name / version).mkdir(parents=True)
-    with_repo = subprocess.run(
-        [sys.executable, "-m", "stream", "models", "--json", "--repository", str(repo)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    with_repo = listings_cli(stack, "models", "--json", "--repository", str(repo))
     states = {v["version"]: v["state"] for v in json.loads(with_repo.stdout)["versions"]}
     assert states["999"] == "NOT_LOADED" and all(states[v] != "NOT_LOADED" for v in served)
 

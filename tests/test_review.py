@@ -21,7 +21,7 @@ from conftest import free_ports
 from devtools.workers import WorkerProcess, isolated, produce_raw, wait_group_stable
 from stream import connections, keys
 from stream.backfill import BackfillOptions, backfill
-from support import TITLES, listing, read_topic, redis_items, wait_for
+from support import TITLES, listing, listings_cli, read_topic, redis_items, wait_for
 
 pytestmark = pytest.mark.stack
 REVIEW_DB = 5  # the shared test Redis's database for the review tests
@@ -132,14 +132,7 @@ def test_feedback_export_feeds_training(reviewing, tmp_path) -> None:
     produce_raw(s, [decision(item, 1, category, ["colour:black"], "accepted")], topic=s.topics.feedback)
     wait_for(lambda: redis_items(s, [item])[item].get("label_source") == "human", 60, "decision applied", w.log_tail)
     out = tmp_path / "feedback.csv"
-    env = {**os.environ, **s.to_env()}
-    res = subprocess.run(
-        [sys.executable, "-m", "stream", "feedback", "export", "--out", str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    res = listings_cli(s, "feedback", "export", "--out", str(out), timeout=120)
     assert res.returncode == 0, res.stderr
     text = out.read_text()
     assert "title,category,tags,decision" in text and "colour:black" in text and "accepted" in text
@@ -191,13 +184,7 @@ def test_review_page_refuses_cross_site_posts_and_needs_a_token_beyond_loopback(
         assert post(port, body, {"Content-Type": "application/json"}) == 403  # no page header
     finally:
         proc.kill()
-    out = subprocess.run(
-        [sys.executable, "-m", "stream", "review-ui", "--host", "0.0.0.0"],
-        env={**os.environ, **s.to_env()},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = listings_cli(s, "review-ui", "--host", "0.0.0.0")
     assert out.returncode == 2 and "LISTINGS_REVIEW_TOKEN" in out.stderr
     proc = serve_review(s, port, tmp_path, LISTINGS_REVIEW_TOKEN="t0ken")
     try:

@@ -272,6 +272,11 @@ def plan(cached: str | None, newest: str | None, options: DemoOptions) -> Plan:
     return Plan(first, lifecycle)
 
 
+def incoming(options: DemoOptions) -> str:
+    """The model the lifecycle brings in, as the view names it."""
+    return "rehearsal model" if options.rehearse else "full model"
+
+
 def exported_artifact(repo: Path, version: int) -> str | None:
     """The artifact (cache entry name) a version was exported from (its `export.json`), or None."""
     from training.config import MODEL_NAME
@@ -364,7 +369,6 @@ def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
     progress = Progress(settings, rows, metrics_port, since_ms=int(time.time() * 1000))
     # a steady 10/s while a model trains (the first pass would otherwise be over long before it is ready)
     trains = lifecycle and (cached is None or options.rehearse)
-    incoming = "rehearsal model" if options.rehearse else "full model"  # the model the lifecycle brings in
     feeder = Feeder(settings, rows, options.rate or (10.0 if trains else 0.0))
     try:
         wait_group_stable(settings, workers=[worker])
@@ -390,8 +394,12 @@ def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
                 if not worker.alive():
                     raise RuntimeError(f"the worker exited; its log:\n{worker.log_tail()}")
 
+            def serving() -> str:
+                training = f"; {incoming(options)}: {training_status(train_log)}" if trainer else ""
+                return f"serving v{live_version}{training}"
+
             while len(progress.state) < len(rows):
-                tick(f"serving v{live_version}" + (f"; {incoming}: {training_status(train_log)}" if trainer else ""))
+                tick(serving())
                 time.sleep(1)
                 if time.monotonic() - t_start > 3600:
                     raise RuntimeError("gave up after an hour")
@@ -399,7 +407,7 @@ def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
             progress.lifecycle.append(f"first listing classified {first:.0f}s after start; all {len(rows)} done")
             if trainer is not None:
                 while trainer.poll() is None:
-                    tick(f"serving v{live_version}; {incoming}: {training_status(train_log)}")
+                    tick(serving())
                     time.sleep(2)
                 if trainer.returncode != 0:
                     raise RuntimeError(f"full training failed; see {train_log}")
@@ -465,8 +473,7 @@ def run_lifecycle(
     models.promote(settings, live)
     candidate = str(export.export(full, stack.model_repository))
     triton.load_model(stack, settings.triton.model_name, with_background=True)
-    incoming = "rehearsal model" if options.rehearse else "full model"
-    progress.lifecycle.append(f"{incoming} exported as v{candidate}; shadowing it on the live stream")
+    progress.lifecycle.append(f"{incoming(options)} exported as v{candidate}; shadowing it on the live stream")
     result: dict[str, Any] = {}
     shadowing = threading.Thread(
         target=lambda: result.update(

@@ -13,10 +13,9 @@ from training.config import MODEL_NAME, SERVING_DIR
 
 
 def versions(repo: Path, name: str = MODEL_NAME) -> list[int]:
-    model_dir = Path(repo) / name
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    from stream.models import repository_versions
+
+    return [int(v) for v in repository_versions(repo, name)]
 
 
 GPU_INSTANCES = "\n".join(
