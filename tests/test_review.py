@@ -172,16 +172,33 @@ def post(port: int, body: bytes, headers: dict[str, str]) -> int:
         return exc.code
 
 
-def test_review_page_refuses_cross_site_posts_and_needs_a_token_beyond_loopback(reviewing, tmp_path) -> None:
+def stats(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/stats", timeout=10) as resp:
+        return orjson.loads(resp.read())
+
+
+def test_review_page_counts_dead_letters_refuses_cross_site_posts_and_needs_a_token_beyond_loopback(
+    reviewing, tmp_path
+) -> None:
     s, _, ids = reviewing
     [port] = free_ports(1)
     proc = serve_review(s, port, tmp_path)
     try:
+        # the live panel's dead-letter count is the DLQ topic's records (it showed "-" with aiokafka 0.14: the
+        # consumer has no public `client`), and follows new ones
+        assert stats(port)["dlq"] == 0
+        produce_raw(s, [(b"rv-bad", b"not json"), (b"rv-bad2", b'{"item_id": "rv-bad2"}')])
+        wait_for(lambda: stats(port)["dlq"] == 2, 60, "the DLQ count on the review page")
         body = orjson.dumps({"item_id": ids[0], "listing_version": 3, "decision": "accepted", "category_id": "x"})
         assert post(port, b"item_id=x", {"Content-Type": "application/x-www-form-urlencoded"}) == 403
         evil = {"Content-Type": "application/json", "X-Requested-With": "listings-review", "Origin": "http://evil.test"}
         assert post(port, body, evil) == 403
         assert post(port, body, {"Content-Type": "application/json"}) == 403  # no page header
+        # a decision the page would never send is refused, not read as a correction
+        page = {"Content-Type": "application/json", "X-Requested-With": "listings-review"}
+        typo = orjson.dumps({"item_id": ids[0], "listing_version": 3, "decision": "reject", "category_id": "x"})
+        assert post(port, typo, page) == 400
+        assert post(port, orjson.dumps({"item_id": ids[0], "decision": "accepted"}), page) == 400
     finally:
         proc.kill()
     out = listings_cli(s, "review-ui", "--host", "0.0.0.0")

@@ -17,6 +17,7 @@ refused.
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import hmac
 import ipaddress
@@ -66,6 +67,8 @@ class Review:
         self.classifier = TritonClassifier(s.triton.url, s.triton.model_name, priority=BACKFILL_PRIORITY)
 
     async def stop(self, _app: web.Application) -> None:
+        if self._dlq_consumer is not None:
+            await self._dlq_consumer.stop()
         await self.producer.stop()
         await self.classifier.close()
         await self.redis.aclose()
@@ -130,15 +133,19 @@ class Review:
 
         try:
             if self._dlq_consumer is None:
-                self._dlq_consumer = AIOKafkaConsumer(**connections.kafka(self.settings.kafka))
-                await self._dlq_consumer.start()
-            parts = self._dlq_consumer.partitions_for_topic(self.settings.topics.dlq) or set()
+                consumer = AIOKafkaConsumer(**connections.kafka(self.settings.kafka))
+                await consumer.start()
+                self._dlq_consumer = consumer
+            topic = self.settings.topics.dlq
+            parts = self._dlq_consumer.partitions_for_topic(topic)
             if not parts:
-                await self._dlq_consumer.client.force_metadata_update()
-                parts = self._dlq_consumer.partitions_for_topic(self.settings.topics.dlq) or set()
-            tps = [TopicPartition(self.settings.topics.dlq, p) for p in parts]
-            begin = await self._dlq_consumer.beginning_offsets(tps)
-            end = await self._dlq_consumer.end_offsets(tps)
+                # a consumer knows the partitions of the topics it has asked about: asking for partition 0's end
+                # (every topic has one) loads the topic's metadata, and with it all of its partitions
+                await asyncio.wait_for(self._dlq_consumer.end_offsets([TopicPartition(topic, 0)]), 10)
+                parts = self._dlq_consumer.partitions_for_topic(topic) or {0}
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            begin = await asyncio.wait_for(self._dlq_consumer.beginning_offsets(tps), 10)
+            end = await asyncio.wait_for(self._dlq_consumer.end_offsets(tps), 10)
             return sum(end[tp] - begin[tp] for tp in tps)
         except Exception as exc:  # noqa: BLE001 - the panel shows "-" rather than failing the page
             log.warning("DLQ count unavailable: %s", exc)
@@ -147,10 +154,22 @@ class Review:
     async def decide(self, body: dict) -> dict:
         from stream.sinks.kafka_out import OutRecord
 
+        missing = [f for f in ("item_id", "listing_version", "decision", "category_id") if body.get(f) in (None, "")]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        if body["decision"] not in ("accepted", "corrected"):
+            raise ValueError(f"decision is 'accepted' or 'corrected', got {body['decision']!r}")
+        if not isinstance(body.get("tags", []), list):
+            raise ValueError("tags is a list of tags")
+        version = body["listing_version"]
+        if isinstance(version, bool) or not (
+            isinstance(version, int) or (isinstance(version, str) and version.isdigit())
+        ):
+            raise ValueError(f"listing_version is an integer, got {version!r}")
         decision = {
             "item_id": str(body["item_id"]),
-            "listing_version": int(body["listing_version"]),
-            "decision": "accepted" if body.get("decision") == "accepted" else "corrected",
+            "listing_version": int(version),
+            "decision": body["decision"],
             "category_id": str(body["category_id"]),
             "tags": [str(t) for t in body.get("tags", [])],
             "reviewer": str(body.get("reviewer") or getpass.getuser())[:100],
