@@ -14,6 +14,7 @@ test: setup
 	$(VENV)/pytest -q
 
 test-long: setup
+	$(VENV)/ruff check .
 	$(VENV)/pytest -q --long
 
 lint: setup
@@ -30,4 +31,4 @@ stack-down:
 	$(VENV)/listings stack down
 
 clean: stack-down
-	rm -rf .stack
+	rm -rf "$${LISTINGS_STATE_DIR:-.stack}"

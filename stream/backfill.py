@@ -449,7 +449,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             f"{summary.classified} classified, {summary.dlq} to DLQ, {summary.review} to review, "
             f"{summary.stale} not applied (newer result stored), {summary.unchanged} unchanged, "
             f"{summary.tag_updates} tag updates, "
-            f"{summary.duration_s:.1f}s",
+            f"{summary.duration_s:.1f}s"
+            + (f" ({summary.yielded_s:.1f}s of it yielding to live traffic)" if summary.yielded_s else ""),
             file=sys.stdout,
         )
         if summary.stopped_by:
