@@ -38,6 +38,8 @@ class Health:
         self._lock = threading.Lock()
         now = time.monotonic()
         self.started = False
+        # set while the worker waits for Kafka and Redis before it starts: alive (it is retrying), not ready
+        self.waiting_for: str | None = None
         self.loop_beat = now
         self.last_progress = now
         self.last_retry = 0.0
@@ -56,6 +58,12 @@ class Health:
 
     def beat(self) -> None:
         self.loop_beat = time.monotonic()
+
+    def waiting(self, reason: str | None) -> None:
+        """The worker is waiting for its dependencies before it starts (`reason`), or no longer (None: the event
+        loop's clock starts now, however long the wait was)."""
+        self.waiting_for = reason
+        self.beat()
 
     def work(self, pending: int) -> None:
         """Batches between consumption and their sinks' acknowledgement."""
@@ -84,6 +92,8 @@ class Health:
     # -------------------------------------------------------------- answers (HTTP thread)
 
     def live(self) -> tuple[bool, dict[str, Any]]:
+        if self.waiting_for is not None:
+            return True, {"waiting_for": self.waiting_for, "pending_batches": 0}
         now = time.monotonic()
         loop_age = now - self.loop_beat
         stalled = (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from stream import connections, errors
 from stream.config import KafkaSettings, RedisSettings, Settings
@@ -57,8 +58,11 @@ async def check_redis(r: RedisSettings) -> None:
         await client.aclose()
 
 
+ORDER = ("kafka", "redis")  # the order `check` tries them in
+
+
 async def check(settings: Settings, kafka: bool = True, redis: bool = True) -> None:
-    """Raise Unreachable (or CredentialsRefused) for the first dependency that fails."""
+    """Raise Unreachable (or CredentialsRefused) for the first dependency that fails, in ORDER."""
     if kafka:
         await check_kafka(settings.kafka)
     if redis:
@@ -69,10 +73,13 @@ def one_shot(settings: Settings, kafka: bool = True, redis: bool = True) -> None
     asyncio.run(check(settings, kafka, redis))
 
 
-async def wait_ready(settings: Settings) -> None:
-    """For the worker: wait (backoff) while a dependency is down; raise CredentialsRefused at once."""
+async def wait_ready(settings: Settings, on_retry: Callable[[str, BaseException], None] | None = None) -> None:
+    """For the worker: wait (backoff) while a dependency is down; raise CredentialsRefused at once. `on_retry` sees
+    each failure (the worker's health endpoints say what it waits for)."""
 
     def down(exc: BaseException) -> bool:
         return isinstance(exc, errors.Unreachable) and not isinstance(exc, CredentialsRefused)
 
-    await retry_forever("dependencies at start", lambda: check(settings), retryable=down, max_backoff=5.0)
+    await retry_forever(
+        "dependencies at start", lambda: check(settings), retryable=down, max_backoff=5.0, on_retry=on_retry
+    )

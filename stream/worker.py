@@ -231,18 +231,30 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     import faust
 
-    from stream import health, logs, preflight
+    from stream import errors, health, logs, preflight
 
     if args.metrics_port is not None:
         settings = settings.replace(worker={"metrics_port": args.metrics_port})
     logs.setup(args.log_level)
+    # the health endpoints answer from the start: while Kafka or Redis is down the worker waits for them, alive
+    # (/healthz 200: a restart would not help) and not ready (/readyz 503 naming what it waits for)
+    health.HEALTH.stall_timeout_s = settings.worker.stall_timeout_s
+    health.HEALTH.waiting("Kafka and Redis (checked before the worker starts)")
+    health.serve(settings.worker.metrics_host, settings.worker.metrics_port)
+
+    def still_down(_what: str, exc: BaseException) -> None:
+        health.HEALTH.waiting(str(exc)[:300])
+        if isinstance(exc, errors.Unreachable) and exc.part.lower() in preflight.ORDER:
+            failed = preflight.ORDER.index(exc.part.lower())
+            for i, part in enumerate(preflight.ORDER[: failed + 1]):  # the ones checked before it answered
+                health.HEALTH.probed(part, i < failed, "" if i < failed else str(exc)[:300])
+
     try:  # Kafka and Redis reachable, and our credentials accepted (waits while they are down)
-        asyncio.run(preflight.wait_ready(settings))
+        asyncio.run(preflight.wait_ready(settings, on_retry=still_down))
     except preflight.CredentialsRefused as exc:
         log.critical(str(exc))
         return EXIT_CONFIG
-    health.HEALTH.stall_timeout_s = settings.worker.stall_timeout_s
-    health.serve(settings.worker.metrics_host, settings.worker.metrics_port)
+    health.HEALTH.waiting(None)
     app = make_app(settings)
     fields = {"group": settings.worker.group_id, "topic": settings.topics.input}
     log.info("worker starting", extra={"fields": fields})

@@ -78,3 +78,31 @@ def test_full_redis_is_an_outage_not_a_crash(worker) -> None:
     assert read_topic(s, s.topics.dlq, timeout_s=2) == []  # nothing dead-lettered
     assert w.alive()
     r.close()
+
+
+def test_a_worker_waiting_for_redis_at_start_is_alive_and_not_ready(stack, tmp_path) -> None:
+    """Before it starts, the worker waits for Kafka and Redis; its health endpoints answer meanwhile, so a
+    Kubernetes startup probe does not restart a worker that is only waiting (they answered nothing before)."""
+    [port, closed] = free_ports(2)
+    s = isolated(stack, "waiting").replace(redis={"url": f"redis://127.0.0.1:{closed}/0"})
+    w = WorkerProcess(s, tmp_path, metrics_port=port).start()
+    try:
+        wait_for(lambda: _answers(port), 30, "the health endpoint of a waiting worker", w.log_tail)
+        wait_for(lambda: "Redis" in probe(port, "/healthz")[1].get("waiting_for", ""), 30, "waiting for Redis")
+        status, body = probe(port, "/healthz")
+        assert status == 200 and body["ok"]
+        status, body = probe(port, "/readyz")
+        assert status == 503 and body["consumer"] == "not started"
+        assert body["dependencies"]["kafka"]["ok"] is True  # checked first, and it answered
+        assert body["dependencies"]["redis"]["ok"] is False and str(closed) in body["dependencies"]["redis"]["probe"]
+        assert w.alive()
+    finally:
+        w.kill()
+
+
+def _answers(port: int) -> bool:
+    try:
+        probe(port, "/healthz")
+    except OSError:
+        return False
+    return True

@@ -444,3 +444,24 @@ def test_backfill_stop_is_bounded_when_the_batches_in_flight_cannot_finish() -> 
 
     unbounded = Stop()  # the default (a library caller's): no bound, the second signal is the way out
     assert unbounded.timeout_s == 0 and not unbounded.outran
+
+
+def test_health_while_waiting_for_dependencies_and_after() -> None:
+    """Waiting for Kafka/Redis at start is alive (retrying); when the wait ends, the event loop's clock starts
+    then, so a long wait does not read as a stalled loop."""
+    import time
+
+    from stream.health import Health
+
+    h = Health(loop_timeout_s=30.0)
+    h.loop_beat = time.monotonic() - 600  # ten minutes of waiting
+    h.waiting("Kafka at k:9092 is not reachable")
+    h.loop_beat = time.monotonic() - 600
+    ok, why = h.live()
+    assert ok and why["waiting_for"].startswith("Kafka")
+    assert h.ready()[0] is False
+    h.waiting(None)
+    ok, why = h.live()
+    assert ok and "waiting_for" not in why and why["event_loop_seconds_since_beat"] < 5
+    h.loop_beat = time.monotonic() - 31
+    assert h.live()[0] is False  # once started, a loop that stops beating is dead again
