@@ -34,7 +34,12 @@ def parse_time(text: str) -> int:
     """An ISO-8601 time or epoch milliseconds, as epoch milliseconds."""
     if text.isdigit():
         return int(text)
-    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: give ISO-8601 with a zone (2026-11-01T00:00:00Z) or epoch milliseconds"
+        ) from None
     if dt.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{text!r}: give a timezone (e.g. Z) or epoch milliseconds")
     return int(dt.timestamp() * 1000)
@@ -410,6 +415,9 @@ def options_from(args: argparse.Namespace) -> BackfillOptions:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from stream import logs, preflight
 
+    if args.until is not None and args.since is not None and not args.from_beginning and args.until <= args.since:
+        print("listings backfill: --until is not after --since: the range is empty", file=sys.stderr)
+        return 2
     logs.setup("WARNING", quiet=True)
     if settings.backfill.nice:
         os.nice(settings.backfill.nice)  # the kernel serves a live worker on the same host first

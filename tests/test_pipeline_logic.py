@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import pytest
 from tritonclient.utils import InferenceServerException
 
 from stream.classify.triton_client import BatchResult, Classification
@@ -465,3 +466,22 @@ def test_health_while_waiting_for_dependencies_and_after() -> None:
     assert ok and "waiting_for" not in why and why["event_loop_seconds_since_beat"] < 5
     h.loop_beat = time.monotonic() - 31
     assert h.live()[0] is False  # once started, a loop that stops beating is dead again
+
+
+def test_backfill_time_arguments_are_checked_before_anything_runs(capsys) -> None:
+    import argparse
+
+    from stream import backfill
+    from stream.config import Settings
+
+    assert backfill.parse_time("1764547200000") == 1764547200000
+    assert backfill.parse_time("2025-12-01T00:00:00Z") == 1764547200000
+    for bad in ("yesterday", "2025-12-01"):  # not a time; no zone
+        with pytest.raises(argparse.ArgumentTypeError):
+            backfill.parse_time(bad)
+    parser = argparse.ArgumentParser()
+    backfill.add_arguments(parser)
+    args = parser.parse_args(["--since", "2025-12-02T00:00:00Z", "--until", "2025-12-01T00:00:00Z"])
+    # an empty range is a mistake, not a finished run (it printed "0 events" and exited 0); nothing is contacted
+    assert backfill.run(args, Settings().replace(kafka={"bootstrap": "127.0.0.1:1"})) == 2
+    assert "--until is not after --since" in capsys.readouterr().err
