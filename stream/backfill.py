@@ -203,7 +203,7 @@ async def backfill(settings: Settings, options: BackfillOptions, stop: Stop | No
     from stream.classify.triton_client import BACKFILL_PRIORITY
     from stream.pipeline.conveyor import Conveyor
     from stream.pipeline.process import Pipeline
-    from stream.pipeline.records import InRecord
+    from stream.pipeline.records import InRecord, kafka_time_ms
 
     topic = options.topic or settings.topics.input
     if not options.model_version:  # re-classify with the live version (the one `listings promote` recorded)
@@ -327,7 +327,9 @@ async def backfill(settings: Settings, options: BackfillOptions, stop: Stop | No
                 for m in msgs:
                     if m.offset >= end:
                         break
-                    batch.append(InRecord(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp, polled_ms))
+                    batch.append(
+                        InRecord(m.topic, m.partition, m.offset, m.key, m.value, kafka_time_ms(m.timestamp), polled_ms)
+                    )
                     offsets[tp] = m.offset + 1
             for tp in list(remaining):  # past the planned end: this partition is done
                 if await on_consumer(consumer.position, tp) >= plan.end[tp.partition]:

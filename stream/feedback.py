@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from stream.events.contract import InvalidEvent
-from stream.events.dlq import dlq_record
+from stream.events.dlq import dlq_key, dlq_record
 from stream.pipeline.records import InRecord, tag_update_record
 from stream.sinks.kafka_out import OutRecord
 from stream.sinks.redis_store import StoreItem
@@ -115,7 +115,7 @@ class FeedbackApplier:
                 payload=rec.value,
                 source="feedback",
             )
-            outputs.append(OutRecord(topics.dlq, rec.key, value))
+            outputs.append(OutRecord(topics.dlq, dlq_key(rec.key), value))
             counts[error_type] = counts.get(error_type, 0) + 1
 
         stored = await self.pipeline.store.current([self._item_id(r) for r in records])

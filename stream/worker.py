@@ -37,7 +37,7 @@ def make_app(settings: Settings) -> Any:
     from stream.models import LiveVersion
     from stream.pipeline.conveyor import Conveyor
     from stream.pipeline.process import BatchStats, Pipeline
-    from stream.pipeline.records import InRecord
+    from stream.pipeline.records import InRecord, kafka_time_ms
     from stream.pipeline.timing import BatchTiming, Recorder
 
     w = settings.worker
@@ -114,7 +114,7 @@ def make_app(settings: Settings) -> Any:
                             m.offset,
                             m.key,
                             m.value,
-                            int(m.timestamp * 1000) if m.timestamp else None,
+                            kafka_time_ms(m.timestamp * 1000) if m.timestamp else None,
                             received,
                         )
                     )

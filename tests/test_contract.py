@@ -466,6 +466,29 @@ def test_dlq_large_payload_truncated_under_kafka_cap() -> None:
     assert len(rec["error"]) <= 1000
 
 
+def test_dlq_record_with_a_huge_key_stays_under_kafka_cap() -> None:
+    """The key is kept twice (Kafka key and `key` field, where JSON writes a control byte as 6 characters): a 300 KB
+    key with a 740 KB value made a 1.3 MB record, which Kafka refuses — and a send refused for ever holds the
+    partition. Cut to MAX_DLQ_KEY_BYTES, flagged, a multi-byte character never split."""
+    from stream.events.dlq import MAX_DLQ_KEY_BYTES, dlq_key
+
+    key = b"\x01" * 300_000
+    raw = dlq_record(
+        error="e", error_type="not_json", topic="t", partition=0, offset=0, key=key, payload=b"{" * 740_000
+    )
+    assert len(raw) + len(dlq_key(key)) < 1_000_000
+    rec = orjson.loads(raw)
+    assert rec["key_truncated"] is True and decode_dlq_key(rec) == key[:MAX_DLQ_KEY_BYTES]
+    accented = ("é" * MAX_DLQ_KEY_BYTES).encode()  # 2 bytes a character: the cut falls inside one at odd offsets
+    rec = orjson.loads(
+        dlq_record(error="e", error_type="x", topic="t", partition=0, offset=0, key=b"a" + accented, payload=b"{")
+    )
+    assert rec["key_encoding"] == "utf-8" and rec["key_truncated"] is True
+    assert accented.startswith(decode_dlq_key(rec)[1:]) and len(decode_dlq_key(rec)) >= MAX_DLQ_KEY_BYTES - 3
+    small = orjson.loads(dlq_record(error="e", error_type="x", topic="t", partition=0, offset=0, key=b"k", payload=b""))
+    assert small["key_truncated"] is False and dlq_key(b"k") == b"k" and dlq_key(None) is None
+
+
 @fuzz
 @given(st.binary(max_size=4096), st.none() | st.binary(max_size=64), st.text(max_size=300))
 def test_dlq_round_trips_arbitrary_bytes(payload: bytes, key: bytes | None, error: str) -> None:

@@ -135,6 +135,34 @@ def test_malformed_events_all_land_in_dlq(dlq_worker, bad: list[bytes]) -> None:
     assert w.alive()
 
 
+def test_hostile_record_metadata_neither_crashes_nor_wedges_the_worker(dlq_worker) -> None:
+    """Two records the contract cannot see, both found by reading the code: a Kafka timestamp in microseconds on
+    an event without `listed_at` (the broker accepts any; the worker crashed formatting year 55,000, and crashed
+    again on every redelivery), and a malformed event whose 300 KB key made a DLQ record over Kafka's 1 MiB
+    (a send Kafka refuses for ever held the partition). Both flow; the events after them too."""
+    from kafka import KafkaProducer
+
+    from stream import connections
+
+    s, w = dlq_worker
+    marker = uuid.uuid4().hex[:8]
+    odd_time, after = f"us-{marker}", f"after-{marker}"
+    producer = KafkaProducer(**connections.kafka(s.kafka), acks="all", max_request_size=2_000_000)
+    value = orjson.dumps({"item_id": odd_time, "title": "Silicone back cover for mobile phone"})
+    producer.send(s.topics.input, key=odd_time.encode(), value=value, timestamp_ms=int(time.time() * 1e6))
+    huge_key = f"bad-{marker}-".encode() + b"\x01" * 300_000
+    producer.send(s.topics.input, key=huge_key, value=b"{" * 740_000)
+    producer.send(s.topics.input, key=after.encode(), value=listing(after, "Peter England jeans")[1])
+    producer.flush()
+    producer.close()
+    wait_for(lambda: len(redis_items(s, [odd_time, after])) == 2, 120, "the events around the hostile ones", w.log_tail)
+    assert redis_items(s, [odd_time])[odd_time]["event_time"] == ""  # no usable time, not a crash
+    dlq = [orjson.loads(m.value) for m in read_topic(s, s.topics.dlq, timeout_s=3)]
+    (mine,) = [d for d in dlq if d["key"] and d["key"].startswith(f"bad-{marker}")]
+    assert mine["key_truncated"] is True and mine["payload_truncated"] is True and mine["error_type"] == "not_json"
+    assert w.alive()
+
+
 def test_sigkill_mid_stream_loses_nothing(stack, worker_factory) -> None:
     s = isolated(stack, "crash")
     rows = real_titles(2000, seed=11)

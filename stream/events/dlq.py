@@ -6,7 +6,8 @@ may add its own, e.g. for a poison event that fails classification), `topic`, `p
 `payload_truncated`, `failed_at` (ISO-8601 UTC, ms), `source` (`live`, `backfill` or `feedback`).
 
 * `key` is the key as a UTF-8 string when it decodes as UTF-8 (`key_encoding: "utf-8"`), else base64
-  (`key_encoding: "base64"`); `null` with `key_encoding: null` when the message had no key.
+  (`key_encoding: "base64"`); `null` with `key_encoding: null` when the message had no key. A key over
+  `MAX_DLQ_KEY_BYTES` is cut to that (`key_truncated: true`), in the field and as the record's own Kafka key.
 * `payload` is standard base64 with padding, `null` for a null value (tombstone). A value larger than
   `MAX_DLQ_PAYLOAD_BYTES` is cut to that many bytes (`payload_truncated: true`) so the DLQ record itself
   stays under Kafka's default 1 MiB message cap; the full original is still at `topic/partition/offset`.
@@ -23,16 +24,27 @@ import orjson
 from stream.timefmt import now_iso
 
 MAX_DLQ_PAYLOAD_BYTES = 512 * 1024
+# the key is kept twice (the record's Kafka key and its `key` field, where JSON may escape a byte as 6 characters):
+# bounded, so that no key makes the DLQ record larger than Kafka accepts (which would hold the partition for ever)
+MAX_DLQ_KEY_BYTES = 4 * 1024
 MAX_ERROR_CHARS = 1_000
+
+
+def dlq_key(key: bytes | None) -> bytes | None:
+    """The Kafka key of the DLQ record: the original key, cut to MAX_DLQ_KEY_BYTES."""
+    return None if key is None else key[:MAX_DLQ_KEY_BYTES]
 
 
 def _encode_key(key: bytes | None) -> tuple[str | None, str | None]:
     if key is None:
         return None, None
-    try:
-        return key.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        return base64.b64encode(key).decode("ascii"), "base64"
+    kept = key[:MAX_DLQ_KEY_BYTES]
+    for cut in range(4 if len(key) > MAX_DLQ_KEY_BYTES else 1):  # a cut may split a UTF-8 character's bytes
+        try:
+            return kept[: len(kept) - cut].decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            continue
+    return base64.b64encode(kept).decode("ascii"), "base64"
 
 
 def dlq_record(
@@ -59,6 +71,7 @@ def dlq_record(
         "offset": offset,
         "key": key_text,
         "key_encoding": key_encoding,
+        "key_truncated": key is not None and len(key) > MAX_DLQ_KEY_BYTES,
         "payload": None if kept is None else base64.b64encode(kept).decode("ascii"),
         "payload_size": size,
         "payload_truncated": size is not None and size > MAX_DLQ_PAYLOAD_BYTES,

@@ -18,7 +18,7 @@ from stream import metrics
 from stream.classify.triton_client import Classification, TritonClassifier
 from stream.config import Settings
 from stream.events.contract import InvalidEvent, Listing, parse_listing
-from stream.events.dlq import dlq_record
+from stream.events.dlq import dlq_key, dlq_record
 from stream.pipeline.records import InRecord, classified_record, redis_fields, tag_update_record
 from stream.pipeline.timing import BatchTiming
 from stream.sinks.kafka_out import KafkaOut, OutRecord
@@ -181,7 +181,7 @@ class Pipeline:
                 payload=rec.value,
                 source=self.source,
             )
-            out.append(OutRecord(self.settings.topics.dlq, rec.key, value))
+            out.append(OutRecord(self.settings.topics.dlq, dlq_key(rec.key), value))
             metrics.DLQ.labels(self.source, exc.error_type).inc()
         return out
 

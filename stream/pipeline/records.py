@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from stream.classify.triton_client import Classification
-from stream.events.contract import Listing
+from stream.events.contract import MAX_EPOCH_MS, Listing
 from stream.timefmt import iso
 
 
@@ -23,6 +23,15 @@ class InRecord:
     value: bytes | None
     timestamp_ms: int | None  # the record's Kafka timestamp (the producer's send time)
     received_ms: float | None = None  # when this process received it (wall clock, ms)
+
+
+def kafka_time_ms(ms: float | None) -> int | None:
+    """A Kafka record's timestamp as epoch ms, or None when it has none (-1) or one no clock could give (a producer
+    stamping microseconds: year 55,000), which would otherwise break every use of the event's time. The
+    broker accepts any timestamp (`message.timestamp.type=CreateTime`, no bound by default)."""
+    if ms is None or not 0 <= ms <= MAX_EPOCH_MS:
+        return None
+    return int(ms)
 
 
 def classified_record(
