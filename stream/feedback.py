@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from stream.events.contract import InvalidEvent
+from stream.events.contract import MAX_EPOCH_MS, InvalidEvent
 from stream.events.dlq import dlq_key, dlq_record
 from stream.pipeline.records import InRecord, tag_update_record
 from stream.sinks.kafka_out import OutRecord
@@ -83,6 +83,8 @@ def parse_feedback(value: bytes | None) -> Feedback:
         decided_ms = iso_ms(decided) if isinstance(decided, str) else time.time() * 1000
     except ValueError:
         raise InvalidEvent("'decided_at' is not an ISO-8601 time", "bad_timestamp") from None
+    if not 0 <= decided_ms <= MAX_EPOCH_MS:  # "9999-12-31T23:59:59-14:00" parses, and is in year 10000
+        raise InvalidEvent(f"'decided_at' is out of range: {decided[:64]!r}", "bad_timestamp")
     return Feedback(
         obj["item_id"], lv, obj["decision"], obj["category_id"], tuple(sorted(set(tags))), obj["reviewer"], decided_ms
     )
@@ -94,9 +96,22 @@ class FeedbackApplier:
     def __init__(self, pipeline: Any) -> None:
         self.pipeline = pipeline
 
-    async def _categories(self, version: str) -> dict[str, dict]:
-        tax = await self.pipeline.classifier.taxonomy(version)
-        return {c["id"]: c for c in tax["categories"]}
+    async def _categories(self, version: str) -> tuple[dict[str, dict], str]:
+        """The taxonomy a decision's category is checked against: that of the version which classified the item,
+        or — when Triton no longer serves it (two versions stay loaded) — the version requests go to now. Waiting
+        for an unloaded version would hold every later decision for ever. Returns the categories and a note
+        naming the taxonomies checked, for the refusal's reason."""
+        from stream.classify.triton_client import VersionNotServed
+
+        classifier = self.pipeline.classifier
+        try:
+            tax = await classifier.taxonomy(version, wait_for_version=False)
+            note = f"model version {version}"
+        except VersionNotServed:
+            tax = await classifier.taxonomy()
+            served = classifier.model_version or "(newest)"
+            note = f"model version {version} (no longer served) nor of the served version {served}"
+        return {c["id"]: c for c in tax["categories"]}, note
 
     async def apply(self, records: list[InRecord]) -> dict[str, int]:
         settings = self.pipeline.settings
@@ -130,10 +145,10 @@ class FeedbackApplier:
             if not h:
                 reject(rec, REFUSED["unknown_item"], "feedback_unknown_item")
                 continue
-            categories = await self._categories(h.get("model_version", ""))
+            categories, checked = await self._categories(h.get("model_version", ""))
             cat = categories.get(fb.category_id)
             if cat is None:
-                reason = f"category {fb.category_id!r} is not in the taxonomy of model version {h.get('model_version')}"
+                reason = f"category {fb.category_id!r} is not in the taxonomy of {checked}"
                 reject(rec, reason, "feedback_unknown_category")
                 continue
             record = {

@@ -86,6 +86,17 @@ def test_human_labels_win_and_bad_feedback_is_dead_lettered(reviewing) -> None:
     assert r.zscore(keys.REVIEW_QUEUE, ids[0]) is not None  # queued for review
     cats = {i: h["category_id"] for i, h in redis_items(s, ids).items()}
     other = next(c for c in cats.values() if c != cats[ids[0]])
+    # an item classified by a version Triton has since unloaded (two stay loaded): its decision is checked against
+    # the served version's taxonomy — waiting for the old one held every later decision for ever
+    r.hset(keys.listing(ids[4]), "model_version", "999")
+    year_10000 = {
+        "item_id": ids[5],
+        "listing_version": 3,
+        "decision": "accepted",
+        "category_id": cats[ids[5]],
+        "reviewer": "tester",
+        "decided_at": "9999-12-31T23:59:59-14:00",
+    }  # parses; crashed the worker
     produce_raw(
         s,
         [
@@ -95,18 +106,23 @@ def test_human_labels_win_and_bad_feedback_is_dead_lettered(reviewing) -> None:
             decision(ids[2], 3, "no.such.category", []),  # unknown category
             decision(ids[3], 2, other, []),  # older listing_version
             (b"x", b"{not json"),
+            (ids[5].encode(), orjson.dumps(year_10000)),
+            decision(ids[4], 3, other, []),
         ],
         topic=s.topics.feedback,
     )
     wait_for(lambda: redis_items(s, ids[:1])[ids[0]].get("label_source") == "human", 60, "decision applied", w.log_tail)
     wait_for(lambda: redis_items(s, ids[1:2])[ids[1]].get("label_source") == "human", 60, "accept applied", w.log_tail)
+    wait_for(lambda: redis_items(s, ids[4:5])[ids[4]].get("category_id") == other, 60, "unloaded version", w.log_tail)
+    assert w.alive()
     h = redis_items(s, ids[:1])[ids[0]]
     assert h["category_id"] == other and h["tags"] == '["gender:men"]' and h["reviewer"] == "tester"
     assert r.zscore(keys.REVIEW_QUEUE, ids[0]) is None and r.sismember(keys.category(other), ids[0])
-    assert r.hgetall(keys.REVIEW_STATS) == {"corrected": "1", "accepted": "1"}
-    dlq = {orjson.loads(m.value)["error_type"] for m in read_topic(s, s.topics.dlq, expected=4)}
+    assert r.hgetall(keys.REVIEW_STATS) == {"corrected": "2", "accepted": "1"}
+    dlq = {orjson.loads(m.value)["error_type"] for m in read_topic(s, s.topics.dlq, expected=5)}
     assert {"feedback_unknown_item", "feedback_unknown_category", "feedback_older_version", "not_json"} <= dlq
-    assert published_by_humans(s, {ids[0], ids[1]}).keys() == {ids[0], ids[1]}
+    assert "bad_timestamp" in dlq
+    assert published_by_humans(s, {ids[0], ids[1], ids[4]}).keys() == {ids[0], ids[1], ids[4]}
     # a replay with any model never overwrites the human label of that listing_version ...
     summary = asyncio.run(backfill(s, BackfillOptions(group="rv-replay", progress=False, governor=False)))
     assert summary.stale >= 2

@@ -32,6 +32,11 @@ class TritonUnavailable(Exception):
     """Triton could not be reached or timed out: retried."""
 
 
+class VersionNotServed(TritonUnavailable):
+    """Triton answers, and does not serve this model version (not loaded, or unloaded as newer ones came):
+    retried like an outage where the version is the one requests must go to."""
+
+
 @dataclass(frozen=True, slots=True)
 class Classification:
     category: dict[str, Any]  # id, name, path
@@ -98,9 +103,10 @@ class TritonClassifier:
             self._choosing = asyncio.Lock()
         return self._client
 
-    async def taxonomy(self, version: str = "") -> dict[str, Any]:
+    async def taxonomy(self, version: str = "", *, wait_for_version: bool = True) -> dict[str, Any]:
         """The categories (id, name, path) and tags of a served version (the model's INFO request); retried
-        while Triton is unavailable, like a classification."""
+        while Triton is unavailable, like a classification. With `wait_for_version=False` a version Triton does not
+        serve raises VersionNotServed at once (an older version asked about, not one requests depend on)."""
         import tritonclient.grpc.aio as grpcclient
 
         key = version or self.model_version
@@ -111,10 +117,15 @@ class TritonClassifier:
                     text_inputs(grpcclient, TITLE=["-"], INFO=["taxonomy"]), key, ["RESULT"], priority=0
                 )
 
+            def retryable(exc: BaseException) -> bool:
+                return isinstance(exc, TritonUnavailable) and (
+                    wait_for_version or not isinstance(exc, VersionNotServed)
+                )
+
             res = await retry_forever(
                 "triton taxonomy",
                 ask,
-                retryable=(TritonUnavailable,),
+                retryable=retryable,
                 max_backoff=self.max_backoff_s,
                 on_retry=health.on_retry("triton"),
             )
@@ -169,7 +180,7 @@ class TritonClassifier:
                 # the model or this version is not loaded (a live record naming a version Triton does not serve,
                 # a version removed or not loaded yet): a serving problem, never the event's — retried, not
                 # dead-lettered
-                raise TritonUnavailable(
+                raise VersionNotServed(
                     f"Triton does not serve {self.model_name} version {version or '(newest)'}: load it, or promote "
                     f"a version it serves (listings promote N; listings models lists them): {exc}"
                 ) from exc
