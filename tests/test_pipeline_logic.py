@@ -485,3 +485,38 @@ def test_backfill_time_arguments_are_checked_before_anything_runs(capsys) -> Non
     # an empty range is a mistake, not a finished run (it printed "0 events" and exited 0); nothing is contacted
     assert backfill.run(args, Settings().replace(kafka={"bootstrap": "127.0.0.1:1"})) == 2
     assert "--until is not after --since" in capsys.readouterr().err
+
+
+def test_redis_replies_that_mean_an_outage_are_retried_inside_a_pipeline_too() -> None:
+    """redis-py turns only some reply prefixes into classes; BUSY (a long script) and NOREPLICAS stay ResponseError,
+    and a pipeline rewrites the message to "Command # 1 (EVALSHA …) of pipeline caused error: BUSY …": the worker
+    took that for a bug and exited (status 70). Built with redis-py's own reply parser and pipeline annotation."""
+    import redis.exceptions as rexc
+    from redis._parsers.base import BaseParser
+    from redis.asyncio.client import Pipeline
+
+    from stream.sinks.redis_store import redis_outage
+
+    class Parser(BaseParser):
+        def on_connect(self, *_: object) -> None: ...
+
+        def on_disconnect(self, *_: object) -> None: ...
+
+    def reply(text: str, in_pipeline: bool) -> Exception:
+        exc = Parser().parse_error(text)
+        if in_pipeline:
+            Pipeline.annotate_exception(None, exc, 1, ("EVALSHA", "abc", "2", "listing:x"))  # type: ignore[arg-type]
+        return exc
+
+    for in_pipeline in (False, True):
+        for text in (
+            "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSCRIPT.",
+            "NOREPLICAS Not enough good replicas to write.",
+            "OOM command not allowed when used memory > 'maxmemory'.",
+            "READONLY You can't write against a read only replica.",
+            "LOADING Redis is loading the dataset in memory",
+        ):
+            assert redis_outage(reply(text, in_pipeline)), (text, in_pipeline)
+        assert not redis_outage(reply("ERR Error running script: attempt to compare nil with number", in_pipeline))
+        assert not redis_outage(reply("NOPERM this user has no permissions to run the 'evalsha' command", in_pipeline))
+    assert redis_outage(rexc.ConnectionError("lost")) and not redis_outage(rexc.AuthenticationError("bad"))

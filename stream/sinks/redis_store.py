@@ -19,6 +19,7 @@ T = TypeVar("T")
 # replies of a Redis that is up but cannot take writes now: full (maxmemory + noeviction), a replica after a
 # failover, loading its data, without a reachable primary, busy with a script, or a cluster resharding
 OUTAGE_REPLIES = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS")
+PIPELINE_PREFIX_END = " of pipeline caused error: "
 
 
 def redis_outage(exc: BaseException) -> bool:
@@ -41,7 +42,14 @@ def redis_outage(exc: BaseException) -> bool:
     )
     if isinstance(exc, tuple(getattr(rexc, n) for n in names if hasattr(rexc, n))):
         return True
-    return isinstance(exc, rexc.ResponseError) and str(exc).upper().startswith(OUTAGE_REPLIES)
+    if not isinstance(exc, rexc.ResponseError):
+        return False
+    # the others keep their reply's first word: as `status_code` (redis-py 5.1+), and in the message — after the
+    # "Command # N (...) of pipeline caused error: " a pipeline puts in front of it
+    text = str(exc).split(PIPELINE_PREFIX_END, 1)[-1]
+    return str(getattr(exc, "status_code", "") or "").upper() in OUTAGE_REPLIES or text.upper().startswith(
+        OUTAGE_REPLIES
+    )
 
 
 def lua(name: str) -> str:
