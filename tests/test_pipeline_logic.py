@@ -520,3 +520,53 @@ def test_redis_replies_that_mean_an_outage_are_retried_inside_a_pipeline_too() -
         assert not redis_outage(reply("ERR Error running script: attempt to compare nil with number", in_pipeline))
         assert not redis_outage(reply("NOPERM this user has no permissions to run the 'evalsha' command", in_pipeline))
     assert redis_outage(rexc.ConnectionError("lost")) and not redis_outage(rexc.AuthenticationError("bad"))
+
+
+class _Response:
+    """What tritonclient's InferResult gives the client: RESULT rows (JSON), TIMING, the serving version."""
+
+    def __init__(self, n: int) -> None:
+        import numpy as np
+
+        one = {"category": {"id": "c", "name": "c", "path": ["c"]}, "confidence": 0.9, "alternatives": [], "tags": []}
+        self._out = {"RESULT": np.array([orjson.dumps(one)] * n, dtype=object), "TIMING": np.array([[1.0, n]])}
+
+    def as_numpy(self, name: str) -> object:
+        return self._out[name]
+
+    def get_response(self) -> object:
+        return type("R", (), {"model_version": "3"})()
+
+
+def test_a_model_that_fails_every_request_is_an_outage_and_one_failing_on_an_event_isolates_it() -> None:
+    """INTERNAL from the model (its own code failed, for every request merged into that execution) was taken for
+    the events' fault: halved down to single events, every one dead-lettered. Now a known-good title decides: it
+    fails too — the model is down, retried like an outage (nothing dead-lettered); it passes — the batch holds the
+    cause, isolated as before. The Triton answers are fakes: this is the client's and the pipeline's logic."""
+    from stream.classify.triton_client import CANARY_TITLE, TritonClassifier
+
+    internal = InferenceServerException("classifier failed: RuntimeError()", status="StatusCode.INTERNAL")
+
+    class Fake(TritonClassifier):
+        def __init__(self, broken_calls: int) -> None:
+            super().__init__("127.0.0.1:1", "listing_classifier", max_backoff_s=0.05)
+            self.broken_calls, self.calls = broken_calls, []
+
+        async def _infer_once(self, titles, descriptions, brands):  # type: ignore[no-untyped-def]
+            self.calls.append(list(titles))
+            if len(self.calls) <= self.broken_calls or any("POISON" in t for t in titles):
+                raise internal
+            return _Response(len(titles))
+
+    records = [_rec(i, "POISON pill" if i == 2 else f"phone case {i}") for i in range(4)]
+    healthy = [_rec(i, f"phone case {i}") for i in range(4)]
+    down_then_up = Fake(broken_calls=5)  # the model fails everything for five requests (canaries included)
+    pipeline = Pipeline(Settings(), source="live", classifier=down_then_up, store=None, out=None)  # type: ignore[arg-type]
+    prepared = asyncio.run(pipeline.prepare(healthy))
+    assert not prepared.invalid and len(prepared.classified) == 4  # retried, nothing dead-lettered
+    assert [CANARY_TITLE] in down_then_up.calls
+    poisoned = Fake(broken_calls=0)
+    pipeline = Pipeline(Settings(), source="live", classifier=poisoned, store=None, out=None)  # type: ignore[arg-type]
+    prepared = asyncio.run(pipeline.prepare(records))
+    assert [rec.offset for rec, _ in prepared.invalid] == [2] and len(prepared.classified) == 3
+    assert prepared.invalid[0][1].error_type == "model_rejected"

@@ -32,6 +32,14 @@ class TritonUnavailable(Exception):
     """Triton could not be reached or timed out: retried."""
 
 
+class ModelFailing(TritonUnavailable):
+    """The model fails requests (not INVALID_ARG) and fails a known-good title too: the model's problem (a
+    crashed backend stub, memory), retried like an outage — never the batch's events' fault."""
+
+
+CANARY_TITLE = "Silicone back cover for mobile phone"  # any title a working model classifies
+
+
 class VersionNotServed(TritonUnavailable):
     """Triton answers, and does not serve this model version (not loaded, or unloaded as newer ones came):
     retried like an outage where the version is the one requests must go to."""
@@ -142,6 +150,24 @@ class TritonClassifier:
             await self._client.close()
             self._client = None
 
+    async def _infer_checked(self, titles: Sequence[str], descriptions: Sequence[str], brands: Sequence[str]) -> Any:
+        """One request. A refusal the model gives a request it cannot read (INVALID_ARG) is raised as it is: the
+        pipeline isolates the events responsible. Any other failure (INTERNAL: the model's own code failed, for
+        every request of its batch) is the events' fault only if the model still classifies a known-good title:
+        when that fails too, it is ModelFailing, retried like an outage instead of dead-lettering every batch."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return await self._infer_once(titles, descriptions, brands)
+        except InferenceServerException as exc:
+            if str(exc.status()) == "StatusCode.INVALID_ARGUMENT":
+                raise
+            try:
+                await self._infer_once([CANARY_TITLE], [""], [""])
+            except InferenceServerException as canary:
+                raise ModelFailing(f"the model fails a known-good title too: {canary}") from exc
+            raise  # the model works: something in this batch makes it fail
+
     async def _infer_once(self, titles: Sequence[str], descriptions: Sequence[str], brands: Sequence[str]) -> Any:
         import tritonclient.grpc.aio as grpcclient
 
@@ -226,7 +252,7 @@ class TritonClassifier:
         start = time.perf_counter()
         response = await retry_forever(
             "triton infer",
-            lambda: self._infer_once(titles, descriptions, brands),
+            lambda: self._infer_checked(titles, descriptions, brands),
             retryable=(TritonUnavailable,),
             max_backoff=self.max_backoff_s,
             on_retry=health.on_retry("triton"),
