@@ -94,6 +94,17 @@ class Summary(BatchStats):
         return orjson.dumps(doc)
 
 
+def kafka_retriable(exc: BaseException) -> bool:
+    """A kafka-python failure that passes (a timeout, a lost connection, a moving coordinator): retried."""
+    from kafka import errors as kerr
+
+    if isinstance(exc, kerr.KafkaError):
+        return bool(getattr(exc, "retriable", False)) or isinstance(
+            exc, kerr.KafkaTimeoutError | kerr.KafkaConnectionError
+        )
+    return isinstance(exc, OSError)
+
+
 def exit_code(stopped_by: str) -> int:
     """0 for a run that reached its end; 128 + the signal's number for one a signal stopped (143 for SIGTERM)."""
     return 128 + signal.Signals[stopped_by].value if stopped_by else 0
@@ -200,10 +211,12 @@ async def backfill(settings: Settings, options: BackfillOptions, stop: Stop | No
     from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
     from tqdm import tqdm
 
+    from stream import health
     from stream.classify.triton_client import BACKFILL_PRIORITY
     from stream.pipeline.conveyor import Conveyor
     from stream.pipeline.process import Pipeline
     from stream.pipeline.records import InRecord, kafka_time_ms
+    from stream.retry import retry_forever
 
     topic = options.topic or settings.topics.input
     if not options.model_version:  # re-classify with the live version (the one `listings promote` recorded)
@@ -273,7 +286,14 @@ async def backfill(settings: Settings, options: BackfillOptions, stop: Stop | No
 
     async def done(offsets: dict[Any, int], stats: BatchStats) -> None:
         nonlocal completed
-        await on_consumer(consumer.commit, {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+        commits = {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
+        # a broker blip (kafka-python gives up after its request timeout) is retried, not the end of the run
+        await retry_forever(
+            "backfill commit",
+            lambda: on_consumer(consumer.commit, commits),
+            retryable=kafka_retriable,
+            on_retry=health.on_retry("kafka"),
+        )
         bar.update(stats.events)
         completed += stats.events
 

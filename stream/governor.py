@@ -30,6 +30,7 @@ Settings: `LISTINGS_BACKFILL_GOVERNOR` (on by default; `--no-governor` turns it 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from typing import Any
 
 from stream import keys
 from stream.timefmt import iso_ms
+
+log = logging.getLogger("listings.governor")
 
 WINDOW_S = 3.0  # the live latency is a percentile of the live results written in the last WINDOW_S seconds
 MAX_SAMPLES = 300  # the newest stream entries read per step (~3 µs each with hiredis, ~60 µs without)
@@ -112,7 +115,16 @@ class Governor:
     async def control(self, now: float | None = None) -> None:
         """One step: a probe of the live baseline when one is due, else AIMD from the current live latency."""
         now = time.monotonic() if now is None else now
-        self.live_ms = await self.live_latency()
+        try:
+            self.live_ms = await self.live_latency()
+        except Exception as exc:
+            from stream.sinks.redis_store import redis_outage
+
+            if not redis_outage(exc):
+                raise
+            # no reading of the live side (Redis is down: the backfill's own writes wait for it too): keep the rate
+            log.warning("backfill governor: live latency unavailable (%s): rate kept", exc)
+            return
         if not self.target_ms and self._probe(now):
             return
         ceiling = self.max_rate or float("inf")

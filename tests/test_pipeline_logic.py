@@ -570,3 +570,32 @@ def test_a_model_that_fails_every_request_is_an_outage_and_one_failing_on_an_eve
     prepared = asyncio.run(pipeline.prepare(records))
     assert [rec.offset for rec, _ in prepared.invalid] == [2] and len(prepared.classified) == 3
     assert prepared.invalid[0][1].error_type == "model_rejected"
+
+
+def test_backfill_rides_over_redis_and_kafka_blips() -> None:
+    """The governor's read of the live side (Redis) and the backfill's commit (kafka-python gives up after its
+    request timeout) are retried or skipped over, not the end of the run: a Redis restart killed the backfill with
+    a traceback. An error that is not an outage still stops it."""
+    import redis.exceptions as rexc
+    from kafka import errors as kerr
+
+    from stream.backfill import kafka_retriable
+    from stream.governor import Governor
+
+    class DownRedis:
+        async def xrevrange(self, *_: object, **__: object) -> list:
+            raise rexc.ConnectionError("Error 111 connecting to redis")
+
+    g = Governor(redis=DownRedis(), stream="s", target_ms=250, min_rate=5, step=20, start_rate=80)
+    asyncio.run(g.control(now=0.0))
+    assert g.rate == 80 and g.live_ms is None  # no reading: the rate is kept
+
+    class BrokenRedis:
+        async def xrevrange(self, *_: object, **__: object) -> list:
+            raise rexc.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+
+    with pytest.raises(rexc.ResponseError):
+        asyncio.run(Governor(redis=BrokenRedis(), stream="s", target_ms=250).control(now=0.0))
+    assert kafka_retriable(kerr.KafkaTimeoutError()) and kafka_retriable(kerr.KafkaConnectionError())
+    assert kafka_retriable(kerr.NotCoordinatorError()) and kafka_retriable(OSError("reset"))
+    assert not kafka_retriable(kerr.TopicAuthorizationFailedError()) and not kafka_retriable(ValueError())
