@@ -599,3 +599,37 @@ def test_backfill_rides_over_redis_and_kafka_blips() -> None:
     assert kafka_retriable(kerr.KafkaTimeoutError()) and kafka_retriable(kerr.KafkaConnectionError())
     assert kafka_retriable(kerr.NotCoordinatorError()) and kafka_retriable(OSError("reset"))
     assert not kafka_retriable(kerr.TopicAuthorizationFailedError()) and not kafka_retriable(ValueError())
+
+
+def test_kafka_sends_waiting_out_an_outage_count_as_retries_and_a_stop_does_not_wait_for_ever(monkeypatch) -> None:
+    """An idempotent aiokafka producer never expires a batch while the broker is away: the wait for the
+    acknowledgement had no end and counted nothing, so /healthz's stall clock took the worker for hung (a restart in
+    the middle of an outage) and a backfill's stop waited for the broker. The producer here is a fake (its
+    acknowledgements come late, its stop never ends): this is the sink's logic."""
+    import time
+
+    from stream import health, metrics
+    from stream.config import KafkaSettings
+    from stream.sinks import kafka_out
+    from stream.sinks.kafka_out import KafkaOut, OutRecord
+
+    monkeypatch.setattr(kafka_out, "REQUEST_TIMEOUT_MS", 50)
+
+    class SlowBroker:
+        async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future:
+            fut = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_later(0.3, fut.set_result, None)  # acknowledged after six timeouts
+            return fut
+
+        async def stop(self) -> None:
+            await asyncio.sleep(3600)  # flushing to a broker that never comes back
+
+    out = KafkaOut(KafkaSettings())
+    out._producer = SlowBroker()
+    before = metrics.RETRIES.labels("kafka")._value.get()
+    asyncio.run(out.send_all([OutRecord("t", b"k", b"v")]))
+    assert metrics.RETRIES.labels("kafka")._value.get() - before >= 3
+    assert time.monotonic() - health.HEALTH.last_retry < 5  # the stall clock knows it is waiting, not hung
+    started = time.monotonic()
+    asyncio.run(out.stop(timeout_s=0.2))
+    assert time.monotonic() - started < 2 and out._producer is None

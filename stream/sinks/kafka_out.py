@@ -14,6 +14,8 @@ from stream.config import KafkaSettings
 from stream.retry import retry_forever
 
 log = logging.getLogger("listings.kafka_out")
+REQUEST_TIMEOUT_MS = 15_000  # the producer's per-request timeout; also how often a long wait counts as a retry
+STOP_TIMEOUT_S = 10.0  # how long a stop waits for sends still unacknowledged (a broker away) before abandoning them
 
 # Errors after which an idempotent aiokafka producer is dead for good: its sender task has stopped and every later
 # send raises the same error. They happen when the broker lost the producer's sequence state (a restarted single
@@ -69,7 +71,7 @@ class KafkaOut:
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
-            request_timeout_ms=15000,
+            request_timeout_ms=REQUEST_TIMEOUT_MS,
             max_request_size=4 * 1024 * 1024,
         )
 
@@ -91,10 +93,16 @@ class KafkaOut:
             on_retry=health.on_retry("kafka"),
         )
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Close the producer. Everything a caller waited for is delivered already; what is not (sends still
+        waiting for a broker that is away) is abandoned after `timeout_s` — its offsets were never committed, so it
+        is sent again by whoever consumes them next — instead of holding the process for as long as the outage."""
         if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+            producer, self._producer = self._producer, None
+            try:
+                await asyncio.wait_for(producer.stop(), timeout=timeout_s)
+            except TimeoutError:
+                log.warning("kafka producer: sends still unacknowledged after %.0fs at stop: abandoned", timeout_s)
 
     async def _drop(self) -> None:
         """Close a producer whose state the broker no longer knows (best effort: it is already broken); the next
@@ -114,7 +122,7 @@ class KafkaOut:
         assert self._producer is not None
         try:
             futures = [await self._producer.send(r.topic, r.value, key=r.key) for r in records]
-            await asyncio.gather(*futures)
+            await self._acknowledged(futures)
         except Exception as exc:
             if producer_state_lost(exc):
                 log.warning(
@@ -122,6 +130,29 @@ class KafkaOut:
                     type(exc).__name__,
                 )
                 await self._drop()
+            raise
+
+    async def _acknowledged(self, futures: list[Any]) -> None:
+        """Wait for every acknowledgement. An idempotent aiokafka producer never expires a batch: while the broker
+        is away it resends until it is back, and the wait has no end — so each request timeout that passes is
+        counted as a Kafka retry (listings_retries_total, /readyz, and /healthz's stall clock, which must not take
+        a worker waiting out an outage for a hung one)."""
+        waiting = [asyncio.ensure_future(f) for f in futures]
+        try:
+            while True:
+                _, pending = await asyncio.wait(waiting, timeout=REQUEST_TIMEOUT_MS / 1000)
+                if not pending:
+                    break
+                health.on_retry("kafka")(
+                    "kafka send", TimeoutError(f"{len(pending)} sends unacknowledged after {REQUEST_TIMEOUT_MS} ms")
+                )
+                log.warning("kafka send: %d records still unacknowledged, waiting for the broker", len(pending))
+            for f in waiting:
+                f.result()  # raise a failed send's error
+        except BaseException:
+            for f in waiting:
+                if not f.done():
+                    f.cancel()
             raise
 
     async def send_all(self, records: Sequence[OutRecord]) -> None:
