@@ -633,3 +633,34 @@ def test_kafka_sends_waiting_out_an_outage_count_as_retries_and_a_stop_does_not_
     started = time.monotonic()
     asyncio.run(out.stop(timeout_s=0.2))
     assert time.monotonic() - started < 2 and out._producer is None
+
+
+def test_a_cancelled_conveyor_stops_the_batches_it_is_still_classifying() -> None:
+    """At a forced stop the batches waiting for Triton were left running (retrying after the client closed)."""
+    from stream.pipeline.conveyor import Conveyor
+
+    started: list[int] = []
+    cancelled: list[int] = []
+
+    class Stuck:
+        async def prepare(self, records: list, timing: object = None) -> None:
+            started.append(len(records))
+            try:
+                await asyncio.sleep(3600)  # Triton away: retried for ever
+            except asyncio.CancelledError:
+                cancelled.append(len(records))
+                raise
+
+    async def scenario() -> None:
+        async def done(*_: object) -> None: ...
+
+        conveyor = Conveyor(Stuck(), max_in_flight=3, on_done=done)  # type: ignore[arg-type]
+        conveyor.start()
+        for n in (1, 2, 3):
+            await conveyor.submit([_rec(i, "t") for i in range(n)], token=n)
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(conveyor.cancel(), 5)
+        assert sorted(cancelled) == [1, 2, 3]  # by the time cancel() returns (asyncio.run would do it later)
+
+    asyncio.run(scenario())
+    assert sorted(started) == [1, 2, 3]

@@ -229,7 +229,7 @@ class TritonClassifier:
             if fresh is not None and fresh is not known:
                 return fresh[0]  # another request checked while this one waited
             try:
-                ready = bool(await client.is_model_ready(self.serve_from, version))
+                ready = bool(await client.is_model_ready(self.serve_from, version, client_timeout=self.timeout_s))
             except InferenceServerException as exc:
                 if str(exc.status()) in RETRYABLE_CODES or "failed to connect" in str(exc).lower():
                     raise

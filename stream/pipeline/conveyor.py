@@ -100,9 +100,15 @@ class Conveyor:
             await self._sink_task
 
     async def cancel(self) -> None:
+        """Stop at once: the sink stage and every batch still being classified (left running, a batch retrying a
+        Triton that is away would go on after the client closed, opening a connection nobody closes)."""
+        waiting: list[asyncio.Task[Prepared]] = []
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not None:
+                item[0].cancel()
+                waiting.append(item[0])
         if self._sink_task is not None:
-            self._sink_task.cancel()
-            try:
-                await self._sink_task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
+            self._sink_task.cancel()  # and the batch it awaits
+            waiting.append(self._sink_task)  # type: ignore[arg-type]
+        await asyncio.gather(*waiting, return_exceptions=True)
