@@ -763,6 +763,9 @@ def test_bad_input_gets_a_clear_error_or_a_defined_result(local) -> None:
     client = grpcclient.InferenceServerClient(local.triton_grpc)
     with pytest.raises(InferenceServerException, match="empty or blank"):
         _infer(client, [""])
+    for nothing in ("😀😀", "\u200b", "----"):  # answered from the model's biases alone, confidently, before
+        with pytest.raises(InferenceServerException, match="no letter or digit"):
+            _infer(client, [nothing])
     with pytest.raises(InferenceServerException, match="not valid UTF-8"):
         _infer(client, [b"\xff\xfe caf\xe9"])
     # a 50 kB title is truncated, not rejected: same answer as its first 1,000 characters

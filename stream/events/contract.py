@@ -50,7 +50,7 @@ ERROR_TYPES: frozenset[str] = frozenset(
         "missing_field",  # item_id or title absent (null counts as absent)
         "wrong_type",  # a known field with the wrong JSON type
         "blank_item_id",  # item_id only whitespace
-        "blank_title",  # title empty after trimming
+        "blank_title",  # title empty after trimming, or without a letter or digit
         "out_of_range",  # a number or length outside its range
         "bad_timestamp",  # listed_at not ISO-8601 / not a plausible epoch ms
     }
@@ -200,6 +200,8 @@ def parse_listing(value: bytes | None, key: bytes | None = None) -> Listing:
     title = title.strip()
     if not title:
         raise InvalidEvent("'title' is blank", "blank_title")
+    if not any(ch.isalnum() for ch in title):  # "😀😀", "----", a zero-width space: nothing to classify by
+        raise InvalidEvent("'title' has no letter or digit", "blank_title")
     title = title[:TITLE_MAX_CHARS].rstrip()
 
     strings = {

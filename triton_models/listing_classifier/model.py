@@ -136,6 +136,8 @@ class TritonPythonModel:
             title = _decode(raw, f"TITLE row {i}").strip()[: self.classifier_mod.MAX_TITLE_CHARS]
             if not title:
                 raise BadRequest(f"TITLE row {i} is empty or blank")
+            if not any(ch.isalnum() for ch in title):  # only emoji, punctuation or invisible characters
+                raise BadRequest(f"TITLE row {i} has no letter or digit")
             out_titles.append(title)
             b, d = columns["BRAND"], columns["DESCRIPTION"]
             brands.append(_decode(b[i], f"BRAND row {i}") if b is not None else None)
@@ -148,7 +150,7 @@ class TritonPythonModel:
         texts: list[str] = []
         for request in requests:
             info = _strings(request, "INFO")
-            if info:
+            if info and info[0].strip():  # an INFO input left empty is an ordinary classification request
                 spans.append(self._info(info[0]))
                 continue
             try:
@@ -158,19 +160,25 @@ class TritonPythonModel:
                 continue
             spans.append((len(texts), len(titles)))
             texts += self.model.texts(titles, brands, descriptions)
+        scores, failure = None, ""
         try:
             scores = self.model.score_texts(texts)
         except Exception as exc:  # noqa: BLE001 - answer every request instead of crashing the stub
-            return [_error(f"classifier failed: {exc!r}", internal=True) for _ in requests]
+            failure = f"classifier failed: {exc!r}"
         timing = [(time.perf_counter() - started) * 1000, float(len(texts))]
         out = []
-        for span in spans:
+        for span in spans:  # each request gets its own answer: one request's failure is not its batch-mates'
             if isinstance(span, str):
                 out.append(_error(span))
             elif isinstance(span, bytes):
                 out.append(self._info_response(span))
+            elif scores is None:
+                out.append(_error(failure, internal=True))
             else:
-                out.append(self._response(span, scores, timing))
+                try:
+                    out.append(self._response(span, scores, timing))
+                except Exception as exc:  # noqa: BLE001 - this request only
+                    out.append(_error(f"classifier failed on this request: {exc!r}", internal=True))
         return out
 
     def _info(self, what: bytes) -> bytes | str:
@@ -200,6 +208,8 @@ class TritonPythonModel:
     def _response(self, span: tuple[int, int], scores, timing: list[float]):
         start, n = span
         cats, tags = scores.probs[start : start + n], scores.tags[start : start + n]
+        if not (np.isfinite(cats).all() and np.isfinite(tags).all()):  # e.g. an fp16 overflow in the encoder
+            raise ValueError("non-finite scores")
         top = np.empty((n, min(TOP_K, cats.shape[1])), dtype=np.int64)
         results = np.empty((n, 1), dtype=object)
         for r, (c, t) in enumerate(zip(cats, tags, strict=True)):
