@@ -64,16 +64,61 @@ def first_non_utf8_line(path: Path) -> tuple[int, int, int] | None:
     return None
 
 
+class _CheckedReader(csv.DictReader):
+    """A DictReader that refuses a row with more fields than the header: an unquoted delimiter in a value shifts
+    every later column of that row (read as is, a title's tail became the category)."""
+
+    _header_checked = False
+
+    @property  # type: ignore[override]
+    def fieldnames(self) -> list[str] | None:
+        names = csv.DictReader.fieldnames.fget(self)  # type: ignore[attr-defined]
+        if names is not None and not self._header_checked:
+            self._header_checked = True
+            names = [(n or "").strip() for n in names]  # "title, category": ' category'
+            twice = sorted({n for n in names if n and names.count(n) > 1})
+            if twice:
+                raise csv.Error(f"the header names column {twice[0]!r} twice")
+            self._fieldnames = names
+        return names
+
+    @fieldnames.setter
+    def fieldnames(self, value: list[str] | None) -> None:
+        self._fieldnames = value
+
+    def __next__(self) -> dict[str, Any]:
+        try:
+            row = super().__next__()
+        except csv.Error as exc:
+            if "unexpected end of data" in str(exc):
+                raise csv.Error(
+                    "a quoted value runs to the end of the file: a '\"' opened in the next row is never closed"
+                ) from None
+            raise
+        extra = row.get(None)  # type: ignore[call-overload]
+        if extra is not None:
+            fields = len(self.fieldnames or ()) + len(extra)
+            raise csv.Error(
+                f"line {self.line_num} has {fields} fields, the header {len(self.fieldnames or ())}: a value with an "
+                f"unquoted {self.reader.dialect.delimiter!r} in it? Quote such values"
+            )
+        return row
+
+
 def csv_dict_reader(f: IO[str], path: Path) -> csv.DictReader:
     """Rows of a delimited text file as dicts. The delimiter is a tab for `.tsv`/`.tab`, else whichever of `,`, tab,
-    `;` and `|` its header line uses most (`,` when it has none)."""
+    `;` and `|` its header line (the first non-blank one) uses most (`,` when it has none). Strict: a quote left
+    open (which would swallow the rest of the file into one value) or a row with more fields than the header is a
+    csv.Error naming the line."""
     csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
     header = f.readline()
+    while header and not header.strip():  # blank lines before the header
+        header = f.readline()
     if data_suffix(path) in (".tsv", ".tab"):
         delimiter = "\t"
     else:
         delimiter = max(DELIMITERS, key=header.count) if any(d in header for d in DELIMITERS) else ","
-    return csv.DictReader(_chain(header, f), delimiter=delimiter)
+    return _CheckedReader(_chain(header, f), delimiter=delimiter, strict=True)
 
 
 def _chain(first: str, rest: IO[str]) -> Iterator[str]:
@@ -86,6 +131,8 @@ def jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) of every non-blank line; ValueError naming the file and line for a bad one."""
     with open_binary(path) as f:
         for n, line in enumerate(f, 1):
+            if n == 1:
+                line = line.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (some editors write one)
             if not line.strip():
                 continue
             try:

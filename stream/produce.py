@@ -80,6 +80,14 @@ def read_listings(
             if limit is not None and n >= limit:
                 return
         return
+    try:
+        yield from _csv_listings(path, limit, mapping)
+    except csv.Error as exc:  # a row the header does not fit, a quote left open, a column named twice
+        raise ValueError(f"{path}: not a readable CSV ({exc})") from None
+
+
+def _csv_listings(path: Path, limit: int | None, mapping: dict[str, str]) -> Iterator[dict[str, Any]]:
+    n = 0
     with open_text(path) as f:
         reader = csv_dict_reader(f, path)
         columns = list(reader.fieldnames or [])

@@ -18,6 +18,27 @@ from training.train import DEFAULTS, DataSpec, TrainOptions, default_data, optio
 HELP = "fine-tune the classifier on a catalogue and export a new Triton model version"
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = positive_int(text) if text.strip() != "0" else 0
+    return value
+
+
+def separator(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a separator cannot be empty or blank")
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data (default: the example catalogue in LISTINGS_DATA_DIR)")
     data.add_argument("--data", type=Path, help="labelled listings: CSV (or TSV), JSONL (either may be .gz) or Parquet")
@@ -29,13 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the category path (any depth; default 'category'); repeat it for one column per level, top first, "
         "e.g. --category-column segment --category-column family --category-column class",
     )
-    data.add_argument("--category-separator", default=">", help="between path levels (default '>')")
+    data.add_argument("--category-separator", type=separator, default=">", help="between path levels (default '>')")
     data.add_argument("--description-column", help="optional description text (used when present)")
     data.add_argument("--brand-column", help="optional brand")
     data.add_argument(
         "--tags-column", help="a list of tags (JSON list, Parquet list, or text split on --tags-separator)"
     )
-    data.add_argument("--tags-separator", default="|")
+    data.add_argument("--tags-separator", type=separator, default="|")
     data.add_argument(
         "--tag-group",
         action="append",
@@ -58,15 +79,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run_ = parser.add_argument_group("training")
     run_.add_argument("--quick", action="store_true", help="small subset, 1 epoch (tests, smoke runs)")
-    run_.add_argument("--epochs", type=int, help=f"passes over the training split (default {DEFAULTS['epochs']})")
-    run_.add_argument("--max-len", type=int, help="tokens per listing (default 40; 96 with descriptions)")
-    run_.add_argument("--batch-size", type=int, help=f"rows per step (default {DEFAULTS['batch_size']})")
+    run_.add_argument(
+        "--epochs", type=positive_int, help=f"passes over the training split (default {DEFAULTS['epochs']})"
+    )
+    run_.add_argument("--max-len", type=positive_int, help="tokens per listing (default 40; 96 with descriptions)")
+    run_.add_argument("--batch-size", type=positive_int, help=f"rows per step (default {DEFAULTS['batch_size']})")
     run_.add_argument("--seed", type=int, help=f"split, sampling and init seed (default {DEFAULTS['seed']})")
     run_.add_argument(
-        "--tags-per-epoch", type=int, help=f"tag-file rows mixed into each epoch (default {DEFAULTS['tags_per_epoch']})"
+        "--tags-per-epoch",
+        type=non_negative_int,
+        help=f"tag-file rows mixed into each epoch (default {DEFAULTS['tags_per_epoch']})",
     )
     run_.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when there is one)")
-    run_.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    run_.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
     run_.add_argument("--force", action="store_true", help="retrain even when a cached artifact exists")
     out = parser.add_argument_group("export")
     out.add_argument("--no-export", action="store_true", help="train (or reuse) only; export no model version")
@@ -88,8 +113,23 @@ def _groups(pairs: list[str]) -> tuple[tuple[str, str], ...]:
 EXTRA_COLUMNS = dataset.Columns(title="title", category="category", separator=">", tags="tags", tags_separator="|")
 
 
+def check_files(spec: DataSpec) -> None:
+    """Every data file is there and is a file: said before anything reads them (the cache key does, first)."""
+    for path in spec.files():
+        if not path.exists():
+            raise dataset.DataError(f"{path}: no such file")
+        if not path.is_file():
+            raise dataset.DataError(f"{path}: not a file (a directory?)")
+
+
 def data_spec(args: argparse.Namespace, data_dir: Path) -> DataSpec:
     extra = tuple(dataset.Source(p, EXTRA_COLUMNS) for p in args.extra_data)
+    if args.tags_title_column and args.tags_data is None:
+        raise dataset.DataError("--tags-title-column names a column of --tags-data, and no --tags-data is given")
+    if args.tags_data is not None and not (args.tags_column or args.tag_group):
+        raise dataset.DataError(
+            "--tags-data needs --tags-column or --tag-group: the columns of that file that hold the tags"
+        )
     if args.data is None:
         default = default_data(data_dir)
         return DataSpec(default.categories, default.tags, extra)
@@ -153,6 +193,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     ts = read(TrainingSettings)
     try:
         opts = options_from(args, ts.data_dir)
+        check_files(opts.data)
         path = train.train_or_reuse(ts, opts, force=args.force, threads=args.threads)
     except dataset.DataError as exc:
         print(f"listings train: {exc}", file=sys.stderr)

@@ -117,6 +117,16 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise DataError(f"{path}, after row {n}: not a readable CSV ({exc})") from None
 
 
+def _scalar(rec: dict[str, Any], column: str, where: str) -> Any:
+    """A record's value where one text is expected: a JSON object or list there is a mistake in the file, never a
+    label (it became the class "{'a': 1}")."""
+    value = rec.get(column)
+    if isinstance(value, dict | list | tuple):
+        kind = "an object" if isinstance(value, dict) else "a list"
+        raise DataError(f"{where}, column {column!r}: {kind} where a text is expected")
+    return value
+
+
 def _text(value: Any) -> str:
     if value is None:
         return ""
@@ -129,7 +139,7 @@ def _tag_list(value: Any, separator: str) -> list[str]:
     if value is None or value == "":
         return []
     if isinstance(value, list | tuple):
-        items = [str(v) for v in value]
+        items = [str(v) for v in value if v is not None]  # a null in a Parquet list is no tag ("tag:none")
     else:
         text = str(value).strip()
         if text.startswith("["):
@@ -150,11 +160,17 @@ def tag_name(tag: str) -> str:
     return f"{slug(group)}:{slug(value)}"
 
 
-def _category_path(rec: dict[str, Any], cols: Columns) -> tuple[str, ...]:
+def _category_path(rec: dict[str, Any], cols: Columns, where: str) -> tuple[str, ...]:
     if cols.category_levels:
-        levels = [_text(rec.get(c)) for c in cols.category_levels]
+        levels = [_text(_scalar(rec, c, where)) for c in cols.category_levels]
         return tuple(levels[: levels.index("")] if "" in levels else levels)
     raw = rec.get(cols.category or "")
+    if isinstance(raw, dict):
+        raise DataError(f"{where}, column {cols.category!r}: an object where a category path is expected")
+    if isinstance(raw, list | tuple):
+        bad = [i for i, x in enumerate(raw) if x is None or isinstance(x, dict | list | tuple)]
+        if bad:  # a null level would shift every level below it up one
+            raise DataError(f"{where}, column {cols.category!r}: level {bad[0] + 1} of the path is not a text")
     if isinstance(raw, str) and raw.lstrip().startswith("["):
         # a list written as JSON text in a CSV cell: its items are the levels; one item is a path to split
         # (Flipkart's `product_category_tree` is `["Clothing >> Women's Clothing >> …"]`)
@@ -188,20 +204,23 @@ def read(source: Source, *, categories: bool) -> list[Row]:
     rows: list[Row] = []
     checked = False
     skipped = 0
+    present: set[str] = set()  # the optional columns seen (a JSONL record may leave out what it lacks)
     for n, rec in _records(path):
         where = f"{path}, row {n}"
         if not checked:
-            missing = [c for c in needed + optional if c not in rec]
+            have = ", ".join(str(c) for c in list(rec)[:15])
+            missing = [c for c in needed if c not in rec]
             if missing:
-                have = ", ".join(list(rec)[:15])
                 raise DataError(f"{path}: no column {missing[0]!r} (columns: {have})")
             checked = True
-        title = _text(rec.get(cols.title))
+        if len(present) < len(optional):
+            present.update(c for c in optional if c in rec)
+        title = _text(_scalar(rec, cols.title, where))
         if not title:
             continue
         row = Row(where, title)
         if categories:
-            row.path = _category_path(rec, cols)
+            row.path = _category_path(rec, cols, where)
             if not row.path:
                 if cols.skip_blank_category:
                     skipped += 1
@@ -211,20 +230,20 @@ def read(source: Source, *, categories: bool) -> list[Row]:
                     "(--skip-blank-categories drops such rows)"
                 )
         if cols.description:
-            row.description = _text(rec.get(cols.description))
+            row.description = _text(_scalar(rec, cols.description, where))
         if cols.brand:
-            row.brand = _text(rec.get(cols.brand))
+            row.brand = _text(_scalar(rec, cols.brand, where))
         tags: list[str] = []
         if cols.tags:
             tags += [tag_name(t) for t in _tag_list(rec.get(cols.tags), cols.tags_separator)]
         for group, column in cols.tag_groups:
-            value = _text(rec.get(column))
+            value = _text(_scalar(rec, column, where))
             if value:
                 tags.append(f"{slug(group)}:{slug(value)}")
         row.tags = tuple(dict.fromkeys(tags))
         row.tag_groups = frozenset(t.split(":", 1)[0] for t in row.tags)
         if cols.split:
-            value = _text(rec.get(cols.split)).lower()
+            value = _text(_scalar(rec, cols.split, where)).lower()
             if value not in SPLITS:
                 raise DataError(
                     f"{where}, column {cols.split!r}: split must be one of {', '.join(SPLITS)}, got {value!r}"
@@ -233,6 +252,9 @@ def read(source: Source, *, categories: bool) -> list[Row]:
         rows.append(row)
     if not checked:
         raise DataError(f"{path}: the file has no rows")
+    absent = [c for c in optional if c not in present]
+    if absent:
+        raise DataError(f"{path}: no column {absent[0]!r} in any row (columns of the first: {have})")
     if not rows:
         raise DataError(f"{path}: no row has a title in column {cols.title!r}")
     return rows
