@@ -16,9 +16,11 @@ class _SlowTriton:
 
     def __init__(self) -> None:
         self.asked = 0
+        self.timeouts: list[float | None] = []
 
-    async def is_model_ready(self, name: str, version: str = "") -> bool:
+    async def is_model_ready(self, name: str, version: str = "", client_timeout: float | None = None) -> bool:
         self.asked += 1
+        self.timeouts.append(client_timeout)
         await asyncio.sleep(0.05)
         return False
 
@@ -35,4 +37,5 @@ def test_concurrent_requests_ask_for_the_copy_once_and_warn_once(caplog: pytest.
         targets = asyncio.run(four_requests())
     assert targets == ["listing_classifier"] * 4
     assert fake.asked == 1
+    assert fake.timeouts == [classifier.timeout_s]  # a blackholed Triton cannot hold the lock for ever
     assert len([r for r in caplog.records if "does not serve no_such_model" in r.getMessage()]) == 1
