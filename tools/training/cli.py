@@ -18,19 +18,22 @@ from training.train import DEFAULTS, DataSpec, TrainOptions, default_data, optio
 HELP = "fine-tune the classifier on a catalogue and export a new Triton model version"
 
 
-def positive_int(text: str) -> int:
+def _int_from(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _int_from(text, 1)
 
 
 def non_negative_int(text: str) -> int:
-    value = positive_int(text) if text.strip() != "0" else 0
-    return value
+    return _int_from(text, 0)
 
 
 def separator(text: str) -> str:
