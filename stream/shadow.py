@@ -11,8 +11,9 @@ it), and publishes one comparison per event to `listings.shadow` (key `item_id`)
      "candidate": {... the same for version N}, "compared_at"}
 
 An event without a live result to compare is published with `"live": null` and `"uncompared"`: `no_live_result`
-(the live worker had not written this `listing_version` in time, or a newer one is stored) or `same_version` (the
-stored result is the candidate's own, e.g. from before a rollback: not a comparison).
+(the live worker had not written this `listing_version` in time, or a newer one is stored) , `same_version` (the
+stored result is the candidate's own, e.g. from before a rollback: not a comparison) or `human` (a reviewer's
+decision stands for that `listing_version`: not the live model's answer).
 
 It writes nothing to the item state or the output topics. Prometheus: `listings_shadow_events_total{candidate}`,
 `listings_shadow_agreements_total{candidate,top_level}`, `listings_shadow_compared_total{candidate,top_level}`,
@@ -100,11 +101,15 @@ def comparison(listing: Listing, live: dict[str, str] | None, cand: Any, candida
     }
     if not live:
         doc["uncompared"] = "no_live_result"
-    if live and live.get("model_version") == candidate:
+    elif live.get("label_source") == "human":
+        # a reviewer's decision stands in the item's state for this listing_version: it is not the live model's
+        # answer (confidence 1, never for review), and comparing with it would credit or blame the wrong thing
+        doc["uncompared"] = "human"
+    elif live.get("model_version") == candidate:
         # the stored result is the candidate's own (e.g. written while it was live, before a rollback): comparing it
         # with itself would count as agreement
         doc["uncompared"] = "same_version"
-    elif live:
+    else:
         live_doc = {
             "category_id": live.get("category_id", ""),
             "path": [p for p in live.get("category_path", "").split(" > ") if p],
@@ -181,7 +186,13 @@ async def shadow(settings: Settings, options: ShadowOptions) -> dict[str, int]:
                 live = await _live_results(r, listings)
                 records = []
                 for listing, cand in zip(listings, res.results, strict=True):
-                    doc = comparison(listing, live.get(listing.item_id), cand, options.candidate, threshold)
+                    doc = comparison(
+                        listing,
+                        live.get((listing.item_id, listing.listing_version)),
+                        cand,
+                        options.candidate,
+                        threshold,
+                    )
                     records.append(OutRecord(settings.topics.shadow, listing.item_id.encode(), orjson.dumps(doc)))
                     m["events"].labels(options.candidate).inc()
                     counts["events"] += 1
@@ -207,10 +218,19 @@ async def shadow(settings: Settings, options: ShadowOptions) -> dict[str, int]:
     return dict(counts)
 
 
-async def _live_results(r: Any, listings: list[Listing]) -> dict[str, dict[str, str]]:
-    """The live result of each listing's own `listing_version`, waiting up to LIVE_WAIT_S for the live worker."""
-    fields = ["category_id", "category_path", "confidence", "needs_review", "model_version", "listing_version"]
-    found: dict[str, dict[str, str]] = {}
+async def _live_results(r: Any, listings: list[Listing]) -> dict[tuple[str, int], dict[str, str]]:
+    """The live result of each listing's own `listing_version` (by item and version: one batch may hold two edits
+    of an item, and only the stored one has a result), waiting up to LIVE_WAIT_S for the live worker."""
+    fields = [
+        "category_id",
+        "category_path",
+        "confidence",
+        "needs_review",
+        "model_version",
+        "listing_version",
+        "label_source",
+    ]
+    found: dict[tuple[str, int], dict[str, str]] = {}
     deadline = time.monotonic() + LIVE_WAIT_S
     pending = list(listings)
     while pending:
@@ -226,7 +246,7 @@ async def _live_results(r: Any, listings: list[Listing]) -> dict[str, dict[str, 
                 if v is not None
             }
             if h.get("listing_version") == str(x.listing_version):
-                found[x.item_id] = h
+                found[(x.item_id, x.listing_version)] = h
             elif not h or int(h.get("listing_version") or -1) < x.listing_version:
                 still.append(x)  # the live worker has not written this edit yet
         pending = still

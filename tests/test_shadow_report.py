@@ -71,3 +71,40 @@ def test_flip_paths_are_shortened_from_the_front() -> None:
     assert short_path("Home > Kitchen > Mugs") == "… > Kitchen > Mugs"
     long = short_path("Home > " + "x" * 80 + " > Mugs", width=20)
     assert len(long) == 20 and long.startswith("… > x") and long.endswith("…")
+
+
+def test_a_reviewers_decision_is_not_the_live_models_answer() -> None:
+    human = {**_live("cups", 1.0, "4"), "label_source": "human"}
+    doc = comparison(_listing("x"), human, _cand("mugs", 0.9), "5", 0.5)
+    assert doc["live"] is None and doc["uncompared"] == "human" and "agree" not in doc
+
+
+def test_two_edits_of_an_item_in_one_batch_are_each_compared_with_their_own_version() -> None:
+    """The live results were kept by item alone: an older edit in the same batch took the newer edit's result
+    ("lv=1 … live=C2 agree=False")."""
+    import asyncio
+
+    from stream.shadow import _live_results
+
+    stored = {"listing:x": {**_live("cups", 0.9, "4"), "listing_version": "2"}}
+
+    class Redis:
+        def pipeline(self, transaction: bool = False) -> object:
+            asked: list[tuple[str, list[str]]] = []
+
+            class Pipe:
+                def hmget(self, key: str, fields: list[str]) -> None:
+                    asked.append((key, fields))
+
+                async def execute(self) -> list[list[bytes | None]]:
+                    return [[(stored.get(k, {}).get(f) or "").encode() or None for f in fs] for k, fs in asked]
+
+            return Pipe()
+
+    found = asyncio.run(_live_results(Redis(), [_listing("x", 1), _listing("x", 2)]))
+    assert set(found) == {("x", 2)}
+    docs = [
+        comparison(x, found.get((x.item_id, x.listing_version)), _cand("cups", 0.9), "5", 0.5)
+        for x in (_listing("x", 1), _listing("x", 2))
+    ]
+    assert docs[0]["uncompared"] == "no_live_result" and docs[1]["agree"] is True
