@@ -74,36 +74,69 @@ def unserved(settings: Settings, version: str) -> str:
 
 
 def promote(settings: Settings, version: str | None, rollback: bool = False, by: str | None = None) -> Live:
-    """Make `version` live (it must be READY in Triton), or return to the previous one with `rollback`."""
+    """Make `version` live (it must be READY in Triton), or return to the previous one with `rollback`. The record
+    is changed with a compare-and-set (WATCH): two promotions, or a promotion and a rollback, at the same time
+    cannot lose one another's history or silently undo each other — the later one re-reads and re-decides.
+    Promoting the version already live changes nothing (its history would hold it twice)."""
+    import redis
+
     model = settings.triton.model_name
     r = connections.redis_sync(settings.redis)
     try:
-        current = read_live(r, model)
-        history = list(current.history)
-        if rollback:
-            if not history:
-                raise UnknownVersion("nothing to roll back to: no earlier promotion is recorded")
-            version = history.pop()
-        else:
-            assert version is not None
-            if current.version:
-                history.append(current.version)
-        why = unserved(settings, str(version))
-        if why:
-            raise UnknownVersion(why)
-        live = Live(str(version), history[-20:], iso(time.time() * 1000), by or getpass.getuser())
-        r.hset(
-            live_key(model),
-            mapping={
-                "version": live.version,
-                "history": json.dumps(live.history),
-                "promoted_at": live.promoted_at,
-                "by": live.by,
-            },
-        )
-        return live
+        for _ in range(PROMOTE_ATTEMPTS):
+            with r.pipeline() as pipe:
+                try:
+                    pipe.watch(live_key(model))
+                    current = read_live(pipe, model)
+                    live = _next_live(settings, current, version, rollback, by)
+                    if live is current:
+                        return current
+                    pipe.multi()
+                    pipe.hset(
+                        live_key(model),
+                        mapping={
+                            "version": live.version,
+                            "history": json.dumps(live.history),
+                            "promoted_at": live.promoted_at,
+                            "by": live.by,
+                        },
+                    )
+                    pipe.execute()
+                    return live
+                except redis.WatchError:
+                    continue  # the record changed meanwhile (another promotion): decide again on the new one
+        raise UnknownVersion(f"the live record of {model} kept changing during {PROMOTE_ATTEMPTS} attempts: try again")
     finally:
         r.close()
+
+
+PROMOTE_ATTEMPTS = 10
+
+
+def _next_live(settings: Settings, current: Live, version: str | None, rollback: bool, by: str | None) -> Live:
+    """The record after this promotion or rollback (`current` itself when nothing changes)."""
+    history = list(current.history)
+    if rollback:
+        if not history:
+            raise UnknownVersion("nothing to roll back to: no earlier promotion is recorded")
+        version = history.pop()
+    else:
+        assert version is not None
+        if str(version) == current.version:
+            return current
+        if current.version:
+            history.append(current.version)
+    why = unserved(settings, str(version))
+    if why:
+        raise UnknownVersion(why)
+    return Live(str(version), history[-20:], iso(time.time() * 1000), by or _user())
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # a container whose uid has no name
+        return "unknown"
 
 
 class LiveVersion:

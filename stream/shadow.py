@@ -11,7 +11,7 @@ it), and publishes one comparison per event to `listings.shadow` (key `item_id`)
      "candidate": {... the same for version N}, "compared_at"}
 
 An event without a live result to compare is published with `"live": null` and `"uncompared"`: `no_live_result`
-(the live worker had not written this `listing_version` in time, or a newer one is stored) , `same_version` (the
+(the live worker had not written this `listing_version` in time, or a newer one is stored), `same_version` (the
 stored result is the candidate's own, e.g. from before a rollback: not a comparison) or `human` (a reviewer's
 decision stands for that `listing_version`: not the live model's answer).
 

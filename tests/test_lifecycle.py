@@ -70,6 +70,41 @@ def test_promotion_and_rollback_reach_a_running_worker(stack, versions, tmp_path
         w.kill()
 
 
+def test_concurrent_promotions_never_lose_or_repeat_history_and_a_repeat_promotion_changes_nothing(
+    stack, versions
+) -> None:
+    """The record was read, checked against Triton (a gRPC round trip) and written back: two promotions at once
+    could lose one another's history or record a version as its own predecessor. Now a compare-and-set."""
+    import threading
+    from itertools import pairwise
+
+    old, new = versions
+    s = stack
+    models.promote(s, old)
+    before = models.promote(s, old)  # already live: nothing changes (its history held it twice)
+    assert before.version == old and old not in before.history[-1:]
+    errors: list[BaseException] = []
+
+    def promote(version: str) -> None:
+        try:
+            models.promote(s, version)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    for _ in range(3):
+        threads = [threading.Thread(target=promote, args=(v,)) for v in (new, old, new, old, new, old)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert not errors
+    r = connections.redis_sync(s.redis)
+    live = models.read_live(r, s.triton.model_name)
+    r.close()
+    chain = [*live.history, live.version]
+    assert all(a != b for a, b in pairwise(chain)), chain  # no version its own predecessor
+
+
 def test_a_live_record_naming_a_version_triton_does_not_serve_holds_the_events_instead_of_dead_lettering_them(
     stack, versions, tmp_path
 ) -> None:

@@ -21,12 +21,23 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from stream import preflight
 
     preflight.one_shot(settings, kafka=False)
+    from stream import connections
+
+    model = settings.triton.model_name
+    r = connections.redis_sync(settings.redis)
+    try:
+        before = models.read_live(r, model).version  # for the message only
+    finally:
+        r.close()
     try:
         live = models.promote(settings, args.version, rollback=args.rollback)
     except models.UnknownVersion as exc:
         print(f"listings promote: {exc}", file=sys.stderr)
         return 2
-    print(
-        f"{settings.triton.model_name} v{live.version} is live (previous: {live.history[-1] if live.history else '-'})"
-    )
+    if not args.rollback and live.version == before:
+        print(f"{model} v{live.version} is already live: nothing changed")
+    else:
+        print(
+            f"{model} v{live.version} is live (previous: v{before})" if before else f"{model} v{live.version} is live"
+        )
     return 0
