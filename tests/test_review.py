@@ -147,12 +147,19 @@ def test_feedback_export_feeds_training(reviewing, tmp_path) -> None:
     category = redis_items(s, [item])[item]["category_id"]
     produce_raw(s, [decision(item, 1, category, ["colour:black"], "accepted")], topic=s.topics.feedback)
     wait_for(lambda: redis_items(s, [item])[item].get("label_source") == "human", 60, "decision applied", w.log_tail)
+    # a later decision the worker refuses (an unknown category) is not what the item holds: the export took the
+    # latest record's tags, decision and reviewer, mixed with the applied one's category
+    refused = decision(item, 1, "no.such.category", ["colour:pink"], "corrected")
+    produce_raw(s, [refused], topic=s.topics.feedback)
+    dlq_key = item.encode()
+    wait_for(lambda: any(m.key == dlq_key for m in read_topic(s, s.topics.dlq, timeout_s=2)), 60, "refused", w.log_tail)
     out = tmp_path / "feedback.csv"
     res = listings_cli(s, "feedback", "export", "--out", str(out), timeout=120)
     assert res.returncode == 0, res.stderr
     text = out.read_text()
     assert "title,category,tags,decision" in text and "colour:black" in text and "accepted" in text
     assert "Zqx reviewed steel water bottle" in text
+    assert "colour:pink" not in text and "corrected" not in text
     default = train.default_data(TrainingSettings().data_dir)
     spec = train.DataSpec(default.categories, default.tags, (Source(out, EXTRA_COLUMNS),))
     corpus = train.load_corpus(train.options(spec))
