@@ -295,9 +295,19 @@ def summarize(records: list[dict], candidate: str | None = None) -> dict:
 
 
 def read_shadow(settings: Settings, timeout_s: float = 5.0) -> list[dict]:
+    """The comparisons on the shadow topic; a record that is not one (a tombstone, another producer's bytes) is
+    left out rather than failing the report."""
     from stream.topics import read_all
 
-    return [orjson.loads(m.value) for m in read_all(settings, settings.topics.shadow, timeout_s)]
+    out = []
+    for m in read_all(settings, settings.topics.shadow, timeout_s):
+        try:
+            doc = orjson.loads(m.value) if m.value is not None else None
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("candidate"), dict) and "model_version" in doc["candidate"]:
+            out.append(doc)
+    return out
 
 
 def short_path(path: str, width: int = 60) -> str:
@@ -360,8 +370,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     preflight.one_shot(settings, redis=not args.report)
     if args.report:
         summary = summarize(read_shadow(settings), args.candidate)
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "shadow.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "shadow.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+        except OSError as exc:
+            print(f"listings shadow: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        (args.out / "shadow.png").unlink(missing_ok=True)  # never a plot of an earlier report beside this one
         print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
         if summary["compared"]:
             try:

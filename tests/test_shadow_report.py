@@ -108,3 +108,14 @@ def test_two_edits_of_an_item_in_one_batch_are_each_compared_with_their_own_vers
         for x in (_listing("x", 1), _listing("x", 2))
     ]
     assert docs[0]["uncompared"] == "no_live_result" and docs[1]["agree"] is True
+
+
+def test_the_report_leaves_out_records_that_are_not_comparisons(monkeypatch) -> None:
+    """A tombstone, bytes that are not JSON or a record without its candidate failed the report with a traceback."""
+    from stream import shadow, topics
+    from stream.config import Settings
+
+    good = _doc("x", "5", "mugs", _live("mugs", 0.9, "4"), "2026-12-06T10:00:00Z")
+    values = [orjson.dumps(good), None, b"not json", b'{"item_id": "y"}', b"[1]"]
+    monkeypatch.setattr(topics, "read_all", lambda *_a, **_k: [SimpleNamespace(value=v) for v in values])
+    assert shadow.read_shadow(Settings()) == [orjson.loads(orjson.dumps(good))]
