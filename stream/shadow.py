@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import time
 from collections import Counter, defaultdict
@@ -45,6 +46,7 @@ from stream.events.contract import InvalidEvent, Listing, parse_listing
 from stream.timefmt import now_iso
 
 HELP = "score live traffic with a candidate model version and compare, writing only listings.shadow"
+log = logging.getLogger("listings.shadow")
 LIVE_WAIT_S = 10.0  # how long a comparison waits for the live worker's result of the same listing_version
 
 
@@ -178,11 +180,19 @@ async def shadow(settings: Settings, options: ShadowOptions) -> dict[str, int]:
                 except InvalidEvent:
                     counts["invalid"] += 1
             if listings:
-                res = await classifier.classify(
+                scoring = classifier.classify(
                     [x.title for x in listings],
                     [x.description or "" for x in listings],
                     [x.brand or "" for x in listings],
                 )
+                # the candidate may go away mid-run (unloaded as newer versions came): the retries must not outlast
+                # --duration (the batch is not committed; a shadow is a measurement, not a delivery)
+                left = options.duration_s - (time.monotonic() - started) if options.duration_s else None
+                try:
+                    res = await asyncio.wait_for(scoring, max(left, 0.1) if left is not None else None)
+                except TimeoutError:
+                    log.warning("shadow: --duration reached while the candidate was not answering")
+                    break
                 live = await _live_results(r, listings)
                 records = []
                 for listing, cand in zip(listings, res.results, strict=True):

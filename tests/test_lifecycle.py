@@ -222,3 +222,16 @@ def test_a_topic_still_being_written_is_read_to_its_end_at_the_call(stack) -> No
         stop.set()
         writer.join(10)
     assert {f"k{i}".encode() for i in range(20)} <= {m.key for m in got}  # everything there when the read began
+
+
+def test_a_shadow_whose_candidate_stops_answering_still_ends_at_its_duration(stack) -> None:
+    """The candidate can go away mid-run (unloaded as newer versions come): the classification is retried like an
+    outage, and those retries outlasted --duration for ever. Here the candidate is a version Triton never served."""
+    import time
+
+    s = isolated(stack, "shadow-gone")
+    produce_raw(s, [listing("gone-1", TITLES[0])])
+    started = time.monotonic()
+    counts = asyncio.run(shadow(s, ShadowOptions("999", from_beginning=True, duration_s=4.0)))
+    assert time.monotonic() - started < 30
+    assert counts.get("events", 0) == 0  # nothing scored, nothing published
