@@ -35,6 +35,7 @@ import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ class ShadowOptions:
     duration_s: float = 0.0  # stop after this long in all (0: never)
 
 
+@cache  # registered once a process: a second run in the same process (tests, a library user) reuses them
 def _metrics() -> dict[str, Any]:
     from prometheus_client import Counter as PCounter
     from prometheus_client import Histogram
