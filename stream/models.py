@@ -12,7 +12,7 @@ from __future__ import annotations
 import getpass
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -36,6 +36,7 @@ class Live:
     history: list[str]
     promoted_at: str = ""
     by: str = ""
+    replaced: str = ""  # from promote(): the version live before it (not stored); the same version when unchanged
 
 
 def read_live(r: Any, model: str) -> Live:
@@ -89,8 +90,8 @@ def promote(settings: Settings, version: str | None, rollback: bool = False, by:
                     pipe.watch(live_key(model))
                     current = read_live(pipe, model)
                     live = _next_live(settings, current, version, rollback, by)
-                    if live is current:
-                        return current
+                    if live is None:
+                        return replace(current, replaced=current.version)
                     pipe.multi()
                     pipe.hset(
                         live_key(model),
@@ -113,8 +114,8 @@ def promote(settings: Settings, version: str | None, rollback: bool = False, by:
 PROMOTE_ATTEMPTS = 10
 
 
-def _next_live(settings: Settings, current: Live, version: str | None, rollback: bool, by: str | None) -> Live:
-    """The record after this promotion or rollback (`current` itself when nothing changes)."""
+def _next_live(settings: Settings, current: Live, version: str | None, rollback: bool, by: str | None) -> Live | None:
+    """The record after this promotion or rollback (None when nothing changes)."""
     history = list(current.history)
     if rollback:
         if not history:
@@ -123,13 +124,13 @@ def _next_live(settings: Settings, current: Live, version: str | None, rollback:
     else:
         assert version is not None
         if str(version) == current.version:
-            return current
+            return None
         if current.version:
             history.append(current.version)
     why = unserved(settings, str(version))
     if why:
         raise UnknownVersion(why)
-    return Live(str(version), history[-20:], iso(time.time() * 1000), by or _user())
+    return Live(str(version), history[-20:], iso(time.time() * 1000), by or _user(), replaced=current.version)
 
 
 def _user() -> str:

@@ -21,23 +21,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from stream import preflight
 
     preflight.one_shot(settings, kafka=False)
-    from stream import connections
-
     model = settings.triton.model_name
-    r = connections.redis_sync(settings.redis)
-    try:
-        before = models.read_live(r, model).version  # for the message only
-    finally:
-        r.close()
     try:
         live = models.promote(settings, args.version, rollback=args.rollback)
     except models.UnknownVersion as exc:
         print(f"listings promote: {exc}", file=sys.stderr)
         return 2
-    if not args.rollback and live.version == before:
+    if not args.rollback and live.version == live.replaced:
         print(f"{model} v{live.version} is already live: nothing changed")
+    elif live.replaced:
+        print(f"{model} v{live.version} is live (previous: v{live.replaced})")
     else:
-        print(
-            f"{model} v{live.version} is live (previous: v{before})" if before else f"{model} v{live.version} is live"
-        )
+        print(f"{model} v{live.version} is live")
     return 0
