@@ -243,11 +243,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     health.serve(settings.worker.metrics_host, settings.worker.metrics_port)
 
     def still_down(_what: str, exc: BaseException) -> None:
-        health.HEALTH.waiting(str(exc)[:300])
         if isinstance(exc, errors.Unreachable) and exc.part.lower() in preflight.ORDER:
             failed = preflight.ORDER.index(exc.part.lower())
             for i, part in enumerate(preflight.ORDER[: failed + 1]):  # the ones checked before it answered
                 health.HEALTH.probed(part, i < failed, "" if i < failed else str(exc)[:300])
+        health.HEALTH.waiting(str(exc)[:300])  # after the probes: a reading naming this wait shows its probes
 
     try:  # Kafka and Redis reachable, and our credentials accepted (waits while they are down)
         asyncio.run(preflight.wait_ready(settings, on_retry=still_down))
