@@ -36,7 +36,8 @@ class Live:
     history: list[str]
     promoted_at: str = ""
     by: str = ""
-    replaced: str = ""  # from promote(): the version live before it (not stored); the same version when unchanged
+    replaced: str = ""  # from promote(): the version served before it (not stored; without a record, the newest
+    # served); the same version when unchanged
 
 
 def read_live(r: Any, model: str) -> Live:
@@ -63,6 +64,11 @@ def served_versions(settings: Settings) -> dict[str, str]:
         return dict(sorted(out.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0))
     finally:
         client.close()
+
+
+def newest_ready(settings: Settings) -> str:
+    """The newest version Triton serves READY ("" when none): what workers use while no promotion is recorded."""
+    return max((v for v, state in served_versions(settings).items() if state == "READY"), key=int, default="")
 
 
 def unserved(settings: Settings, version: str) -> str:
@@ -117,6 +123,7 @@ PROMOTE_ATTEMPTS = 10
 def _next_live(settings: Settings, current: Live, version: str | None, rollback: bool, by: str | None) -> Live | None:
     """The record after this promotion or rollback (None when nothing changes)."""
     history = list(current.history)
+    replaced = current.version
     if rollback:
         if not history:
             raise UnknownVersion("nothing to roll back to: no earlier promotion is recorded")
@@ -125,15 +132,17 @@ def _next_live(settings: Settings, current: Live, version: str | None, rollback:
         assert version is not None
         if str(version) == current.version:
             return None
-        if current.version:
-            history.append(current.version)
+        before = current.version or newest_ready(settings)  # without a record, workers served the newest
+        if before and before != str(version):
+            history.append(before)
+            replaced = before
     why = unserved(settings, str(version))
     if why:
         raise UnknownVersion(why)
-    return Live(str(version), history[-20:], iso(time.time() * 1000), by or _user(), replaced=current.version)
+    return Live(str(version), history[-20:], iso(time.time() * 1000), by or current_user(), replaced=replaced)
 
 
-def _user() -> str:
+def current_user() -> str:
     try:
         return getpass.getuser()
     except (OSError, KeyError):  # a container whose uid has no name

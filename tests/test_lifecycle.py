@@ -70,6 +70,25 @@ def test_promotion_and_rollback_reach_a_running_worker(stack, versions, tmp_path
         w.kill()
 
 
+def test_the_first_promotion_records_the_version_served_before_it_so_a_rollback_returns_there(stack, versions) -> None:
+    """Without a record workers serve the newest version: promoting an older one and rolling back must return to
+    the newest (the first promotion used to record no history, so the rollback had nothing to go back to)."""
+    old, new = versions
+    r = connections.redis_sync(stack.redis)
+    r.delete(models.live_key(stack.triton.model_name))
+    r.close()
+    assert models.newest_ready(stack) == new
+    live = models.promote(stack, old)
+    assert (live.version, live.history, live.replaced) == (old, [new], new)
+    out = listings_cli(stack, "promote", "--rollback")
+    assert out.returncode == 0 and f"v{new} is live (previous: v{old})" in out.stdout
+    # promoting the newest first: the record names it, with nothing before it
+    r = connections.redis_sync(stack.redis)
+    r.delete(models.live_key(stack.triton.model_name))
+    r.close()
+    assert models.promote(stack, new).history == []
+
+
 def test_concurrent_promotions_never_lose_or_repeat_history_and_a_repeat_promotion_changes_nothing(
     stack, versions
 ) -> None:
@@ -128,6 +147,9 @@ def test_a_live_record_naming_a_version_triton_does_not_serve_holds_the_events_i
         wait_for(lambda: probe(port, "/readyz")[0] == 503, 30, "/readyz unready", w.log_tail)
         assert "version 999" in probe(port, "/readyz")[1]["dependencies"]["triton"]["calls"]
         assert redis_items(s, ids) == {} and len(read_topic(s, s.topics.dlq, timeout_s=2)) == dlq_before
+        listed = listings_cli(s, "models", "--json")
+        assert json.loads(listed.stdout)["live_served"] is False
+        assert "v999 is not served by Triton" in listings_cli(s, "models").stdout
         models.promote(s, old)
         wait_for(lambda: len(redis_items(s, ids)) == len(ids), 60, "the held events classified", w.log_tail)
         assert {h["model_version"] for h in redis_items(s, ids).values()} == {old}
@@ -190,6 +212,12 @@ def test_shadow_writes_only_its_topic_and_its_figures_match_a_direct_computation
         for i, c in zip(ids, candidate, strict=True)
     )
     assert summary["review_flips"] == flips
+    # a second run over the same events (another group, from the beginning) stops at --max-events exactly (a whole
+    # poll batch overshot it), and the report counts each listing edit once
+    again = asyncio.run(shadow(s, ShadowOptions(new, group="sh-again", from_beginning=True, max_events=5)))
+    assert again["events"] == 5
+    summary = summarize(read_shadow(s), new)
+    assert (summary["events"], summary["repeated"], summary["compared"]) == (len(ids), 5, len(ids))
 
 
 def test_a_topic_still_being_written_is_read_to_its_end_at_the_call(stack) -> None:

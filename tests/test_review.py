@@ -222,6 +222,9 @@ def test_review_page_counts_dead_letters_refuses_cross_site_posts_and_needs_a_to
         typo = orjson.dumps({"item_id": ids[0], "listing_version": 3, "decision": "reject", "category_id": "x"})
         assert post(port, typo, page) == 400
         assert post(port, orjson.dumps({"item_id": ids[0], "decision": "accepted"}), page) == 400
+        # the page refuses what the worker's feedback contract would dead-letter (a blank item_id passed the page)
+        blank = orjson.dumps({"item_id": "  ", "listing_version": 3, "decision": "accepted", "category_id": "x"})
+        assert post(port, blank, page) == 400
     finally:
         proc.kill()
     out = listings_cli(s, "review-ui", "--host", "0.0.0.0")

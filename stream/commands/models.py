@@ -54,6 +54,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "model": settings.triton.model_name,
         "live": effective,
         "recorded": bool(live.version),
+        # False: the live record names a version Triton does not serve (unloaded as newer ones were exported, or
+        # removed); workers hold their events, retrying, until it is loaded or a served version is promoted
+        "live_served": served.get(effective) == "READY",
         "promoted_at": live.promoted_at,
         "by": live.by,
         "history": live.history,
@@ -64,6 +67,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     how = f"promoted {live.promoted_at} by {live.by}" if live.version else "no promotion recorded: the newest served"
     print(f"{settings.triton.model_name}: live version {effective or '-'} ({how})")
+    if effective and not doc["live_served"]:
+        print(
+            f"  ! v{effective} is not served by Triton ({served.get(effective, 'not loaded')}): workers hold their "
+            "events until it is loaded or a served version is promoted (listings promote N)"
+        )
     for row in rows:
         m = row["metrics"] or {}
         ours, base = m.get("model") or {}, m.get("baseline") or {}

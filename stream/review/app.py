@@ -18,7 +18,6 @@ refused.
 from __future__ import annotations
 
 import asyncio
-import getpass
 import hmac
 import ipaddress
 import json
@@ -32,7 +31,9 @@ from aiohttp import web
 
 from stream import connections, keys
 from stream.config import Settings
-from stream.models import live_key
+from stream.events.contract import InvalidEvent
+from stream.feedback import parse_feedback
+from stream.models import current_user, live_key
 from stream.timefmt import now_iso
 
 log = logging.getLogger("listings.review")
@@ -157,8 +158,6 @@ class Review:
         missing = [f for f in ("item_id", "listing_version", "decision", "category_id") if body.get(f) in (None, "")]
         if missing:
             raise ValueError(f"missing {', '.join(missing)}")
-        if body["decision"] not in ("accepted", "corrected"):
-            raise ValueError(f"decision is 'accepted' or 'corrected', got {body['decision']!r}")
         if not isinstance(body.get("tags", []), list):
             raise ValueError("tags is a list of tags")
         version = body["listing_version"]
@@ -172,10 +171,15 @@ class Review:
             "decision": body["decision"],
             "category_id": str(body["category_id"]),
             "tags": [str(t) for t in body.get("tags", [])],
-            "reviewer": str(body.get("reviewer") or getpass.getuser())[:100],
+            "reviewer": str(body.get("reviewer") or current_user())[:100],
             "decided_at": now_iso(),
         }
-        record = OutRecord(self.settings.topics.feedback, decision["item_id"].encode(), orjson.dumps(decision))
+        value = orjson.dumps(decision)
+        try:
+            parse_feedback(value)  # what the worker will accept: refused here, not dead-lettered there
+        except InvalidEvent as exc:
+            raise ValueError(str(exc)) from None
+        record = OutRecord(self.settings.topics.feedback, decision["item_id"].encode(), value)
         await self.producer.send_all([record])
         # off the page's queue at once; the worker removes it from Redis when it applies the decision
         await self.redis.zrem(keys.REVIEW_QUEUE, decision["item_id"])
