@@ -35,7 +35,7 @@ import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +168,9 @@ async def shadow(settings: Settings, options: ShadowOptions) -> dict[str, int]:
         while not options.max_events or counts["events"] < options.max_events:
             if options.duration_s and time.monotonic() - started > options.duration_s:
                 break
-            polled = await loop.run_in_executor(pool, lambda: consumer.poll(timeout_ms=500))
+            # never more records than --max-events has left (a whole poll batch overshot it by up to 500)
+            room = options.max_events - counts["events"] if options.max_events else None
+            polled = await loop.run_in_executor(pool, partial(consumer.poll, timeout_ms=500, max_records=room))
             msgs = [msg for batch in polled.values() for msg in batch]
             if not msgs:
                 if options.idle_timeout_s and time.monotonic() - last_event > options.idle_timeout_s:
@@ -278,7 +280,13 @@ def summarize(records: list[dict], candidate: str | None = None) -> dict:
     by_candidate = Counter(d["candidate"]["model_version"] for d in records)
     if candidate is None and records:
         candidate = max(records, key=lambda d: d.get("compared_at", ""))["candidate"]["model_version"]
-    rows = [d for d in records if d["candidate"]["model_version"] == candidate]
+    # one comparison per listing edit: a shadow run again over the same events (--from-beginning, a restart before
+    # its commit) compares them again; the newest comparison counts, the others are counted as `repeated`
+    latest: dict[tuple[Any, Any], dict] = {}
+    mine = [d for d in records if d["candidate"]["model_version"] == candidate]
+    for d in mine:
+        latest[(d.get("item_id"), d.get("listing_version"))] = d
+    rows = list(latest.values())
     compared = [d for d in rows if d.get("live")]
     by_top: dict[str, list[bool]] = defaultdict(list)
     for d in compared:
@@ -290,6 +298,7 @@ def summarize(records: list[dict], candidate: str | None = None) -> dict:
     return {
         "candidate": candidate,
         "events": len(rows),
+        "repeated": len(mine) - len(rows),
         "compared": len(compared),
         "uncompared": dict(Counter(d.get("uncompared", "no_live_result") for d in rows if not d.get("live"))),
         "live_versions": dict(Counter(d["live"]["model_version"] for d in compared).most_common()),

@@ -119,3 +119,18 @@ def test_the_report_leaves_out_records_that_are_not_comparisons(monkeypatch) -> 
     values = [orjson.dumps(good), None, b"not json", b'{"item_id": "y"}', b"[1]"]
     monkeypatch.setattr(topics, "read_all", lambda *_a, **_k: [SimpleNamespace(value=v) for v in values])
     assert shadow.read_shadow(Settings()) == [orjson.loads(orjson.dumps(good))]
+
+
+def test_a_listing_edit_compared_twice_counts_once_the_newest_comparison() -> None:
+    """A shadow run again with --from-beginning compares the same events again: they counted twice."""
+    records = [
+        _doc("a", "5", "mugs", _live("cups", 0.9, "4"), "2026-12-06T01:00:00.000Z"),
+        _doc("b", "5", "mugs", None, "2026-12-06T01:00:01.000Z"),
+        # the second run: "b" has a live result now, "a" is compared again
+        _doc("a", "5", "mugs", _live("cups", 0.9, "4"), "2026-12-06T02:00:00.000Z"),
+        _doc("b", "5", "mugs", _live("mugs", 0.9, "4"), "2026-12-06T02:00:01.000Z"),
+    ]
+    summary = summarize(records, "5")
+    assert (summary["events"], summary["repeated"], summary["compared"]) == (2, 2, 2)
+    assert summary["agreement"] == 0.5 and summary["uncompared"] == {}
+    assert summary["top_flips"][0]["count"] == 1
