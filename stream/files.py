@@ -53,6 +53,32 @@ def open_binary(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else path.open("rb")
 
 
+# the first bytes of files that are not text: read as CSV they gave "no rows" or a garbled header
+BINARY_MAGIC = {
+    b"PK\x03\x04": "a ZIP archive (an .xlsx or .ods spreadsheet?)",
+    b"\xd0\xcf\x11\xe0": "an Excel .xls spreadsheet",
+    b"PAR1": "a Parquet file (name it .parquet)",
+    b"\x28\xb5\x2f\xfd": "a zstd-compressed file",
+    b"BZh": "a bzip2-compressed file",
+    b"\xfd7zXZ": "an xz-compressed file",
+}
+
+
+def not_text(path: Path) -> str:
+    """What a data file read as text (CSV, TSV, JSONL, gzipped or not) is instead, when its first bytes say it is
+    not text; "" otherwise."""
+    try:
+        with open_binary(path) as f:
+            head = f.read(8)
+    except (OSError, EOFError) as exc:  # a broken gzip
+        return f"not readable ({exc})"
+    for magic, what in BINARY_MAGIC.items():
+        if head.startswith(magic):
+            return what
+    utf16 = text_encoding(head[:4]).startswith("utf-16")  # its zero bytes are text
+    return "binary, not text" if b"\x00" in head and not utf16 else ""
+
+
 def first_non_utf8_line(path: Path) -> tuple[int, int, int] | None:
     """(line number, column, byte) of the first byte that is not UTF-8 in a data file, or None."""
     with open_binary(path) as f:
@@ -138,7 +164,11 @@ def jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 obj = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
+                if n == 1 and line.lstrip().startswith(b"["):
+                    raise ValueError(f"{path}, line 1: a JSON array; JSONL holds one JSON object per line") from None
                 raise ValueError(f"{path}, line {n}: not JSON ({exc})") from None
             if not isinstance(obj, dict):
+                if isinstance(obj, list) and n == 1:
+                    raise ValueError(f"{path}, line 1: a JSON array; JSONL holds one JSON object per line")
                 raise ValueError(f"{path}, line {n}: not a JSON object")
             yield n, obj

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from stream import files as files_mod
 from stream.retry import poll
 from training import corpus, dataset, export, fusion, serving, tags, train
 from training.artifact import REQUIRED
@@ -294,6 +295,16 @@ def test_training_files_may_be_gzipped_tsv_excel_or_hold_long_descriptions(tmp_p
     (tmp_path / "e.csv").write_bytes("title,path\nMug,Kitchen\nCaf\u00e9 mug,Kitchen\n".encode("cp1252"))
     with pytest.raises(dataset.DataError, match=r"e.csv, line 3, column 4: not UTF-8 \(byte 0xe9\); .*iconv"):
         dataset.read(dataset.Source(tmp_path / "e.csv", dataset.Columns("title", "path")), categories=True)
+    assert not any(files_mod.not_text(tmp_path / name) for name in files)  # UTF-16's zero bytes are text
+    # a spreadsheet, an archive or other binary data named .csv: it read as "no rows" or a garbled header
+    binary = {"g.xlsx": b"PK\x03\x04\x14\x00", "h.xls": b"\xd0\xcf\x11\xe0\xa1\xb1", "i.csv": b"ab\x00\x01cd"}
+    for name, data in binary.items():
+        (tmp_path / name).write_bytes(data)
+    assert "spreadsheet" in files_mod.not_text(tmp_path / "g.xlsx")
+    assert "Excel" in files_mod.not_text(tmp_path / "h.xls") and files_mod.not_text(tmp_path / "i.csv")
+    (tmp_path / "arr.json").write_bytes(b'[{"title": "Mug", "path": "Kitchen"},\n{"title": "Cup", "path": "K"}]\n')
+    with pytest.raises(dataset.DataError, match=r"arr.json, line 1: a JSON array; JSONL holds one JSON object"):
+        dataset.read(dataset.Source(tmp_path / "arr.json", dataset.Columns("title", "path")), categories=True)
     (tmp_path / "f.csv.gz").write_bytes(b"not gzip at all")
     with pytest.raises(dataset.DataError, match=r"f.csv.gz, after row 1: not a readable CSV"):
         dataset.read(dataset.Source(tmp_path / "f.csv.gz", dataset.Columns("title", "path")), categories=True)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from stream.config import Settings
+from stream.files import data_suffix, not_text
 from training import dataset
 from training.train import DEFAULTS, DataSpec, TrainOptions, default_data, options
 
@@ -123,6 +124,10 @@ def check_files(spec: DataSpec) -> None:
             raise dataset.DataError(f"{path}: no such file")
         if not path.is_file():
             raise dataset.DataError(f"{path}: not a file (a directory?)")
+        if data_suffix(path) not in (".parquet", ".pq"):
+            what = not_text(path)
+            if what:
+                raise dataset.DataError(f"{path}: {what}; give CSV, TSV, JSONL or Parquet")
 
 
 def data_spec(args: argparse.Namespace, data_dir: Path) -> DataSpec:
