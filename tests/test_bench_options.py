@@ -109,9 +109,34 @@ def test_protection_is_judged_by_the_median_of_back_to_back_rounds() -> None:
     pr = protection(figures, rounds, live_rate=600.0)
     assert pr["ratio"] == 1.25 and pr["ratio_met"] and pr["rounds_within_ratio"] == 2 and pr["rounds"] == 3
     assert pr["ratios"] == [1.9, 1.1, 1.25]
-    # the share: the median backfill rate (200/s) over the capacity live leaves free (1,200 - 600)
-    assert pr["backfill_per_s_during_live"] == 200.0 and pr["share_of_free_capacity"] == 0.33 and not pr["share_met"]
-    assert pr["live_p99_alone_ms"] == 160.0 and pr["live_p99_with_backfill_ms"] == 220.0
+    # the share: the judged round's backfill rate (200/s) over the capacity live leaves free (1,200 - 600)
+    assert pr["backfill_per_s_during_live"] == 200.0 and pr["share_of_free_capacity"] == 0.333 and not pr["share_met"]
+    # every figure from that one round (the medians of each column came from three different rounds: 160 / 220)
+    assert (pr["judged_round"], pr["live_p99_alone_ms"], pr["live_p99_with_backfill_ms"]) == (2, 140.0, 175.0)
+    assert pr["shares"] == [0.15, 0.517, 0.333] and pr["rounds_meeting_both"] == 1  # round 2 (x1.1 at 0.517)
+
+
+def test_the_ratio_and_the_share_are_judged_on_the_same_round() -> None:
+    """The median ratio and the median backfill rate, taken separately, passed both from different rounds."""
+    figures = {"b_pipeline": {"events_per_s": 1000.0}, "d_latency": {}}
+    # (ratio, share): (1.5, 0.7), (1.2, 0.3), (1.1, 0.6): the medians x1.2 and 0.6 each pass, but the round at x1.2
+    # gave the backfill 0.3
+    rounds = [
+        one_round(latency(100.0), latency(p, backfill_rate=bf), 50)
+        for p, bf in ((150.0, 350.0), (120.0, 150.0), (110.0, 300.0))
+    ]
+    pr = protection(figures, rounds, 500.0)
+    assert pr["ratio_met"] and not pr["share_met"] and pr["share_of_free_capacity"] == 0.3
+    assert pr["rounds_meeting_both"] == 1
+
+
+def test_a_ratio_over_the_limit_is_not_met_because_it_rounds_to_it() -> None:
+    r = one_round(latency(1000.0), latency(1304.0, backfill_rate=0.0), 50)
+    assert r["ratio"] == 1.304 and not r["ratio_met"]
+    # and an even number of rounds is judged on one of them (the lower middle), not on a mean of two
+    rounds = [one_round(latency(100.0), latency(p, backfill_rate=0.0), 50) for p in (110.0, 140.0, 120.0, 200.0)]
+    pr = protection({"b_pipeline": {"events_per_s": 1000.0}, "d_latency": {}}, rounds, 500.0)
+    assert pr["judged_round"] == 2 and pr["ratio"] == 1.2
 
 
 def test_one_bad_round_of_three_does_not_decide_the_ratio_but_two_do() -> None:

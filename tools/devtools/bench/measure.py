@@ -205,6 +205,26 @@ def stored(settings: Settings, item_ids: Sequence[str]) -> list[dict[str, str]]:
         r.close()
 
 
+def written_ms(settings: Settings, source: str = "live") -> dict[str, int]:
+    """item_id -> when Redis stored its `source` result (epoch ms): the id of its entry in the update stream, which
+    Redis stamps as it writes. `classified_at` is stamped before the write, so latencies from it leave the Redis
+    write out. An item written twice keeps its first write."""
+    r = _redis(settings)
+    try:
+        out: dict[str, int] = {}
+        start = "-"
+        while True:
+            entries = r.xrange(settings.redis.updates_stream, min=start, max="+", count=5000)
+            for entry_id, fields in entries:
+                if fields.get(b"source") == source.encode():
+                    out.setdefault(fields[b"item_id"].decode(), int(entry_id.split(b"-", 1)[0]))
+            if len(entries) < 5000:
+                return out
+            start = "(" + entries[-1][0].decode()
+    finally:
+        r.close()
+
+
 def write_rate(rows: Sequence[dict[str, str]]) -> dict[str, Any]:
     """Events/s between the first and the last Redis write: the events written after the first write's
     millisecond, over the span to the last one (the first batch is the starting line, not counted)."""
@@ -468,7 +488,8 @@ def redis_forks(s: Settings) -> int:
 
 def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0, ramp_s: float = 0.0) -> dict[str, Any]:
     """(d): one worker, caught up, fed `events` at `rate` events/s with `listed_at` stamped at send;
-    latency per event = Redis `classified_at` - `event_time`; the worker records every batch's stages. With
+    latency per event = when Redis stored the result (its update-stream entry) - `event_time`; the worker records
+    every batch's stages. With
     `backfill_backlog`, a governed backfill of that many listings (Triton priority 2) runs during the live phase:
     it is started first, and the live phase begins once its first results are in Redis.
 
@@ -532,10 +553,16 @@ def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0, r
             backfill.process.stop(20)
         _stop(procs)
     rows = stored(s, ids)
+    written = written_ms(s)
     discard(env, s, [*ids, *(e["item_id"] for e in warm)], [s.worker.group_id])
     if backfill is not None:
         discard(env, backfill.settings, backfill.ids, [backfill.group])
-    every = [iso_ms(r["classified_at"]) - iso_ms(r["event_time"]) for r in rows]  # in send order
+    # produce -> Redis write, in send order: the stream entry's time (an item missing from the stream, trimmed by
+    # LISTINGS_UPDATES_MAXLEN, falls back to `classified_at`, stamped just before the write: counted below)
+    every = [
+        written.get(iid, iso_ms(r["classified_at"])) - iso_ms(r["event_time"]) for iid, r in zip(ids, rows, strict=True)
+    ]
+    untimed = sum(iid not in written for iid in ids)
     ramp, lat = every[:ramp_n], every[ramp_n:]
     return {
         "events": len(lat),
@@ -551,6 +578,8 @@ def latency_run(env: Env, rate: float, events: int, backfill_backlog: int = 0, r
         "max_ms": round(max(lat), 1),
         "mean_ms": round(sum(lat) / len(lat), 1),
         "latencies_ms": [round(x, 1) for x in lat],
+        "latency_to": "Redis write (update-stream entry)",
+        "timed_by_classified_at": untimed,
         "breakdown": stage_breakdown(timings, since_ms=steady["ms"]),
         "cpu_by_process": cpu,
         # Redis forks (append-only-file rewrites) while the events were in flight: each is a burst of CPU on a
