@@ -4,8 +4,13 @@ missing ones (the local stack calls it; in production `listings topics ensure` r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from stream.config import Settings
+
+
+class TopicsRefused(Exception):
+    """The broker refused to create a topic (a replication factor above its broker count, a policy, an ACL)."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,7 @@ def ensure(settings: Settings) -> list[str]:
     """Create the topics that do not exist yet; returns the names created."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
+    from kafka.errors import BrokerResponseError, TopicAlreadyExistsError
 
     from stream import connections
 
@@ -58,9 +63,55 @@ def ensure(settings: Settings) -> list[str]:
                 admin.create_topics(new)
             except TopicAlreadyExistsError:
                 pass
+            except BrokerResponseError as exc:  # the broker answered and refused: not an outage to wait out
+                names = ", ".join(t.name for t in new)
+                raise TopicsRefused(
+                    f"Kafka refused to create {names}: {type(exc).__name__}: {exc} (replication factor "
+                    f"{settings.topics.replication}: LISTINGS_TOPIC_REPLICATION must not exceed the brokers)"
+                ) from None
         return [t.name for t in new]
     finally:
         admin.close()
+
+
+def differences(settings: Settings) -> list[str]:
+    """How the design's existing topics differ from their specs, one line each: fewer partitions than configured
+    (less parallelism than the workers are scaled for: more is fine), or another `cleanup.policy` (a compacted
+    topic that deletes loses the latest result of items not re-classified within its retention)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from stream import connections
+
+    admin = KafkaAdminClient(**connections.kafka(settings.kafka, request_timeout_ms=10000))
+    try:
+        existing = set(admin.list_topics())
+        wanted = [t for t in specs(settings) if t.name in existing]
+        if not wanted:
+            return []
+        out = []
+        described = {d["name"]: d for d in admin.describe_topics([t.name for t in wanted])}
+        configs = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t.name) for t in wanted], config_filter="all"
+        )
+        for t in wanted:
+            have = len(described.get(t.name, {}).get("partitions") or [])
+            if have < t.partitions:
+                out.append(f"{t.name}: {have} partitions, configured {t.partitions} (LISTINGS_INPUT_PARTITIONS)")
+            actual = _topic_configs(configs, t.name)
+            for key, value in t.config.items():
+                if actual.get(key, value) != value:
+                    out.append(f"{t.name}: {key}={actual[key]}, the design needs {key}={value}")
+        return out
+    finally:
+        admin.close()
+
+
+def _topic_configs(described: Any, topic: str) -> dict[str, str]:
+    """{config name: value} of `topic` from KafkaAdminClient.describe_configs' answer
+    ({"topic": {name: {key: {"value": ...}}}})."""
+    entries = (described or {}).get("topic", {}).get(topic, {})
+    return {k: v.get("value") for k, v in entries.items() if isinstance(v, dict)}
 
 
 def read_all(settings: Settings, topic: str, timeout_s: float = 5.0) -> list:

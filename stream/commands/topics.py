@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from stream import topics
 from stream.config import Settings
@@ -24,6 +25,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     logs.setup("WARNING", quiet=True)
     preflight.one_shot(settings, redis=False)
-    created = topics.ensure(settings)
+    try:
+        created = topics.ensure(settings)
+    except topics.TopicsRefused as exc:
+        print(f"listings topics: {exc}", file=sys.stderr)
+        return 2
     print(f"created {', '.join(created)}" if created else "every topic exists")
-    return 0
+    differ = topics.differences(settings)
+    for line in differ:
+        print(f"listings topics: {line}", file=sys.stderr)
+    return 1 if differ else 0
