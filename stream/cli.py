@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import sys
 from importlib.metadata import entry_points
 from types import ModuleType
+from typing import Any
 
 from stream import config, errors
 
@@ -30,6 +32,39 @@ RUNTIME_COMMANDS = {
     "review-ui": "stream.review.app",
     "feedback": "stream.commands.feedback",
 }
+
+
+# argparse types of the commands' options: a bad value is a one-line usage error with exit status 2
+
+
+def _number(text: str, kind: type[int] | type[float], lo: float, hi: float, what: str) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return value
+
+
+def port(text: str) -> int:
+    """A TCP port to listen on: 1..65535."""
+    return _number(text, int, 1, 65535, "a port (1..65535)")
+
+
+def port_or_off(text: str) -> int:
+    """A TCP port, or 0: no listener."""
+    return _number(text, int, 0, 65535, "a port (1..65535, or 0 for none)")
+
+
+def count(text: str) -> int:
+    """A whole number, 0 or more."""
+    return _number(text, int, 0, math.inf, "a whole number, 0 or more")
+
+
+def seconds(text: str) -> float:
+    """A duration in seconds, 0 or more."""
+    return _number(text, float, 0, math.inf, "a number of seconds, 0 or more")
 
 
 def commands() -> dict[str, ModuleType]:

@@ -3,7 +3,7 @@
 One group per concern, each validated when it is read: Kafka (connection and security), the topics,
 Redis, Triton, the worker, the backfill. `load()` reads them all and turns any bad value into one
 `SettingsError` naming the variable and the value (the CLI prints it on one line and exits 2).
-Secrets (`*_PASSWORD`) are `SecretStr`: never printed, logged or shown in a repr.
+Secrets (`*_PASSWORD`, `LISTINGS_REVIEW_TOKEN`) are `SecretStr`: never printed, logged or shown in a repr.
 
 The defaults point at the embedded local stack (`listings stack up`, ports 19092 / 16379 / 18001);
 a production deployment sets the endpoints and credentials.
@@ -12,10 +12,12 @@ a production deployment sets the endpoints and credentials.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -41,8 +43,48 @@ def env_name(cls: type[BaseSettings], field: str) -> str:
     return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
 
 
+def host_port_problem(entry: str) -> str | None:
+    """Why `entry` is not `host:port` (port 1..65535), or None."""
+    if not entry.strip():
+        return "an empty entry"
+    host, sep, port = entry.strip().rpartition(":")
+    if not sep or not host or "/" in host:
+        return f"{entry.strip()!r} is not host:port"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"port of {entry.strip()!r} is not 1..65535"
+    return None
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why `url` is not a Redis URL redis-py can use (it raises only when the client is made), or None."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return None if parts.path else "a unix:// URL needs the socket's path"
+    try:
+        port = parts.port
+    except ValueError as exc:  # "Port could not be cast to integer value as 'abc'", "Port out of range 0-65535"
+        return str(exc)
+    if port == 0:
+        return "port 0: a port is 1..65535"
+    if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        return f"the database {parts.path.strip('/')!r} is not a number"
+    return None
+
+
+def _unset_if_empty(value: Any) -> Any:
+    """An empty variable (`LISTINGS_KAFKA_SSL_CAFILE=`) means unset, not the current folder."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _existing_file(path: Path | None) -> Path | None:
+    if path is not None and not path.is_file():
+        raise ValueError("no such file" if not path.exists() else "not a file")
+    return path
+
+
 class _Group(BaseSettings):
-    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+    # NaN and infinity are never a setting (NaN passes no bound; infinity would silently switch a limit off)
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
 
 class KafkaSettings(_Group):
@@ -50,7 +92,7 @@ class KafkaSettings(_Group):
 
     model_config = SettingsConfigDict(env_prefix="LISTINGS_KAFKA_", frozen=True, extra="ignore")
 
-    bootstrap: str = Field("127.0.0.1:19092", min_length=1, description="bootstrap servers, comma-separated")
+    bootstrap: str = Field("127.0.0.1:19092", min_length=1, description="bootstrap servers, host:port comma-separated")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
     sasl_username: str | None = None
@@ -61,6 +103,18 @@ class KafkaSettings(_Group):
     # a dead consumer's partitions move to another member after this long without heartbeats
     session_timeout_ms: int = Field(10_000, ge=1_000, le=300_000)
     heartbeat_interval_ms: int = Field(2_000, ge=100, le=100_000)
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _bootstrap(cls, value: str) -> str:
+        for entry in value.split(","):
+            problem = host_port_problem(entry)
+            if problem:
+                raise ValueError(problem)
+        return value
+
+    _empty_files = field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", mode="before")(_unset_if_empty)
+    _files = field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")(_existing_file)
 
     @model_validator(mode="after")
     def _check(self) -> KafkaSettings:
@@ -81,6 +135,9 @@ class KafkaSettings(_Group):
         return self.security_protocol in ("SSL", "SASL_SSL")
 
 
+TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")  # what Kafka accepts as a topic name
+
+
 class TopicSettings(_Group):
     model_config = SettingsConfigDict(env_prefix="LISTINGS_TOPIC_", frozen=True, extra="ignore")
 
@@ -94,6 +151,13 @@ class TopicSettings(_Group):
     partitions: int = Field(4, ge=1, le=10_000, validation_alias=AliasChoices("LISTINGS_INPUT_PARTITIONS"))
     replication: int = Field(1, ge=1, le=32, description="replication factor of topics `listings topics` creates")
 
+    @field_validator("input", "classified", "tag_updates", "review", "dlq", "feedback", "shadow")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        if not TOPIC_NAME.fullmatch(value) or value in (".", ".."):
+            raise ValueError("not a Kafka topic name (1 to 249 letters, digits, '.', '_' or '-')")
+        return value
+
 
 class RedisSettings(_Group):
     model_config = SettingsConfigDict(env_prefix="LISTINGS_REDIS_", frozen=True, extra="ignore")
@@ -102,8 +166,21 @@ class RedisSettings(_Group):
     username: str | None = Field(None, description="ACL user (overrides the URL's)")
     password: SecretStr | None = Field(None, description="password of the ACL user (overrides the URL's)")
     ca_file: Path | None = Field(None, description="CA bundle for a rediss:// (TLS) URL")
-    updates_stream: str = Field("listings:updates", validation_alias=AliasChoices("LISTINGS_UPDATES_STREAM"))
+    updates_stream: str = Field(
+        "listings:updates", min_length=1, validation_alias=AliasChoices("LISTINGS_UPDATES_STREAM")
+    )
     updates_maxlen: int = Field(100_000, ge=1, validation_alias=AliasChoices("LISTINGS_UPDATES_MAXLEN"))
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        problem = redis_url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    _empty_file = field_validator("ca_file", mode="before")(_unset_if_empty)
+    _file = field_validator("ca_file")(_existing_file)
 
 
 class TritonSettings(_Group):
@@ -111,7 +188,15 @@ class TritonSettings(_Group):
 
     url: str = Field("127.0.0.1:18001", min_length=1, description="gRPC endpoint host:port")
     timeout_s: float = Field(30.0, gt=0, le=3600)
-    model_name: str = Field("listing_classifier", validation_alias=AliasChoices("LISTINGS_MODEL_NAME"))
+    model_name: str = Field("listing_classifier", min_length=1, validation_alias=AliasChoices("LISTINGS_MODEL_NAME"))
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        problem = host_port_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class WorkerSettings(_Group):
@@ -119,7 +204,8 @@ class WorkerSettings(_Group):
 
     group_id: str = Field("listing-classifier", min_length=1)
     max_batch: int = Field(64, ge=1, le=4096)
-    max_wait_ms: int = Field(50, ge=0, le=60_000)
+    # at least 1: Faust's take(within=0) would wait for a full batch however long that takes
+    max_wait_ms: int = Field(50, ge=1, le=60_000)
     max_in_flight: int = Field(4, ge=1, le=256)
     # longest a Kafka fetch waits at the broker (Faust's fixed 1,500 ms stalls a worker that is behind; see
     # stream/events/fetching.py)
@@ -138,6 +224,8 @@ class WorkerSettings(_Group):
     timings_file: Path | None = None
     # OpenTelemetry spans per batch: none (default), console, or otlp (OTEL_EXPORTER_OTLP_* say where)
     otel_exporter: Literal["none", "console", "otlp"] = "none"
+
+    _empty_file = field_validator("timings_file", mode="before")(_unset_if_empty)
 
 
 class BackfillSettings(_Group):
@@ -172,15 +260,29 @@ class BackfillSettings(_Group):
         return live_model if self.model == "live" else self.model
 
 
+MIN_TOKEN = 8
+
+
 class ReviewSettings(_Group):
     """The review page (`listings review-ui`)."""
 
     model_config = SettingsConfigDict(env_prefix="LISTINGS_REVIEW_", frozen=True, extra="ignore")
 
-    host: str = "127.0.0.1"
+    # not empty: aiohttp binds an empty host on every interface
+    host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(8088, ge=1, le=65535)
-    token: SecretStr | None = Field(None, description="required when the page is bound beyond loopback")
+    # set but empty would switch authentication off; a short one is guessed
+    token: SecretStr | None = Field(
+        None, description="required when the page is bound beyond loopback (8 characters or more)"
+    )
     page_size: int = Field(200, ge=1, le=5000)
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_TOKEN:
+            raise ValueError(f"a token needs {MIN_TOKEN} characters or more (an empty one would switch it off)")
+        return value
 
 
 class Settings(BaseModel):
@@ -197,8 +299,9 @@ class Settings(BaseModel):
     review: ReviewSettings = Field(default_factory=ReviewSettings)
 
     def replace(self, **groups: dict[str, Any]) -> Settings:
-        """A copy with some fields of some groups changed: `s.replace(topics={"input": "x"})`."""
-        update = {name: getattr(self, name).model_copy(update=fields) for name, fields in groups.items()}
+        """A copy with some fields of some groups changed, validated like the environment's values:
+        `s.replace(topics={"input": "x"})`; raises `SettingsError` naming each bad value."""
+        update = {name: _changed(getattr(self, name), fields) for name, fields in groups.items()}
         return self.model_copy(update=update)
 
     def to_env(self) -> dict[str, str]:
@@ -218,10 +321,33 @@ class Settings(BaseModel):
         return env
 
 
+def _changed(group: _Group, fields: dict[str, Any]) -> _Group:
+    """`group` with `fields` changed, validated (`model_copy` would not: `metrics_port=70000` went through)."""
+    cls = type(group)
+    unknown = set(fields) - set(cls.model_fields)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field {', '.join(sorted(unknown))}")
+    values = {**{field: getattr(group, field) for field in cls.model_fields}, **fields}
+    try:  # by the names validation takes (a field's alias where it has one); the environment is not read again
+        return cls.model_validate({_input_name(cls, field): value for field, value in values.items()})
+    except ValidationError as exc:
+        raise SettingsError(describe_error(cls, exc)) from None
+
+
+def _input_name(cls: type[BaseSettings], field: str) -> str:
+    alias = cls.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return alias if isinstance(alias, str) else field
+
+
 GROUPS: dict[str, type[_Group]] = {
     name: info.default_factory  # type: ignore[misc]
     for name, info in Settings.model_fields.items()
 }
+
+
+SECRETS = ("PASSWORD", "TOKEN")  # variables whose value an error never shows
 
 
 def describe_error(group: type[BaseSettings], exc: ValidationError) -> str:
@@ -237,7 +363,7 @@ def describe_error(group: type[BaseSettings], exc: ValidationError) -> str:
             var = group.__name__
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         if loc and "input" in err and not isinstance(err["input"], dict):
-            shown = "<secret>" if "PASSWORD" in var else repr(err["input"])
+            shown = "<secret>" if any(secret in var for secret in SECRETS) else repr(err["input"])
             lines.append(f"{var}={shown}: {msg}")
         else:
             lines.append(msg if msg.startswith("LISTINGS_") else f"{var}: {msg}")

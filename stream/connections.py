@@ -6,15 +6,29 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from stream.config import KafkaSettings, RedisSettings
+from stream.config import KafkaSettings, RedisSettings, SettingsError
 
 
 def _ssl_context(k: KafkaSettings) -> ssl.SSLContext | None:
+    """TLS for Kafka; a CA bundle or client certificate that does not load is a bad setting (exit 2), not a
+    traceback (the settings checked the files exist; this reads them)."""
     if not k.uses_tls:
         return None
-    ctx = ssl.create_default_context(cafile=str(k.ssl_cafile) if k.ssl_cafile else None)
+    cafile = str(k.ssl_cafile) if k.ssl_cafile else None
+    try:
+        ctx = ssl.create_default_context(cafile=cafile)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        if cafile is None:
+            raise
+        raise SettingsError(f"LISTINGS_KAFKA_SSL_CAFILE='{cafile}': not a CA bundle ({exc})") from None
     if k.ssl_certfile:
-        ctx.load_cert_chain(str(k.ssl_certfile), str(k.ssl_keyfile) if k.ssl_keyfile else None)
+        try:
+            ctx.load_cert_chain(str(k.ssl_certfile), str(k.ssl_keyfile) if k.ssl_keyfile else None)
+        except (OSError, ValueError) as exc:
+            raise SettingsError(
+                f"LISTINGS_KAFKA_SSL_CERTFILE='{k.ssl_certfile}' / _SSL_KEYFILE='{k.ssl_keyfile}': "
+                f"not a certificate and its key ({exc})"
+            ) from None
     return ctx
 
 

@@ -45,8 +45,9 @@ async def check_kafka(k: KafkaSettings) -> None:
 
 
 async def check_redis(r: RedisSettings) -> None:
-    client = connections.redis_async(r, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
-    try:
+    client = None
+    try:  # making the client parses the URL: a bad one is reported like the rest, never a traceback
+        client = connections.redis_async(r, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
         await client.ping()
     except Exception as exc:  # noqa: BLE001 - classified below
         where = r.url.split("@")[-1]
@@ -55,7 +56,8 @@ async def check_redis(r: RedisSettings) -> None:
             raise CredentialsRefused("Redis", where, f"{type(exc).__name__}: {exc}"[:300], hint) from None
         raise errors.Unreachable("Redis", where, f"{type(exc).__name__}: {exc}"[:300]) from None
     finally:
-        await client.aclose()
+        if client is not None:
+            await client.aclose()
 
 
 ORDER = ("kafka", "redis")  # the order `check` tries them in
@@ -81,5 +83,9 @@ async def wait_ready(settings: Settings, on_retry: Callable[[str, BaseException]
         return isinstance(exc, errors.Unreachable) and not isinstance(exc, CredentialsRefused)
 
     await retry_forever(
-        "dependencies at start", lambda: check(settings), retryable=down, max_backoff=5.0, on_retry=on_retry
+        "dependencies at start",
+        lambda: check(settings),
+        retryable=down,
+        max_backoff=settings.worker.retry_max_backoff_s,
+        on_retry=on_retry,
     )

@@ -371,15 +371,24 @@ def plot(summary: dict, path: Path) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from stream.cli import count, port_or_off, seconds
+
     parser.add_argument("--candidate", help="the model version to shadow (Triton must serve it)")
     parser.add_argument("--report", action="store_true", help="summarize listings.shadow instead of scoring")
     parser.add_argument("--from-beginning", action="store_true", help="also score the input's retained history")
     parser.add_argument("--group", help="consumer group (default listings-shadow-<model>-v<candidate>)")
-    parser.add_argument("--max-events", type=int, default=0, help="stop after N events (default: run until stopped)")
-    parser.add_argument("--idle-timeout", type=float, default=0.0, help="stop after S seconds without events")
-    parser.add_argument("--duration", type=float, default=0.0, help="stop after S seconds in all")
     parser.add_argument(
-        "--metrics-port", type=int, default=None, help="Prometheus port (default LISTINGS_METRICS_PORT)"
+        "--max-events", type=count, default=0, help="stop after N events (default 0: run until stopped)"
+    )
+    parser.add_argument(
+        "--idle-timeout", type=seconds, default=0.0, help="stop after S seconds without events (0: never)"
+    )
+    parser.add_argument("--duration", type=seconds, default=0.0, help="stop after S seconds in all (0: never)")
+    parser.add_argument(
+        "--metrics-port",
+        type=port_or_off,
+        default=None,
+        help="Prometheus port (default LISTINGS_METRICS_PORT; 0: none)",
     )
     parser.add_argument("--out", type=Path, default=Path("shadow-report"), help="--report: folder for JSON and PNG")
 

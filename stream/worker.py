@@ -219,11 +219,19 @@ def make_app(settings: Settings) -> Any:
     return app
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from stream.cli import port_or_off
+
     parser.add_argument(
-        "--metrics-port", type=int, default=None, help="Prometheus port (default LISTINGS_METRICS_PORT)"
+        "--metrics-port",
+        type=port_or_off,
+        default=None,
+        help="Prometheus and health port (default LISTINGS_METRICS_PORT; 0: none)",
     )
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -298,7 +298,9 @@ def compose_env() -> dict[str, str]:
 
 
 @pytest.mark.parametrize("source", ["k8s/overlays/local", "k8s/overlays/production", "docker-compose.yml"])
-def test_the_configuration_is_accepted_by_the_runtime(source: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_configuration_is_accepted_by_the_runtime(
+    source: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """The ConfigMap (or compose environment), with the secrets filled in, loads without a settings error."""
     from stream import config
 
@@ -307,6 +309,11 @@ def test_the_configuration_is_accepted_by_the_runtime(source: str, monkeypatch: 
         monkeypatch.delenv(key)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    # the CA files must exist; in the pod they are mounted from the Secret (test_worker_deployment checks the mount)
+    for key in ("LISTINGS_KAFKA_SSL_CAFILE", "LISTINGS_REDIS_CA_FILE"):
+        if key in env:
+            (tmp_path / key).write_text("a CA bundle")
+            monkeypatch.setenv(key, str(tmp_path / key))
     if env.get("LISTINGS_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").startswith("SASL"):
         monkeypatch.setenv("LISTINGS_KAFKA_SASL_USERNAME", "user")
         monkeypatch.setenv("LISTINGS_KAFKA_SASL_PASSWORD", "secret")

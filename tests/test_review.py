@@ -229,12 +229,14 @@ def test_review_page_counts_dead_letters_refuses_cross_site_posts_and_needs_a_to
         proc.kill()
     out = listings_cli(s, "review-ui", "--host", "0.0.0.0")
     assert out.returncode == 2 and "LISTINGS_REVIEW_TOKEN" in out.stderr
-    proc = serve_review(s, port, tmp_path, LISTINGS_REVIEW_TOKEN="t0ken")
+    proc = serve_review(s, port, tmp_path, LISTINGS_REVIEW_TOKEN="t0ken-for-tests")
     try:
         with pytest.raises(urllib.error.HTTPError) as exc:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/queue", timeout=10)
         assert exc.value.code == 401
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/queue", headers={"X-Review-Token": "t0ken"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/queue", headers={"X-Review-Token": "t0ken-for-tests"}
+        )
         with urllib.request.urlopen(req, timeout=10) as resp:
             assert resp.status == 200
     finally:

@@ -41,7 +41,8 @@ STATIC = resources.files("stream.review").joinpath("static")
 
 
 def loopback(host: str) -> bool:
-    if host in ("localhost", ""):
+    """Whether binding `host` keeps the page on this machine (an empty host binds every interface: not)."""
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -267,8 +268,10 @@ HELP = "serve the review page: triage low-confidence results, publish decisions 
 
 
 def add_arguments(parser: Any) -> None:
+    from stream.cli import port
+
     parser.add_argument("--host", help="bind address (default LISTINGS_REVIEW_HOST, 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port (default LISTINGS_REVIEW_PORT, 8088)")
+    parser.add_argument("--port", type=port, help="port (default LISTINGS_REVIEW_PORT, 8088)")
 
 
 def run(args: Any, settings: Settings) -> int:
@@ -278,7 +281,7 @@ def run(args: Any, settings: Settings) -> int:
 
     review = settings.review
     host = args.host or review.host
-    port = args.port or review.port
+    port = args.port if args.port is not None else review.port
     if not loopback(host) and review.token is None:
         print(
             f"listings review-ui: binding {host} needs LISTINGS_REVIEW_TOKEN (a secret reviewers type in)",
