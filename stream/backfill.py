@@ -3,14 +3,16 @@
 It runs under a consumer group of its own (derived from its arguments, so a restart with the same
 arguments resumes from the offsets it committed), resolves start offsets from a timestamp
 (`offsets_for_times`), and stops by itself at the end offsets it saw when the run was first planned (the
-plan is kept in Redis under `backfill:plan:{group}`). Its Triton requests use the lower priority level and
-its outputs carry `source: backfill`; the Redis rule keeps it from overwriting newer results."""
+plan is kept in Redis under `backfill:plan:{group}`, with the topic, range and model version it was made for: a
+run whose arguments differ is refused rather than replaying another run's plan). Its Triton requests use the lower
+priority level and its outputs carry `source: backfill`; the Redis rule keeps it from overwriting newer results."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import hashlib
+import math
 import os
 import signal
 import sys
@@ -24,16 +26,22 @@ import orjson
 
 from stream import connections, keys
 from stream.config import Settings
+from stream.events.contract import MAX_EPOCH_MS
 from stream.pipeline.process import BatchStats
+from stream.timefmt import iso
 
 HELP = "replay a topic range through the pipeline under its own group"
 TIMELINE_S = 2.0  # the summary's timeline has one point this often
 
 
 def parse_time(text: str) -> int:
-    """An ISO-8601 time or epoch milliseconds, as epoch milliseconds."""
-    if text.isdigit():
-        return int(text)
+    """An ISO-8601 time or epoch milliseconds, as epoch milliseconds, from 1970 to 9999 (Kafka's timestamps; an
+    earlier time made kafka-python's offsets_for_times raise)."""
+    if text.isascii() and text.isdigit():
+        ms = int(text)
+        if ms > MAX_EPOCH_MS:
+            raise argparse.ArgumentTypeError(f"{text!r} is past the year 9999 as epoch milliseconds (µs or ns?)")
+        return ms
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -42,7 +50,24 @@ def parse_time(text: str) -> int:
         ) from None
     if dt.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{text!r}: give a timezone (e.g. Z) or epoch milliseconds")
-    return int(dt.timestamp() * 1000)
+    ms = math.floor(dt.timestamp() * 1000)
+    if ms < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is before 1970-01-01T00:00:00Z: Kafka holds no earlier time")
+    if ms > MAX_EPOCH_MS:
+        raise argparse.ArgumentTypeError(f"{text!r} is past the year 9999")
+    return ms
+
+
+def rate_arg(text: str) -> float:
+    """`--rate`: events/s, a finite number >= 0, 0 = unlimited (a negative one never admitted anything under the
+    governor and meant unlimited without it; `nan` passed a `< 0` check)."""
+    try:
+        rate = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(rate) or rate < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give events/s, a finite number >= 0 (0: unlimited)")
+    return rate
 
 
 @dataclass(frozen=True)
@@ -58,20 +83,60 @@ class BackfillOptions:
     progress: bool = True
     governor: bool | None = None  # None: LISTINGS_BACKFILL_GOVERNOR
 
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.rate) or self.rate < 0:
+            raise ValueError(f"backfill rate must be a finite number >= 0 (0: unlimited), got {self.rate}")
+
+
+@dataclass(frozen=True)
+class PlanFor:
+    """What a plan replays: the topic, the range (epoch ms; None: from the beginning / to the end then) and the
+    model version ("" = Triton's newest)."""
+
+    topic: str
+    since_ms: int | None
+    until_ms: int | None
+    model_version: str
+
+    def describe(self) -> str:
+        since = "--from-beginning" if self.since_ms is None else f"--since {iso(self.since_ms)}"
+        until = "" if self.until_ms is None else f" --until {iso(self.until_ms)}"
+        return f"topic {self.topic}, {since}{until}, model version {self.model_version or '(newest)'}"
+
+
+class PlanMismatch(Exception):
+    """The group's stored plan was made for other arguments: resuming it would replay another range."""
+
 
 @dataclass(frozen=True)
 class Plan:
     topic: str
     start: dict[int, int]  # partition -> first offset of the range
     end: dict[int, int]  # partition -> offset the run stops at (exclusive)
+    made_for: PlanFor | None = None  # None: a plan stored before this was recorded (only its topic is known)
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"topic": self.topic, "start": self.start, "end": self.end}, option=orjson.OPT_NON_STR_KEYS)
+        doc: dict[str, Any] = {"topic": self.topic, "start": self.start, "end": self.end}
+        if self.made_for is not None:
+            doc["made_for"] = {f.name: getattr(self.made_for, f.name) for f in fields(self.made_for)}
+        return orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
 
     @classmethod
     def from_json(cls, raw: bytes) -> Plan:
         d = orjson.loads(raw)
-        return cls(d["topic"], {int(k): v for k, v in d["start"].items()}, {int(k): v for k, v in d["end"].items()})
+        made_for = PlanFor(**d["made_for"]) if "made_for" in d else None
+        start = {int(k): v for k, v in d["start"].items()}
+        return cls(d["topic"], start, {int(k): v for k, v in d["end"].items()}, made_for)
+
+    def mismatch(self, wanted: PlanFor) -> str:
+        """How this plan differs from what a run asks for ("" = it is that run's plan)."""
+        if self.made_for is None:  # an older plan: its topic is all there is to check
+            if self.topic == wanted.topic:
+                return ""
+            return f"topic {self.topic}, not topic {wanted.topic}"
+        if self.made_for == wanted:
+            return ""
+        return f"{self.made_for.describe()}; this run asks for {wanted.describe()}"
 
 
 @dataclass
@@ -86,6 +151,7 @@ class Summary(BatchStats):
     stopped_by: str = ""  # the signal that stopped the run before its planned end ("" = it reached the end)
     # every TIMELINE_S: seconds since start, events done, and the governor's rate / live latency / yielding
     timeline: list[dict[str, Any]] = field(default_factory=list)
+    already_complete: bool = False  # the group's plan was done already (an earlier run processed all of it)
 
     def to_json(self) -> bytes:
         # not dataclasses.asdict: it rebuilds the `statuses` Counter from (key, value) pairs, counting the pairs
@@ -183,9 +249,25 @@ def default_group(options: BackfillOptions, topic: str) -> str:
     return f"listings-backfill-{hashlib.sha256(ident.encode()).hexdigest()[:10]}"
 
 
-def make_plan(consumer: Any, topic: str, since_ms: int | None, until_ms: int | None) -> Plan:
+def stored_plan(raw: bytes | None, group: str, wanted: PlanFor) -> Plan | None:
+    """The group's plan from Redis (None: there is none yet). PlanMismatch when it was made for other arguments
+    (reused, it replayed the old range, at the old topic's offsets)."""
+    if raw is None:
+        return None
+    plan = Plan.from_json(raw)
+    why = plan.mismatch(wanted)
+    if why:
+        raise PlanMismatch(
+            f"group {group} holds the plan of another run ({why}): give another --group, or leave --group out "
+            "(each topic, range and model version gets a group of its own)"
+        )
+    return plan
+
+
+def make_plan(consumer: Any, wanted: PlanFor) -> Plan:
     from kafka import TopicPartition
 
+    topic, since_ms, until_ms = wanted.topic, wanted.since_ms, wanted.until_ms
     parts = sorted(consumer.partitions_for_topic(topic) or [])
     if not parts:
         raise SystemExit(f"backfill: topic {topic!r} does not exist or has no partitions")
@@ -202,7 +284,42 @@ def make_plan(consumer: Any, topic: str, since_ms: int | None, until_ms: int | N
     start = at(since_ms, begin)
     stop = at(until_ms, end)
     stop = {p: min(stop[p], end[TopicPartition(topic, p)]) for p in stop}
-    return Plan(topic, start, {p: max(stop[p], start[p]) for p in stop})
+    return Plan(topic, start, {p: max(stop[p], start[p]) for p in stop}, wanted)
+
+
+class OffsetProgress:
+    """The progress bar in offsets, the unit of its total (the plan's end - start): each committed batch advances
+    its partitions to their committed offsets (on a compacted topic a batch spans more offsets than records), and a
+    partition whose records are all fetched and done is advanced to its planned end (the offsets compacted away
+    after its last record)."""
+
+    def __init__(self, bar: Any, position: dict[Any, int], end: dict[Any, int]) -> None:
+        self.bar = bar
+        self.end = dict(end)
+        self.done = dict(position)  # partition -> offsets up to here are done
+        self.fetched = dict(position)  # partition -> offsets up to here were fetched
+        self.finished: set[Any] = set()  # every record of the partition's plan was fetched
+
+    def fetch(self, tp: Any, offset: int) -> None:
+        """Records up to `offset` (exclusive) of `tp` were fetched."""
+        self.fetched[tp] = max(self.fetched[tp], offset)
+
+    def finish(self, tp: Any) -> None:
+        """Every record of `tp` before its planned end was fetched."""
+        self.finished.add(tp)
+        self._advance(tp, self.done[tp])
+
+    def commit(self, offsets: dict[Any, int]) -> None:
+        """A batch finished: its partitions are done up to `offsets`."""
+        for tp, offset in offsets.items():
+            self._advance(tp, offset)
+
+    def _advance(self, tp: Any, offset: int) -> None:
+        if tp in self.finished and offset >= self.fetched[tp]:
+            offset = max(offset, self.end[tp])
+        if offset > self.done[tp]:
+            self.bar.update(offset - self.done[tp])
+            self.done[tp] = offset
 
 
 async def backfill(settings: Settings, options: BackfillOptions, stop: Stop | None = None) -> Summary:
@@ -225,6 +342,7 @@ async def backfill(settings: Settings, options: BackfillOptions, stop: Stop | No
     batch_size = settings.backfill.max_batch
     started = time.monotonic()
     summary = Summary(group=group, topic=topic)
+    wanted = PlanFor(topic, options.since_ms, options.until_ms, options.model_version)
 
     kafka_thread = ThreadPoolExecutor(1, thread_name_prefix="backfill-consumer")  # kafka-python is not thread-safe
     loop = asyncio.get_running_loop()
@@ -232,22 +350,21 @@ async def backfill(settings: Settings, options: BackfillOptions, stop: Stop | No
     def on_consumer(fn: Any, *a: Any, **kw: Any) -> Any:
         return loop.run_in_executor(kafka_thread, lambda: fn(*a, **kw))
 
-    consumer = KafkaConsumer(
-        **connections.kafka(settings.kafka),
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        key_deserializer=None,
-        value_deserializer=None,
-        max_poll_records=batch_size,
-    )
     r = connections.redis_sync(settings.redis)
     try:
-        raw_plan = r.get(keys.backfill_plan(group))
-        if raw_plan is not None:
-            plan = Plan.from_json(raw_plan)
-        else:
-            plan = await on_consumer(make_plan, consumer, topic, options.since_ms, options.until_ms)
+        plan = stored_plan(r.get(keys.backfill_plan(group)), group, wanted)  # a mismatch: before Kafka is touched
+        reused = plan is not None
+        consumer = KafkaConsumer(
+            **connections.kafka(settings.kafka),
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            key_deserializer=None,
+            value_deserializer=None,
+            max_poll_records=batch_size,
+        )
+        if plan is None:
+            plan = await on_consumer(make_plan, consumer, wanted)
             r.set(keys.backfill_plan(group), plan.to_json())
     finally:
         r.close()
@@ -262,15 +379,21 @@ async def backfill(settings: Settings, options: BackfillOptions, stop: Stop | No
     consumer.assign([tp for tp in tps if position[tp] < plan.end[tp.partition]])
     for tp in consumer.assignment():
         consumer.seek(tp, position[tp])
+    summary.already_complete = reused and not consumer.assignment()
     total = sum(plan.end[tp.partition] - plan.start[tp.partition] for tp in tps)
-    done_before = sum(position[tp] - plan.start[tp.partition] for tp in tps)
+    done_before = sum(min(position[tp], plan.end[tp.partition]) - plan.start[tp.partition] for tp in tps)
     bar = tqdm(
         total=total,
         initial=done_before,
-        unit="ev",
+        unit="offset",
         desc=f"backfill {topic}",
         disable=not options.progress,
         smoothing=0.1,
+    )
+    progress = OffsetProgress(
+        bar,
+        {tp: min(position[tp], plan.end[tp.partition]) for tp in tps},
+        {tp: plan.end[tp.partition] for tp in tps},
     )
 
     pipeline = Pipeline.from_settings(
@@ -294,7 +417,7 @@ async def backfill(settings: Settings, options: BackfillOptions, stop: Stop | No
             retryable=kafka_retriable,
             on_retry=health.on_retry("kafka"),
         )
-        bar.update(stats.events)
+        progress.commit(offsets)
         completed += stats.events
 
     conveyor = Conveyor(pipeline, settings.backfill.max_in_flight, done)
@@ -351,10 +474,12 @@ async def backfill(settings: Settings, options: BackfillOptions, stop: Stop | No
                         InRecord(m.topic, m.partition, m.offset, m.key, m.value, kafka_time_ms(m.timestamp), polled_ms)
                     )
                     offsets[tp] = m.offset + 1
+                    progress.fetch(tp, m.offset + 1)
             for tp in list(remaining):  # past the planned end: this partition is done
                 if await on_consumer(consumer.position, tp) >= plan.end[tp.partition]:
                     remaining.discard(tp)
                     await on_consumer(consumer.pause, tp)
+                    progress.finish(tp)
             if not batch:
                 continue
             # a batch fetched but not admitted before a stop is not processed: its offsets stay uncommitted
@@ -397,7 +522,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Triton model version to use (default: the live one, see `listings models`)",
     )
-    parser.add_argument("--rate", type=float, default=0.0, help="max events/s (0 = unlimited)")
+    parser.add_argument("--rate", type=rate_arg, default=0.0, help="max events/s (0 = unlimited)")
     parser.add_argument(
         "--governor",
         action=argparse.BooleanOptionalAction,
@@ -471,8 +596,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except asyncio.CancelledError:  # a second signal: stopped without finishing what was in flight
         print("backfill: stopped at once; a rerun with the same arguments redoes what was in flight", file=sys.stderr)
         return exit_code(stop.signal)
+    except PlanMismatch as exc:
+        print(f"listings backfill: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(summary.to_json().decode())
+    elif summary.already_complete:
+        print(
+            f"backfill {summary.topic} (group {summary.group}): already complete, an earlier run processed its whole "
+            "range; nothing done (to replay it again, give another --group)",
+            file=sys.stdout,
+        )
     else:
         print(
             f"backfill {summary.topic} (group {summary.group}): {summary.events} events, "

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -76,6 +77,8 @@ class Governor:
     _admitted: deque[tuple[float, int]] = field(init=False, default_factory=deque)  # (when, events) in the window
 
     def __post_init__(self) -> None:
+        if not math.isfinite(self.max_rate) or self.max_rate < 0:  # a negative ceiling never admitted anything
+            raise ValueError(f"the governor's ceiling must be a finite rate >= 0 (0: none), got {self.max_rate}")
         self.rate = self.start_rate if not self.max_rate else min(self.start_rate, self.max_rate)
 
     async def live_latency(self) -> float | None:

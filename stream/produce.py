@@ -4,8 +4,12 @@ Input files:
 * JSONL (`.jsonl`, `.ndjson`, `.json`): one listing object per line, sent as it is.
 * CSV: one listing per row. Columns become fields by name; `--map FIELD=COLUMN` takes a field from another
   column (e.g. `--map item_id=uniq_id --map title=product_name`); after mapping, `item_id` and `title` must
-  exist. `price` becomes a number, and `listing_version`, `schema_version` and `listed_at` integers when they
-  are digits; empty cells are left out.
+  exist, and every row must give both (a row without them, or with fewer fields than the header — a line break
+  left unquoted in a value splits its row in two short ones — is refused, naming its line). `price` becomes a
+  number; `listing_version` and `schema_version` must be whole numbers in ASCII digits (else the row is refused),
+  and `listed_at` becomes one when it is (else its text, e.g. ISO-8601, is kept); empty cells are left out.
+
+A file that cannot be read (missing, not UTF-8, a damaged gzip, a bad row) is refused before Kafka is contacted.
 
 Each event is keyed by its `item_id`, produced with acks=all and idempotence, batched (linger); the summary
 counts only broker-acknowledged sends, and the command exits non-zero when any send failed.
@@ -15,11 +19,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import json
 import math
+import re
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,11 +35,21 @@ import orjson
 
 from stream import connections, logs
 from stream.config import Settings
-from stream.files import JSONL_SUFFIXES, csv_dict_reader, data_suffix, jsonl_objects, open_text
+from stream.events.contract import MAX_SAFE_INT
+from stream.files import (
+    JSONL_SUFFIXES,
+    csv_dict_reader,
+    data_suffix,
+    first_non_utf8_line,
+    jsonl_objects,
+    open_text,
+)
 
 FLUSH_TIMEOUT_S = 120.0
 MAX_ERROR_SAMPLES = 5
-INT_FIELDS = ("listing_version", "schema_version", "listed_at")
+VERSION_FIELDS = {"listing_version": 0, "schema_version": 1}  # integer fields of the contract, and their minimum
+REQUIRED_FIELDS = ("item_id", "title")
+ASCII_INT = re.compile(r"[0-9]+")
 
 HELP = "send listings from a JSONL/CSV file to listings.new"
 
@@ -48,8 +65,18 @@ def _price(text: str | None) -> float | None:
     return p if p is not None and math.isfinite(p) and p >= 0 else None
 
 
+def _whole_number(column: str, text: str, minimum: int) -> int:
+    """A CSV cell that must be an integer of the contract: ASCII digits, `minimum`..2^53-1 (`str.isdigit` took "²",
+    which int() refuses, and Arabic-Indic digits, which it reads)."""
+    value = text.strip()
+    if not ASCII_INT.fullmatch(value) or not minimum <= int(value) <= MAX_SAFE_INT:
+        raise ValueError(f"column {column!r}: {text!r} is not a whole number from {minimum} to 2^53-1")
+    return int(value)
+
+
 def csv_listing(row: Mapping[str | None, str | None], mapping: Mapping[str, str]) -> dict[str, Any]:
-    """One CSV row as a listing object: mapped fields first, then every other non-empty column by name."""
+    """One CSV row as a listing object: mapped fields first, then every other non-empty column by name.
+    ValueError naming the column for a `listing_version`/`schema_version` that is not a whole number."""
     taken = set(mapping.values())
     out: dict[str, Any] = {k: v for k, v in row.items() if k is not None and k not in taken and v not in (None, "")}
     for field, column in mapping.items():
@@ -58,32 +85,74 @@ def csv_listing(row: Mapping[str | None, str | None], mapping: Mapping[str, str]
             out[field] = value
     if "price" in out:
         out["price"] = _price(out["price"])
-    for name in INT_FIELDS:
-        if name in out and str(out[name]).isdigit():
-            out[name] = int(out[name])
+    for name, minimum in VERSION_FIELDS.items():
+        if name in out:
+            out[name] = _whole_number(mapping.get(name, name), out[name], minimum)
+    listed_at = out.get("listed_at")
+    if isinstance(listed_at, str) and ASCII_INT.fullmatch(listed_at.strip()):
+        out["listed_at"] = int(listed_at)  # epoch ms; any other text (ISO-8601) is sent as it is
     return out
+
+
+def _row_problem(row: Mapping[str | None, str | None], listing: Mapping[str, Any], mapping: Mapping[str, str]) -> str:
+    """Why a CSV row cannot be sent ("" when it can): fewer fields than the header (a line break left unquoted in a
+    value splits its row in two short ones, each sent garbled), or no item_id or title."""
+    cells = [v for k, v in row.items() if k is not None]
+    given = sum(v is not None for v in cells)  # the reader fills the cells a short row lacks with None
+    if given < len(cells):
+        return f"{given} fields, the header {len(cells)}: a value with an unquoted line break in it? Quote such values"
+    for field in REQUIRED_FIELDS:
+        value = listing.get(field)
+        if value is None or not str(value).strip():
+            return f"no {field} (column {mapping.get(field, field)!r} is empty)"
+    return ""
 
 
 def read_listings(
     path: str | Path, limit: int | None = None, mapping: Mapping[str, str] | None = None
 ) -> Iterator[dict[str, Any]]:
-    """Listing objects from a JSONL or CSV file, at most `limit` of them. Raises ValueError on a bad file."""
+    """Listing objects from a JSONL or CSV file, at most `limit` of them. Raises ValueError naming the file (and
+    the line, where one is at fault) on a bad file; OSError when it cannot be opened."""
     path = Path(path)
-    mapping = dict(mapping or {})
     if limit is not None and limit <= 0:
         return
-    n = 0
-    if data_suffix(path) in JSONL_SUFFIXES:
-        for _, obj in jsonl_objects(path):
-            yield obj
-            n += 1
-            if limit is not None and n >= limit:
-                return
-        return
     try:
-        yield from _csv_listings(path, limit, mapping)
+        yield from _listings(path, limit, dict(mapping or {}))
+    except UnicodeDecodeError as exc:
+        raise ValueError(_not_decodable(path, exc)) from None
     except csv.Error as exc:  # a row the header does not fit, a quote left open, a column named twice
         raise ValueError(f"{path}: not a readable CSV ({exc})") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:  # a truncated or corrupt .gz
+        raise ValueError(f"{path}: not a readable gzip file ({exc})") from None
+
+
+def _listings(path: Path, limit: int | None, mapping: dict[str, str]) -> Iterator[dict[str, Any]]:
+    if data_suffix(path) not in JSONL_SUFFIXES:
+        yield from _csv_listings(path, limit, mapping)
+        return
+    n = 0
+    for _, obj in jsonl_objects(path):
+        yield obj
+        n += 1
+        if limit is not None and n >= limit:
+            return
+
+
+def _not_decodable(path: Path, exc: UnicodeDecodeError) -> str:
+    """The file's first byte its encoding does not allow, by line and column (UTF-8; UTF-16 by its reason)."""
+    if exc.encoding.lower().startswith("utf-16"):
+        return f"{path}: not valid UTF-16 ({exc.reason})"
+    try:
+        where = first_non_utf8_line(path)
+    except (OSError, EOFError, zlib.error):
+        where = None
+    if where is None:
+        return f"{path}: not UTF-8 ({exc.reason})"
+    line, column, byte = where
+    return (
+        f"{path}, line {line}, column {column}: not UTF-8 (byte 0x{byte:02x}); convert the file first, "
+        "e.g. iconv -f cp1252 -t utf-8"
+    )
 
 
 def _csv_listings(path: Path, limit: int | None, mapping: dict[str, str]) -> Iterator[dict[str, Any]]:
@@ -95,13 +164,20 @@ def _csv_listings(path: Path, limit: int | None, mapping: dict[str, str]) -> Ite
         if missing:
             raise ValueError(f"{path}: no column {missing[0]!r} (columns: {', '.join(columns[:12])})")
         have = (set(columns) - set(mapping.values())) | set(mapping)
-        if not {"item_id", "title"} <= have:
+        if not set(REQUIRED_FIELDS) <= have:
             raise ValueError(
                 f"{path}: needs item_id and title columns, or --map item_id=COLUMN --map title=COLUMN "
                 f"(columns: {', '.join(columns[:12])})"
             )
         for row in reader:
-            yield csv_listing(row, mapping)
+            try:
+                listing = csv_listing(row, mapping)
+            except ValueError as exc:
+                raise ValueError(f"{path}, line {reader.line_num}: {exc}") from None
+            problem = _row_problem(row, listing, mapping)
+            if problem:
+                raise ValueError(f"{path}, line {reader.line_num}: {problem}")
+            yield listing
             n += 1
             if limit is not None and n >= limit:
                 return
@@ -283,9 +359,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="CSV: take FIELD from COLUMN (repeatable), e.g. --map item_id=uniq_id --map title=product_name",
     )
     parser.add_argument("--limit", type=int, default=None, help="send at most N listings")
-    parser.add_argument("--rate", type=float, default=0.0, help="events per second (0: as fast as possible)")
+    parser.add_argument("--rate", type=rate_arg, default=0.0, help="events per second (0: as fast as possible)")
     parser.add_argument("--topic", default=None, help="target topic (default: LISTINGS_TOPIC_INPUT)")
-    parser.add_argument("--listing-version", type=int, default=None, help="set listing_version on every event")
+    parser.add_argument(
+        "--listing-version",
+        type=listing_version_arg,
+        default=None,
+        help="set listing_version on every event (0 to 2^53-1)",
+    )
     parser.add_argument(
         "--stamp",
         action=argparse.BooleanOptionalAction,
@@ -294,6 +375,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def rate_arg(text: str) -> float:
+    """`--rate`: events/s, a finite number >= 0 (`nan` passed a `< 0` check and was no rate at all)."""
+    try:
+        rate = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(rate) or rate < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give events/s, a finite number >= 0 (0: as fast as possible)")
+    return rate
+
+
+def listing_version_arg(text: str) -> int:
+    """`--listing-version`: what the contract accepts, 0..2^53-1 (outside it every event was dead-lettered)."""
+    value = text.strip()
+    if not re.fullmatch(r"-?[0-9]+", value) or not 0 <= int(value) <= MAX_SAFE_INT:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number from 0 to 2^53-1 ({MAX_SAFE_INT})")
+    return int(value)
 
 
 def parse_map(pairs: Iterable[str]) -> dict[str, str]:
@@ -311,15 +411,15 @@ def run(args: argparse.Namespace, s: Settings) -> int:
 
     from stream import preflight
 
-    if args.rate < 0 or (args.limit is not None and args.limit < 0):
-        print("listings produce: --rate and --limit must be >= 0", file=sys.stderr)
+    if args.limit is not None and args.limit < 0:
+        print("listings produce: --limit must be >= 0", file=sys.stderr)
         return 2
     try:
         mapping = parse_map(args.map)
     except ValueError as exc:
         print(f"listings produce: {exc}", file=sys.stderr)
         return 2
-    preflight.one_shot(s, redis=False)
+    # the file first: a file that cannot be sent is the thing to fix, whatever the state of Kafka
     try:
         listings = list(read_listings(args.file, args.limit, mapping))
     except (OSError, ValueError, csv.Error) as exc:
@@ -329,6 +429,7 @@ def run(args: argparse.Namespace, s: Settings) -> int:
             why = str(exc) if str(args.file) in str(exc) else f"{args.file}: {exc}"
         print(f"listings produce: cannot read {why}", file=sys.stderr)
         return 2
+    preflight.one_shot(s, redis=False)
     try:
         summary = produce_listings(
             s,

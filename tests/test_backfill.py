@@ -14,7 +14,7 @@ import pytest
 
 from devtools.workers import WorkerProcess, isolated, produce_raw, wait_group_stable
 from stream import connections, keys
-from stream.backfill import BackfillOptions, backfill, default_group
+from stream.backfill import BackfillOptions, PlanMismatch, backfill, default_group
 from stream.config import Settings
 from support import (
     TITLES,
@@ -77,9 +77,19 @@ def test_since_resolves_start_by_time_and_live_group_is_untouched(stack, tmp_pat
     assert {h["source"] for h in redis_items(s, [f"old-{i}" for i in range(20)]).values()} == {"live"}
     out = [orjson.loads(m.value) for m in read_topic(s, s.topics.classified)]
     assert {o["item_id"] for o in out if o["source"] == "backfill"} == {f"new-{i}" for i in range(15)}
-    # a second run with the same arguments resumes at the end: nothing left to do
+    # a second run with the same arguments resumes at the end: nothing left to do, and it says so
     again = _run(s, since_ms=since)
-    assert again.events == 0 and again.resumed_from_committed
+    assert again.events == 0 and again.resumed_from_committed and again.already_complete
+    env = {**os.environ, **s.to_env()}
+    cmd = [sys.executable, "-m", "stream", "backfill"]
+    out = subprocess.run([*cmd, "--since", str(since)], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "already complete" in out.stdout, out.stdout + out.stderr[-2000:]
+    # the group's plan is not replayed for another range or topic (it was, at the old topic's offsets)
+    with pytest.raises(PlanMismatch, match="give another --group"):
+        _run(s, since_ms=since, group=summary.group, topic=s.topics.classified)
+    other = [*cmd, "--since", str(since - 60_000), "--group", summary.group]
+    out = subprocess.run(other, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and f"group {summary.group} holds the plan of another run" in out.stderr, out.stderr
 
 
 def test_stops_at_the_end_offsets_seen_at_start(stack) -> None:

@@ -485,6 +485,104 @@ def test_backfill_time_arguments_are_checked_before_anything_runs(capsys) -> Non
     # an empty range is a mistake, not a finished run (it printed "0 events" and exited 0); nothing is contacted
     assert backfill.run(args, Settings().replace(kafka={"bootstrap": "127.0.0.1:1"})) == 2
     assert "--until is not after --since" in capsys.readouterr().err
+    # Kafka holds no time before 1970 (kafka-python's offsets_for_times raised ValueError: a traceback)
+    assert backfill.parse_time("0") == 0 and backfill.parse_time("1970-01-01T00:00:00Z") == 0
+    for bad, why in [
+        ("1969-12-31T23:59:59Z", "before 1970"),
+        ("1970-01-01T00:00:00+01:00", "before 1970"),
+        ("99999999999999999999", "past the year 9999"),  # nanoseconds, not ms
+        ("9999-12-31T23:59:59-05:00", "past the year 9999"),
+        ("\u00b2", "not a time"),
+    ]:
+        with pytest.raises(argparse.ArgumentTypeError, match=why):
+            backfill.parse_time(bad)
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["--since", "1969-12-31T23:59:59Z"])
+    assert exited.value.code == 2
+
+
+def test_backfill_rate_must_be_finite_and_not_negative(capsys) -> None:
+    """A negative --rate never admitted anything under the governor (the run hung for ever) and meant unlimited
+    without it; nan passed a `< 0` check. 0 stays "unlimited"."""
+    import argparse
+
+    from stream import backfill
+    from stream.governor import Governor
+
+    parser = argparse.ArgumentParser()
+    backfill.add_arguments(parser)
+    for value in ("-5", "nan", "inf", "-inf", "fast"):
+        with pytest.raises(SystemExit) as exited:
+            parser.parse_args(["--from-beginning", "--rate", value])
+        assert exited.value.code == 2 and "--rate" in capsys.readouterr().err
+    assert parser.parse_args(["--from-beginning", "--rate", "0"]).rate == 0.0
+    assert parser.parse_args(["--from-beginning", "--rate", "12.5"]).rate == 12.5
+    for rate in (-5.0, float("nan")):
+        with pytest.raises(ValueError):
+            backfill.BackfillOptions(rate=rate)
+        with pytest.raises(ValueError):
+            Governor(redis=None, stream="s", target_ms=0, max_rate=rate)
+    assert Governor(redis=None, stream="s", target_ms=0, max_rate=0).rate == 50.0  # no ceiling
+
+
+def test_backfill_refuses_a_stored_plan_made_for_other_arguments() -> None:
+    """`--group g` reused with another range or topic replayed the old plan (with another topic: at the old
+    topic's offsets); the group's plan now records what it was made for, and a mismatch is refused."""
+    from stream.backfill import Plan, PlanFor, PlanMismatch, stored_plan
+
+    made_for = PlanFor("listings.new", 1_764_547_200_000, None, "2")
+    plan = Plan("listings.new", {0: 5, 1: 7}, {0: 9, 1: 7}, made_for)
+    raw = plan.to_json()
+    assert Plan.from_json(raw) == plan and stored_plan(raw, "g", made_for) == plan
+    assert stored_plan(None, "g", made_for) is None
+    others = {
+        "topic": PlanFor("catalogue.snapshot", 1_764_547_200_000, None, "2"),
+        "since": PlanFor("listings.new", 1_764_547_200_001, None, "2"),
+        "from the beginning": PlanFor("listings.new", None, None, "2"),
+        "until": PlanFor("listings.new", 1_764_547_200_000, 1_764_633_600_000, "2"),
+        "model version": PlanFor("listings.new", 1_764_547_200_000, None, "3"),
+    }
+    for what, other in others.items():
+        with pytest.raises(PlanMismatch, match="give another --group") as caught:
+            stored_plan(raw, "g", other)
+        message = str(caught.value)
+        assert "group g" in message and "2025-12-01T00:00:00.000Z" in message and "\n" not in message, what
+    # a plan stored before the arguments were recorded: its topic is all that can be checked
+    legacy = orjson.dumps({"topic": "listings.new", "start": {"0": 5}, "end": {"0": 9}})
+    assert stored_plan(legacy, "g", others["since"]) == Plan("listings.new", {0: 5}, {0: 9})
+    with pytest.raises(PlanMismatch, match=r"topic listings\.new, not topic catalogue\.snapshot"):
+        stored_plan(legacy, "g", others["topic"])
+
+
+def test_backfill_progress_counts_offsets_like_its_total() -> None:
+    """The bar's total is the plan's offsets; it was advanced by records, so on a compacted topic (offsets with no
+    record left) a finished run ended below 100%."""
+    from stream.backfill import OffsetProgress
+
+    class Bar:
+        n = 0
+
+        def update(self, k: int) -> None:
+            self.n += k
+
+    bar = Bar()
+    # partition a: offsets 10..30 planned, records left at 12, 15, 20 (compacted); b: resumed at its end already
+    progress = OffsetProgress(bar, {"a": 10, "b": 40}, {"a": 30, "b": 40})
+    for offset in (12, 15):
+        progress.fetch("a", offset + 1)
+    progress.commit({"a": 16})
+    assert bar.n == 6  # 10..15: the offsets the batch covered, compacted ones included
+    progress.fetch("a", 21)
+    progress.finish("a")  # every record before the end fetched; 16..20 still in flight
+    assert bar.n == 6
+    progress.commit({"a": 21})
+    assert bar.n == 20  # done: the offsets after the last record count too
+    progress.commit({"a": 21})
+    assert bar.n == 20
+    # a partition whose remaining offsets hold no record at all: finished as soon as it is seen past its end
+    other = OffsetProgress(bar := Bar(), {"c": 3}, {"c": 8})
+    other.finish("c")
+    assert bar.n == 5
 
 
 def test_redis_replies_that_mean_an_outage_are_retried_inside_a_pipeline_too() -> None:

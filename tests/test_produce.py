@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,92 @@ def test_read_jsonl_and_bad_files(tmp_path: Path) -> None:
         list(read_listings(tmp_path / "bad.csv"))
     with pytest.raises(ValueError, match="no column 'nope'"):
         list(read_listings(tmp_path / "bad.csv", mapping={"item_id": "foo", "title": "nope"}))
+
+
+def _run_produce(path: Path, *options: str) -> int:
+    """`listings produce --file PATH` with Kafka unreachable: a file problem must be reported before Kafka's."""
+    import argparse
+
+    from stream import produce
+    from stream.config import Settings
+
+    parser = argparse.ArgumentParser()
+    produce.add_arguments(parser)
+    args = parser.parse_args(["--file", str(path), "--no-progress", *options])
+    return produce.run(args, Settings().replace(kafka={"bootstrap": "127.0.0.1:1"}))
+
+
+def test_a_file_that_cannot_be_sent_is_refused_before_kafka_is_contacted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    whole = gzip.compress(b'{"item_id": "a", "title": "A"}\n' * 500)
+    corrupt = bytearray(whole)
+    corrupt[10] = 0xFF  # the first deflate block's header: a reserved block type
+    files: dict[str, tuple[bytes | None, str]] = {
+        "missing.csv": (None, "No such file"),
+        "truncated.jsonl.gz": (whole[:-30], "not a readable gzip file"),
+        "corrupt.jsonl.gz": (bytes(corrupt), "not a readable gzip file"),
+        "truncated.csv.gz": (gzip.compress(b"item_id,title\n" + b"a,Mug\n" * 500)[:-30], "not a readable gzip file"),
+        "latin1.csv": ("item_id,title\na,Mug\nb,Caf\u00e9 au lait\n".encode("latin-1"), "line 3, column 6: not UTF-8"),
+        # a line break left unquoted in a title: two short rows, each sent garbled before
+        "split.csv": (b"item_id,title,brand\n1,Red\nshoe,Acme\n", "line 2: 2 fields, the header 3"),
+        "no_title.csv": (b"item_id,title\na,Mug\nb,\n", "line 3: no title (column 'title' is empty)"),
+        "blank_id.csv": (b"item_id,title\n  ,Mug\n", "line 2: no item_id"),
+        "superscript.csv": (
+            "item_id,title,listing_version\na,Mug,\u00b2\n".encode(),
+            "line 2: column 'listing_version'",
+        ),
+        "arabic.csv": ("item_id,title,listing_version\na,Mug,\u0661\u0662\n".encode(), "column 'listing_version'"),
+    }
+    for name, (data, why) in files.items():
+        path = tmp_path / name
+        if data is not None:
+            path.write_bytes(data)
+        assert _run_produce(path) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(path) in err and why in err, (name, err)
+        assert "Kafka" not in err, name
+
+
+def test_csv_rows_must_give_item_id_title_and_whole_versions(tmp_path: Path) -> None:
+    (tmp_path / "ok.csv").write_text(
+        "id,name,listing_version,schema_version,listed_at\na,Mug, 3 ,1,1704067200000\nb,Cup,0,,2024-01-01T00:00:00Z\n"
+    )
+    assert list(read_listings(tmp_path / "ok.csv", mapping={"item_id": "id", "title": "name"})) == [
+        {"item_id": "a", "title": "Mug", "listing_version": 3, "schema_version": 1, "listed_at": 1_704_067_200_000},
+        {"item_id": "b", "title": "Cup", "listing_version": 0, "listed_at": "2024-01-01T00:00:00Z"},  # ISO kept
+    ]
+    bad = {
+        "a,Mug,-1,1": "column 'v': '-1' is not a whole number from 0 to 2^53-1",  # the mapped column is named
+        "a,Mug,9007199254740992,1": "column 'v'",
+        "a,Mug,1,0": "column 'schema_version': '0' is not a whole number from 1",
+        "a,Mug,1.0,1": "column 'v'",
+        ",Mug,1,1": "line 2: no item_id (column 'id' is empty)",
+    }
+    for row, why in bad.items():
+        (tmp_path / "bad.csv").write_text(f"id,title,v,schema_version\n{row}\n")
+        with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'bad.csv'}, line 2: ")) as caught:
+            list(read_listings(tmp_path / "bad.csv", mapping={"item_id": "id", "listing_version": "v"}))
+        assert why in str(caught.value), row
+
+
+def test_produce_options_out_of_range_are_refused_at_parsing(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from stream import produce
+
+    parser = argparse.ArgumentParser()
+    produce.add_arguments(parser)
+    for option, value in [("--listing-version", "-7"), ("--listing-version", str(2**53)), ("--listing-version", "x")]:
+        with pytest.raises(SystemExit) as exited:
+            parser.parse_args(["--file", "f.csv", option, value])
+        assert exited.value.code == 2 and "--listing-version" in capsys.readouterr().err
+    for value in ("nan", "inf", "-1", "fast"):
+        with pytest.raises(SystemExit) as exited:
+            parser.parse_args(["--file", "f.csv", "--rate", value])
+        assert exited.value.code == 2 and "--rate" in capsys.readouterr().err
+    args = parser.parse_args(["--file", "f.csv", "--listing-version", str(2**53 - 1), "--rate", "0"])
+    assert (args.listing_version, args.rate) == (2**53 - 1, 0.0)
 
 
 # ---------------------------------------------------------------- producing to the real Kafka
