@@ -60,6 +60,12 @@ def test_bench_quick(stack, local, tmp_path, capsys) -> None:
     limit = results["budget"]["max_wait_ms"] + 2 * stages["triton_compute"]["p99"] + 100
     assert results["budget"]["limit_ms"] == pytest.approx(limit, abs=0.1)
     assert results["protection"]["ratio"] > 0 and "share_of_free_capacity" in results["protection"]
+    # end-to-end ends at the Redis write, read from each result's update-stream entry (none timed otherwise)
+    for run in (f["d_latency"], f["d_latency_with_backfill"]):
+        assert run["latency_to"].startswith("Redis write") and run["timed_by_classified_at"] == 0
+    assert results["protection"]["judged_round"] == 0 and results["protection"]["shares"] == [
+        results["protection"]["share_of_free_capacity"]
+    ]
     # --quick runs one (d)/(d') round; its full figures are the ones above, and the round is listed
     (only,) = f["d_rounds"]
     assert only["median_round"] and only["d"]["p99_ms"] == f["d_latency"]["p99_ms"]

@@ -215,12 +215,12 @@ def written_ms(settings: Settings, source: str = "live") -> dict[str, int]:
         start = "-"
         while True:
             entries = r.xrange(settings.redis.updates_stream, min=start, max="+", count=5000)
-            for entry_id, fields in entries:
-                if fields.get(b"source") == source.encode():
-                    out.setdefault(fields[b"item_id"].decode(), int(entry_id.split(b"-", 1)[0]))
+            for entry_id, fields in entries:  # (decoded: the bench's client decodes responses)
+                if fields.get("source") == source:
+                    out.setdefault(fields["item_id"], int(entry_id.split("-", 1)[0]))
             if len(entries) < 5000:
                 return out
-            start = "(" + entries[-1][0].decode()
+            start = "(" + entries[-1][0]
     finally:
         r.close()
 
