@@ -28,7 +28,7 @@ stack-up: setup
 	$(VENV)/listings stack up
 
 stack-down:
-	$(VENV)/listings stack down
+	@if [ -x $(VENV)/listings ]; then $(VENV)/listings stack down; else echo "no $(VENV)/listings: no stack to stop"; fi
 
 clean: stack-down
 	rm -rf "$${LISTINGS_STATE_DIR:-.stack}"

@@ -28,6 +28,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
+# a venv whose creation failed (e.g. without Debian's python3.X-venv: no ensurepip) has bin/python but no pip;
+# every later run would skip creating it and fail at .venv/bin/pip (one this script finished is left alone)
+if [ -e .venv ] && [ ! -x .venv/bin/pip ] && ! compgen -G '.venv/.setup-*' >/dev/null; then
+  echo "setup: removing a half-built .venv (it has no pip: its creation failed)"
+  rm -rf .venv
+fi
+
 req_hash=$(cat pyproject.toml tools/pyproject.toml | sha256sum | cut -c1-12)
 stamp=.venv/.setup-$req_hash
 if [ ! -e "$stamp" ]; then
@@ -35,8 +42,20 @@ if [ ! -e "$stamp" ]; then
     echo "setup: pyproject.toml changed since .venv was installed: updating its packages"
   else
     echo "setup: creating the virtual environment (.venv) and installing packages (torch is large: first run takes minutes)"
+    if ! "$PY" -c 'import ensurepip' 2>/dev/null && command -v apt-get >/dev/null; then
+      # Debian splits ensurepip, which venv needs, into python3.X-venv
+      venv_pkg=python$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv
+      echo "setup: $PY has no ensurepip (needed by venv): installing Debian's $venv_pkg"
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq
+      apt-get install -y -qq --no-install-recommends "$venv_pkg" >/dev/null
+    fi
+    if ! "$PY" -m venv .venv; then
+      rm -rf .venv
+      echo "setup: creating .venv with $PY failed (see above)" >&2
+      exit 1
+    fi
   fi
-  [ -x .venv/bin/python ] || "$PY" -m venv .venv
   .venv/bin/pip install -q --upgrade pip
   # A wheelhouse outside the checkout, filled once per dependency set: later checkouts (and CI) of the same
   # pyproject install from it without downloading torch again (the registry's answers are not HTTP-cacheable).
@@ -69,8 +88,14 @@ if [ ! -x "$kr_bin" ]; then
     want=$(sed -n 's/^go \(1\.[0-9.]*\)$/\1/p' "$kr_src/go.mod")
     tc=$kr_cache/go$want
     if [ ! -x "$tc/bin/go" ]; then
-      dir=$(cd / && GO111MODULE=on GOFLAGS= go mod download -json "golang.org/toolchain@v0.0.1-go$want.linux-$(go env GOARCH)" |
-        sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+      mod="golang.org/toolchain@v0.0.1-go$want.linux-$(go env GOARCH)"
+      # on failure the reason is in the JSON on stdout ("Error": ...), not on stderr
+      if ! json=$(cd / && GO111MODULE=on GOFLAGS= go mod download -json "$mod" 2>&1); then
+        echo "setup: downloading the Go $want toolchain ($mod) from the Go module proxy failed:" >&2
+        echo "$json" >&2
+        exit 1
+      fi
+      dir=$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p' <<<"$json")
       mkdir -p "$(dirname "$tc")"
       rm -rf "$tc.tmp"
       cp -r "$dir" "$tc.tmp"

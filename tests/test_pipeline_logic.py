@@ -409,12 +409,141 @@ def test_demo_plays_the_lifecycle_whenever_the_served_model_is_not_the_current_f
     assert plan("full", "unknown", default) == Plan(None, True)
     assert plan("full", "full", rehearse) == Plan(None, True)
     assert plan(None, "old-full", quick) == Plan(None, False)
+    # the live record wins over the newest version: a run stopped after exporting the full model but before
+    # promoting it left the quick one live
+    assert plan("full", "full", default, live="quick-one") == Plan(None, True)
+    assert plan("full", "full", default, live="full") == Plan(None, False)
+    assert plan("full", "quick-one", default, live="full") == Plan(None, False)
+    assert plan("full", "full", quick, live="quick-one") == Plan(None, False)
 
     version = tmp_path / "listing_classifier" / "3"
     version.mkdir(parents=True)
     assert exported_artifact(tmp_path, 3) is None
     (version / "export.json").write_text('{"artifact": "a34e87dd00ce74a8", "version": 3}')
     assert exported_artifact(tmp_path, 3) == "a34e87dd00ce74a8"
+
+
+def test_demo_promotes_a_full_model_exported_before_an_interrupted_promotion(tmp_path) -> None:
+    """Stopped between exporting the full model (v2) and promoting it, the demo took v2 for the served model and
+    never promoted it: the live record (v1, the quick model) now decides, and the lifecycle promotes v2 as it is."""
+    from devtools.demo import DemoOptions, Plan, artifact_name, pending_candidate, plan, served_version
+
+    for version, artifact in ((1, "quick-a"), (2, "full-b")):
+        folder = tmp_path / "listing_classifier" / str(version)
+        folder.mkdir(parents=True)
+        (folder / "export.json").write_text(f'{{"artifact": "{artifact}", "version": {version}}}')
+    assert served_version([1, 2], "1") == 1
+    assert served_version([1, 2], "") == 2 and served_version([1, 2], "7") == 2 and served_version([], "") is None
+    live = artifact_name(tmp_path, served_version([1, 2], "1"))
+    assert plan("full-b", artifact_name(tmp_path, 2), DemoOptions(), live=live) == Plan(None, True)
+    assert pending_candidate(tmp_path, "1", "full-b") == 2  # promoted as it is, not exported a second time
+    assert pending_candidate(tmp_path, "2", "full-b") is None
+    assert pending_candidate(tmp_path, "1", "other") is None
+
+
+@pytest.fixture
+def demo_fakes(tmp_path, monkeypatch):
+    """The demo on a fresh repository with a fake stack control (Redis and Kafka not running, Triton running):
+    returns the control's record of calls. No model is trained: `train_or_reuse` is for the test to replace."""
+    import time
+
+    from devtools import config, demo
+    from training import export, train
+
+    monkeypatch.setenv("LISTINGS_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("LISTINGS_MODEL_REPOSITORY", str(tmp_path / "models"))
+
+    class FakeControl:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, list[str] | None]] = []
+            self.fail: dict[str, BaseException] = {}
+
+        def status(self, stack):
+            return {name: {"running": name == "triton"} for name in ("redis", "kafka", "triton")}
+
+        def up(self, stack, only=None, echo=print):
+            time.sleep(0.2)  # Kafka takes a while: the demo goes on meanwhile
+            self.calls.append(("up", only))
+            for name in only or ():
+                if name in self.fail:
+                    raise self.fail[name]
+
+        def down(self, stack, only=None, echo=print):
+            self.calls.append(("down", only))
+
+    fake = FakeControl()
+    monkeypatch.setattr(demo, "control", fake)
+    monkeypatch.setattr(demo, "full_model_cached", lambda stack: None)
+    monkeypatch.setattr(demo, "read_live_version", lambda settings: "", raising=False)
+    monkeypatch.setattr(export, "versions", lambda repo, name="": [])
+    monkeypatch.setattr(train, "default_data", lambda folder: None)
+    monkeypatch.setattr(train, "options", lambda *args, **kwargs: None)
+    return fake, lambda: demo.demo(config.load(), Settings(), demo.DemoOptions(events=10))
+
+
+def test_the_demo_stops_what_it_started_when_interrupted_before_it_streams(demo_fakes, monkeypatch) -> None:
+    """Ctrl-C during the quick model's training left Redis and Kafka running: the clean-up covered only the
+    streaming phase."""
+    from training import train
+
+    fake, run = demo_fakes
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train_or_reuse", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    assert ("down", ["redis", "kafka"]) in fake.calls  # Triton was running before: left alone
+    assert fake.calls[-1][0] == "down"  # after the bring-up had finished
+
+
+def test_the_demo_ends_on_a_failed_bring_up_and_on_sigterm(demo_fakes, monkeypatch, capsys) -> None:
+    """A failure in the bring-up thread was only printed (the demo went on without Kafka); SIGTERM (a `kill`, a CI
+    timeout) killed the demo without stopping what it had started."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from devtools.stack.process import StackError
+    from training import export, train
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers need the main thread")
+    fake, run = demo_fakes
+    monkeypatch.setattr(train, "train_or_reuse", lambda *args, **kwargs: None)
+    monkeypatch.setattr(export, "export", lambda artifact, repo: 1)
+    fake.fail["kafka"] = StackError("kafka not ready after 120s; see its log")
+    assert run() == 1
+    assert "kafka not ready after 120s" in capsys.readouterr().out
+    assert ("down", ["redis", "kafka"]) in fake.calls
+
+    fake.calls.clear()
+    del fake.fail["kafka"]
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises here
+
+    monkeypatch.setattr(train, "train_or_reuse", terminated)
+    with pytest.raises(SystemExit) as ended:
+        run()
+    assert ended.value.code == 128 + signal.SIGTERM
+    assert ("down", ["redis", "kafka"]) in fake.calls
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_the_demo_worker_metrics_port_is_a_free_one() -> None:
+    """The demo scraped the fixed LISTINGS_METRICS_PORT: another process there showed its own counters."""
+    import socket
+
+    from devtools.demo import free_port
+
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
 
 
 def test_backfill_stop_is_bounded_when_the_batches_in_flight_cannot_finish() -> None:

@@ -1,16 +1,27 @@
-"""The local stack, for real: Kafka (KRaft), Redis and Triton started by the project's own code."""
+"""The local stack, for real: Kafka (KRaft), Redis and Triton started by the project's own code (the tests marked
+`stack`); the others check the parts' guards — busy ports, stale pid files, Kafka data of another mode, paths
+Triton cannot use, Triton's reason for a failed load — without starting a stack."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.stack
 
-
+@pytest.mark.stack
 def test_stack_up_is_ready_and_idempotent(local) -> None:
     from devtools.stack import control
 
@@ -23,6 +34,7 @@ def test_stack_up_is_ready_and_idempotent(local) -> None:
     assert control.status(local) == st
 
 
+@pytest.mark.stack
 def test_topics_created_with_partitions_and_compaction(stack) -> None:
     from kafka import KafkaAdminClient
     from kafka.admin import ConfigResource, ConfigResourceType
@@ -37,6 +49,7 @@ def test_topics_created_with_partitions_and_compaction(stack) -> None:
         admin.close()
 
 
+@pytest.mark.stack
 def test_kafka_message_round_trip(stack) -> None:
     from kafka import KafkaConsumer, KafkaProducer
 
@@ -57,6 +70,7 @@ def test_kafka_message_round_trip(stack) -> None:
     assert got == [(b"k1", value)]
 
 
+@pytest.mark.stack
 def test_redis_survives_restart(local, stack) -> None:
     import redis as redis_lib
 
@@ -75,6 +89,7 @@ def test_redis_survives_restart(local, stack) -> None:
     assert client.hget("smoke:restart", "token") == token.encode()
 
 
+@pytest.mark.stack
 def test_triton_serves_trivial_model(stack) -> None:
     import tritonclient.grpc as grpcclient
 
@@ -87,6 +102,7 @@ def test_triton_serves_trivial_model(stack) -> None:
     assert out.reshape(-1).tolist() == [5, 0, 1000]
 
 
+@pytest.mark.stack
 def test_a_crashed_triton_is_restarted_by_its_supervisor(local, stack) -> None:
     """Triton 2.51's python backend can abort the whole server (boost::interprocess::lock_exception): the stack's
     supervisor starts it again with the same models, and the log says so."""
@@ -129,6 +145,7 @@ def test_a_crashed_triton_is_restarted_by_its_supervisor(local, stack) -> None:
     assert client.infer("text_length", [inp]).as_numpy("LENGTH").reshape(-1).tolist() == [4]
 
 
+@pytest.mark.stack
 def test_status_reports_a_stopped_part_and_down_only_stops_ours(local) -> None:
     from devtools.stack import control
 
@@ -137,3 +154,182 @@ def test_status_reports_a_stopped_part_and_down_only_stops_ours(local) -> None:
     assert st["triton"]["running"] is False and st["kafka"]["ready"] is True
     control.up(local, ["triton"])
     assert control.status(local)["triton"]["ready"] is True
+
+
+# --- the guards, without a stack ---
+
+
+def settings_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> object:
+    """Stack settings with their state folder in `tmp_path`, ports free now, and these LISTINGS_* variables."""
+    from conftest import PORT_VARS, free_ports
+
+    from devtools import config
+
+    monkeypatch.setenv("LISTINGS_STATE_DIR", str(tmp_path / "state"))
+    for name, port in zip(PORT_VARS, free_ports(len(PORT_VARS)), strict=True):
+        monkeypatch.setenv(name, str(port))
+    for name, value in env.items():
+        monkeypatch.setenv(f"LISTINGS_{name.upper()}", value)
+    return config.load()
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A loopback port another process (here: a plain socket) listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+@pytest.mark.parametrize("part", ["redis", "kafka", "triton"])
+def test_up_refuses_a_port_another_process_listens_on(tmp_path, monkeypatch, busy_port, part) -> None:
+    """`stack up` probed whatever listened on its port (e.g. a stack of another LISTINGS_STATE_DIR), said
+    "started", and its own process then died on the clash: it now refuses, naming the port and the setting."""
+    from devtools.stack import control
+    from devtools.stack.process import StackError
+
+    setting = {"redis": "redis_port", "kafka": "kafka_controller_port", "triton": "triton_grpc_port"}[part]
+    s = settings_in(tmp_path, monkeypatch, **{setting: str(busy_port)})
+    with pytest.raises(StackError, match=f"port {busy_port} .* in use .*LISTINGS_{setting.upper()}"):
+        control.PARTS[part][1](s)
+    assert not control.PARTS[part][0](s).pid_file.exists()  # nothing started
+
+
+@pytest.fixture
+def bystander() -> Iterator[subprocess.Popen[bytes]]:
+    """An unrelated process whose command line happens to hold the marker word `redis-server`."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "redis-server"])
+    deadline = time.monotonic() + 10
+    while b"redis-server" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("recorded", ["pid only (old file)", "another start time"])
+def test_a_stale_pid_file_never_gets_an_unrelated_process_killed(tmp_path, bystander, recorded) -> None:
+    """A pid file left behind whose pid now belongs to another process with the marker in its command line (another
+    stack's redis, here any process) was taken as ours, and `stack down` killed it."""
+    from devtools.stack.process import Managed
+
+    part = Managed.of("redis", tmp_path / "state", tmp_path / "logs", marker="redis-server")
+    part.pid_file.parent.mkdir(parents=True)
+    started = int(Path(f"/proc/{bystander.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    text = f"{bystander.pid}\n" if recorded.startswith("pid only") else f"{bystander.pid} {started - 1}\n"
+    part.pid_file.write_text(text)
+    assert part.pid() is None and not part.pid_file.exists()  # stale: removed
+    part.pid_file.write_text(text)
+    assert part.stop() is False
+    time.sleep(0.2)
+    assert bystander.poll() is None  # left alone
+
+
+def test_a_pid_file_names_the_process_by_pid_and_start_time(tmp_path) -> None:
+    from devtools.stack.process import Managed, start_time
+
+    state = tmp_path / "state"
+    part = Managed.of("fake", state, tmp_path / "logs", marker="fake-server-marker")
+    pid = part.start([sys.executable, "-c", "import time; time.sleep(120)", "fake-server-marker", str(state)])
+    try:
+        assert part.pid_file.read_text().split() == [str(pid), str(start_time(pid))]
+        assert part.pid() == pid
+        part.pid_file.write_text(f"{pid}\n")  # a pid file written before start times were: our state folder counts
+        assert part.pid() == pid
+        assert part.stop(timeout=10) is True
+        assert part.pid() is None
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_kafka_refuses_data_of_another_mode_or_password(tmp_path) -> None:
+    """Formatting (which adds the SCRAM user) is skipped when the data exists: a switch to secure mode or a new
+    password started a broker that was never ready ("not ready after 120s"). The mode is recorded beside the data."""
+    from devtools.stack.kafka import MODE_FILE, check_storage, record_storage
+    from devtools.stack.process import StackError
+
+    state = tmp_path / "state"
+    (state / "kafka-data").mkdir(parents=True)
+    check_storage(state, True, ("listings", "pw"))  # no data yet: nothing to check
+    (state / "kafka-data" / "meta.properties").write_text("node.id=1\n")
+    record_storage(state, False, None)
+    check_storage(state, False, None)
+    with pytest.raises(StackError, match=r"plaintext mode, not secure .*make clean.*LISTINGS_STATE_DIR"):
+        check_storage(state, True, ("listings", "pw"))
+    record_storage(state, True, ("listings", "pw"))
+    assert "pw" not in (state / MODE_FILE).read_text()
+    check_storage(state, True, ("listings", "pw"))
+    with pytest.raises(StackError, match="another SASL user or password"):
+        check_storage(state, True, ("listings", "new-pw"))
+    with pytest.raises(StackError, match=r"secure .* mode, not plaintext"):
+        check_storage(state, False, None)
+    # data from before the record: judged by the last kafka.properties, then recorded
+    (state / MODE_FILE).unlink()
+    (state / "kafka.properties").write_text("listeners=PLAINTEXT://127.0.0.1:1,CONTROLLER://127.0.0.1:2\n")
+    with pytest.raises(StackError, match="plaintext mode"):
+        check_storage(state, True, ("listings", "pw"))
+    check_storage(state, False, None)
+    assert json.loads((state / MODE_FILE).read_text()) == {"secure": False}
+
+
+@pytest.mark.parametrize("where", ["state_dir", "model_repository"])
+def test_triton_refuses_a_path_with_whitespace(tmp_path, monkeypatch, where) -> None:
+    """The python backend starts its stub through `bash -c` with the paths unquoted: every model failed to load."""
+    from devtools.stack import triton
+    from devtools.stack.process import StackError
+
+    spaced = tmp_path / "my models"
+    s = settings_in(tmp_path, monkeypatch, **{where: str(spaced)})
+    with pytest.raises(StackError, match=f"LISTINGS_{where.upper()} .*my models.* whitespace"):
+        triton.up(s)
+    assert not triton.part(s).pid_file.exists()
+
+
+def test_a_failed_model_load_names_tritons_reason(tmp_path, monkeypatch) -> None:
+    """Triton answers a failed load with HTTP 400 and its reason in the body; the user saw only "HTTP Error 400:
+    Bad Request"."""
+    from devtools.stack import triton
+    from devtools.stack.process import StackError
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = b'{"error":"failed to load \'listing_classifier\' version 3: Internal: no model.onnx"}'
+            self.send_response(400)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        s = settings_in(tmp_path, monkeypatch, triton_http_port=str(server.server_address[1]))
+        with pytest.raises(StackError, match=r"HTTP 400.*version 3: Internal: no model.onnx"):
+            triton.load_model(s, "listing_classifier")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.stack
+def test_a_second_stack_on_the_same_ports_is_refused(local, tmp_path) -> None:
+    """Another state folder on the running stack's ports: refused before it starts anything, and the running stack
+    is untouched."""
+    from devtools.stack import control
+    from devtools.stack.process import StackError
+
+    other = local.model_copy(update={"state_dir": tmp_path / "other-stack"})
+    before = control.status(local)
+    with pytest.raises(StackError, match=f"redis: port {local.redis_port} .* in use"):
+        control.up(other, echo=lambda _: None)
+    assert not (tmp_path / "other-stack" / "run" / "redis.pid").exists()
+    assert control.status(local) == before

@@ -51,13 +51,22 @@ def forget_items(settings: Settings, item_ids: Sequence[str]) -> int:
 def drop_run(settings: Settings, groups: Sequence[str] = ()) -> None:
     """Delete an isolated run's topics, its update stream and the consumer groups it used (best effort: a
     failure is logged, never raised, so it cannot hide the run's own result)."""
+    try:
+        _drop_kafka(settings, groups)
+    except Exception as exc:  # noqa: BLE001 - best effort, as documented
+        log.warning("could not delete the run's topics or groups: %s", exc)
+    try:
+        _drop_redis(settings, groups)
+    except Exception as exc:  # noqa: BLE001 - best effort, as documented
+        log.warning("could not delete the run's update stream or backfill plans in Redis: %s", exc)
+
+
+def _drop_kafka(settings: Settings, groups: Sequence[str]) -> None:
     from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
 
     names = [spec.name for spec in topics.specs(settings)]
-    admin: Any = None
+    admin: Any = KafkaAdminClient(**connections.kafka(settings.kafka, request_timeout_ms=30000))
     try:
-        admin = KafkaAdminClient(**connections.kafka(settings.kafka, request_timeout_ms=30000))
         existing = set(admin.list_topics())
         gone = [n for n in names if n in existing]
         if gone:
@@ -68,11 +77,11 @@ def drop_run(settings: Settings, groups: Sequence[str] = ()) -> None:
                 # (a group that never committed has nothing to delete)
                 if error and str(error) not in ("OK", "NoError") and "GroupIdNotFound" not in str(error):
                     log.warning("consumer group %s not deleted: %s", group, error)
-    except KafkaError as exc:
-        log.warning("could not delete the run's topics or groups: %s", exc)
     finally:
-        if admin is not None:
-            admin.close()
+        admin.close()
+
+
+def _drop_redis(settings: Settings, groups: Sequence[str]) -> None:
     r = connections.redis_sync(settings.redis)
     try:
         r.delete(settings.redis.updates_stream, *(keys.backfill_plan(g) for g in groups))

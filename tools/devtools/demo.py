@@ -21,6 +21,8 @@ import asyncio
 import contextlib
 import logging
 import re
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import orjson
@@ -257,18 +260,20 @@ class Plan:
     lifecycle: bool  # bring a new model in live: export, shadow, promote, re-classify
 
 
-def plan(cached: str | None, newest: str | None, options: DemoOptions) -> Plan:
-    """What the demo does, from the cached full model's artifact name (None: not trained for this code and data)
-    and the artifact the newest exported version holds (None: no version yet).
+def plan(cached: str | None, newest: str | None, options: DemoOptions, live: str | None = None) -> Plan:
+    """What the demo does, from the cached full model's artifact name (None: not trained for this code and data),
+    the artifact the newest exported version holds (None: no version yet) and the one the live version holds (the
+    version Redis' live record names; None: no record, the newest serves).
     The lifecycle plays whenever the served model is not the current full one — the first run, a first run stopped
-    before its promotion (the repository holds only the quick model), or a change to the training code — and, with
-    `--rehearse`, every time; never with `--quick`."""
+    before its promotion (the repository holds only the quick model, or the full one exported but not promoted),
+    or a change to the training code — and, with `--rehearse`, every time; never with `--quick`."""
     if newest is None:
         first = "cached" if cached is not None and not options.rehearse else "quick"
-        newest = cached if first == "cached" else None
+        served = cached if first == "cached" else None
     else:
         first = None
-    lifecycle = not options.quick and (options.rehearse or cached is None or newest != cached)
+        served = live if live is not None else newest
+    lifecycle = not options.quick and (options.rehearse or cached is None or served != cached)
     return Plan(first, lifecycle)
 
 
@@ -286,6 +291,20 @@ def exported_artifact(repo: Path, version: int) -> str | None:
     except (OSError, orjson.JSONDecodeError):
         return None
     return str(doc.get("artifact") or "") or None
+
+
+def artifact_name(repo: Path, version: int) -> str:
+    """The artifact a version holds; "unknown" without its export record (so not known to be the full model)."""
+    return exported_artifact(repo, version) or "unknown"
+
+
+def pending_candidate(repo: Path, live: str, artifact: str) -> int | None:
+    """A version newer than the live one, already exported from `artifact`: a run stopped between that export and
+    its promotion left it, and promoting it needs no second copy."""
+    from training import export
+
+    newer = [v for v in export.versions(repo) if not live.isdigit() or v > int(live)]
+    return next((v for v in reversed(newer) if exported_artifact(repo, v) == artifact), None)
 
 
 def training_status(log: Path) -> str:
@@ -317,137 +336,249 @@ def quiet_export() -> Iterator[None]:
             root.setLevel(level)
 
 
+class Job(threading.Thread):
+    """A thread whose failure is not lost: `result()` joins it and raises what it raised (a plain thread only
+    prints the traceback, and the demo went on without, e.g., Kafka)."""
+
+    def __init__(self, target: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+        super().__init__(daemon=True)
+        self.call = lambda: target(*args, **kwargs)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.call()
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever calls result()
+            self.error = exc
+
+    def result(self) -> None:
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+
+@contextlib.contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """SIGTERM (a `kill`, a CI timeout) ends the demo as Ctrl-C does, with SystemExit, so that what it started is
+    stopped; a second SIGTERM during that clean-up is ignored. The previous handler is back afterwards. Outside the
+    main thread (where Python cannot set handlers) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: None)  # a handler, not SIG_IGN: what starts now must not inherit it
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def free_port() -> int:
+    """A loopback port free now: the demo's worker serves its metrics there (a fixed port may be another's)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Started:
+    """What the demo started, stopped by `stop()` however the demo ends (error, Ctrl-C, SIGTERM): the feeder, the
+    background training, the worker, and the parts of the stack that were not running before it."""
+
+    def __init__(self, stack: StackSettings, before: dict[str, dict[str, object]]) -> None:
+        self.stack = stack
+        self.before = before  # control.status() as the demo began
+        self.bring_up: Job | None = None
+        self.feeder: Feeder | None = None
+        self.feeding: threading.Thread | None = None
+        self.trainer: subprocess.Popen[bytes] | None = None
+        self.worker: Any = None  # a devtools.workers.WorkerProcess
+
+    def stop(self, echo: Callable[[str], None]) -> None:
+        if self.feeder is not None:
+            self.feeder.stop.set()
+        if self.feeding is not None:
+            self.feeding.join(30)  # its producer closes before Kafka stops
+        if self.trainer is not None and self.trainer.poll() is None:
+            self.trainer.terminate()
+            try:
+                self.trainer.wait(30)
+            except subprocess.TimeoutExpired:
+                self.trainer.kill()
+        if self.worker is not None:
+            self.worker.stop()
+        if self.bring_up is not None and self.bring_up.ident is not None:
+            self.bring_up.join()  # a part still starting is stopped once it has its pid file
+        mine = [name for name, st in self.before.items() if not st["running"]]
+        if mine:
+            control.down(self.stack, mine, echo=echo)
+
+
 def demo(stack: StackSettings, base: Settings, options: DemoOptions) -> int:
     from rich.console import Console
+
+    console = Console()
+    console.soft_wrap = not console.is_terminal  # a log's lines are not cut at 80 columns
+    started = Started(stack, control.status(stack))
+    with sigterm_exits():
+        try:
+            return _demo(stack, base, options, console, started)
+        except RuntimeError as exc:  # StackError included
+            console.print(str(exc), style="red", markup=False, highlight=False)
+            return 1
+        finally:
+            started.stop(console.print)
+
+
+def served_version(existing: list[int], live: str) -> int | None:
+    """The version workers serve: the live record's (`live`, "" for none) when the repository has it, else the
+    newest; None without versions."""
+    if live.isdigit() and int(live) in existing:
+        return int(live)
+    return existing[-1] if existing else None
+
+
+def read_live_version(settings: Settings) -> str:
+    """The live record's version in Redis ("" when none was promoted)."""
+    from stream import models
+
+    r = connections.redis_sync(settings.redis, decode_responses=True)
+    try:
+        return models.read_live(r, settings.triton.model_name).version
+    finally:
+        r.close()
+
+
+def make_first_model(stack: StackSettings, todo: Plan, cached: Path | None, options: DemoOptions, echo: Any) -> None:
+    """Export the model the demo starts on when the repository has none: the cached full one, or a quick one."""
+    from training import export, train
+
+    if todo.first_model == "cached" and cached is not None:
+        echo("exporting the cached full model")
+        export.export(cached, stack.model_repository)
+    elif todo.first_model == "quick":
+        if todo.lifecycle:
+            echo(f"training a quick model first (the {incoming(options)} follows in the background)")
+        else:
+            echo("training a quick model (--quick: no full model, no lifecycle)")
+        with quiet_export():
+            quick = train.train_or_reuse(stack, train.options(train.default_data(stack.data_dir), quick=True))
+        export.export(quick, stack.model_repository)
+
+
+def _demo(stack: StackSettings, base: Settings, options: DemoOptions, console: Any, started: Started) -> int:
     from rich.live import Live
 
     from devtools.heldout import held_out_listings
     from devtools.stack import triton
     from devtools.workers import WorkerProcess, wait_group_stable
     from stream import models
-    from training import export, train
+    from training import export
 
-    console = Console()
-    console.soft_wrap = not console.is_terminal  # a log's lines are not cut at 80 columns
     settings = stack.runtime(base)
     t_start = time.monotonic()
-    started = control.status(stack)
     cached = full_model_cached(stack)
     existing = export.versions(stack.model_repository)
-    # a version without its export record is not known to be the full model
-    newest = (exported_artifact(stack.model_repository, existing[-1]) or "unknown") if existing else None
-    todo = plan(cached.name if cached else None, newest, options)
-    lifecycle = todo.lifecycle
 
-    # the stack (Kafka, Redis) comes up while the first model is made ready; Triton once it has a version
-    bring_up = threading.Thread(target=control.up, args=(stack, ["redis", "kafka"]), kwargs={"echo": console.print})
-    bring_up.start()
-    if todo.first_model == "cached" and cached is not None:
-        console.print("exporting the cached full model")
-        export.export(cached, stack.model_repository)
-    elif todo.first_model == "quick":
-        console.print("training a quick model first (the full one follows in the background)")
-        with quiet_export():
-            quick = train.train_or_reuse(stack, train.options(train.default_data(stack.data_dir), quick=True))
-        export.export(quick, stack.model_repository)
-    elif lifecycle:
+    # Kafka comes up while the first model is made ready; Redis first (it holds the live record the plan needs);
+    # Triton once it has a version
+    started.bring_up = Job(control.up, stack, ["kafka"], echo=console.print)
+    started.bring_up.start()
+    control.up(stack, ["redis"], echo=console.print)
+    served = served_version(existing, read_live_version(settings))
+    # a version without its export record is not known to be the full model
+    newest = artifact_name(stack.model_repository, existing[-1]) if existing else None
+    live = artifact_name(stack.model_repository, served) if served is not None else None
+    todo = plan(cached.name if cached else None, newest, options, live=live)
+    lifecycle = todo.lifecycle
+    make_first_model(stack, todo, cached, options, console.print)
+    if todo.first_model is None and lifecycle:
         what = "a second quick model (--rehearse)" if options.rehearse else "the full model for this code and data"
-        console.print(f"serving v{existing[-1]}; {what} follows, then shadow, promotion and re-classification")
-    bring_up.join()
+        console.print(f"serving v{served}; {what} follows, then shadow, promotion and re-classification")
+    started.bring_up.result()
     control.up(stack, echo=console.print)
-    if started["triton"]["running"]:
+    if started.before["triton"]["running"]:
         # a Triton that was already up picks the model (and the backfill's copy of it) up
         triton.load_model(stack, settings.triton.model_name, with_background=True)
-    live_version = str(export.versions(stack.model_repository)[-1])
+    live_version = str(served if served is not None else export.versions(stack.model_repository)[-1])
 
     rows = held_out_listings(stack.data_dir, options.events)
-    metrics_port = settings.worker.metrics_port
-    worker = WorkerProcess(settings, stack.log_dir, name="demo-worker", metrics_port=metrics_port).start()
-    trainer: subprocess.Popen[bytes] | None = None
-    feeding: threading.Thread | None = None
+    metrics_port = free_port()
+    started.worker = worker = WorkerProcess(settings, stack.log_dir, name="demo-worker", metrics_port=metrics_port)
+    worker.start()
     train_log = stack.log_dir / "demo-train.log"
     progress = Progress(settings, rows, metrics_port, since_ms=int(time.time() * 1000))
     # a steady 10/s while a model trains (the first pass would otherwise be over long before it is ready)
     trains = lifecycle and (cached is None or options.rehearse)
-    feeder = Feeder(settings, rows, options.rate or (10.0 if trains else 0.0))
-    try:
-        wait_group_stable(settings, workers=[worker])
-        if lifecycle:
-            feeder.keep_going.set()
-            with open(train_log, "wb") as log:
-                trainer = subprocess.Popen(
-                    [sys.executable, "-m", "stream", "train", "--no-export", *full_args(options)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-        feeding = threading.Thread(target=feeder.run, daemon=True)
-        feeding.start()
-        plain = None if console.is_terminal else PlainLog(console.print)
-        with Live(progress.render(0), console=console, refresh_per_second=2) as live:
+    started.feeder = feeder = Feeder(settings, rows, options.rate or (10.0 if trains else 0.0))
+    wait_group_stable(settings, workers=[worker])
+    if lifecycle:
+        feeder.keep_going.set()
+        with open(train_log, "wb") as log:
+            started.trainer = subprocess.Popen(
+                [sys.executable, "-m", "stream", "train", "--no-export", *full_args(options)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+    trainer = started.trainer
+    started.feeding = threading.Thread(target=feeder.run, daemon=True)
+    started.feeding.start()
+    plain = None if console.is_terminal else PlainLog(console.print)
+    with Live(progress.render(0), console=console, refresh_per_second=2) as view:
 
-            def tick(stage: str) -> None:
-                progress.stage = stage
-                progress.poll()
-                live.update(progress.render(feeder.produced))
-                if plain is not None:
-                    plain.update(progress.status_line, progress.lifecycle, time.monotonic())
-                if not worker.alive():
-                    raise RuntimeError(f"the worker exited; its log:\n{worker.log_tail()}")
+        def tick(stage: str) -> None:
+            progress.stage = stage
+            progress.poll()
+            view.update(progress.render(feeder.produced))
+            if plain is not None:
+                plain.update(progress.status_line, progress.lifecycle, time.monotonic())
+            if not worker.alive():
+                raise RuntimeError(f"the worker exited; its log:\n{worker.log_tail()}")
 
-            def serving() -> str:
-                training = f"; {incoming(options)}: {training_status(train_log)}" if trainer else ""
-                return f"serving v{live_version}{training}"
+        def serving() -> str:
+            training = f"; {incoming(options)}: {training_status(train_log)}" if trainer else ""
+            return f"serving v{live_version}{training}"
 
-            while len(progress.state) < len(rows):
+        while len(progress.state) < len(rows):
+            tick(serving())
+            time.sleep(1)
+            if time.monotonic() - t_start > 3600:
+                raise RuntimeError("gave up after an hour")
+        first = progress.first_at - t_start if progress.first_at else float("nan")
+        progress.lifecycle.append(f"first listing classified {first:.0f}s after start; all {len(rows)} done")
+        if trainer is not None:
+            while trainer.poll() is None:
                 tick(serving())
-                time.sleep(1)
-                if time.monotonic() - t_start > 3600:
-                    raise RuntimeError("gave up after an hour")
-            first = progress.first_at - t_start if progress.first_at else float("nan")
-            progress.lifecycle.append(f"first listing classified {first:.0f}s after start; all {len(rows)} done")
-            if trainer is not None:
-                while trainer.poll() is None:
-                    tick(serving())
-                    time.sleep(2)
-                if trainer.returncode != 0:
-                    raise RuntimeError(f"full training failed; see {train_log}")
-                run_lifecycle(stack, settings, progress, tick, live_version, options)
-        elapsed = time.monotonic() - t_start
-        top, leaf, scored = progress.accuracy()
-        now_live = models.read_live(progress.r, settings.triton.model_name).version or live_version
-        console.print(
-            f"\n{len(progress.state)} listings classified; first one {first:.0f}s after the demo started, "
-            f"{elapsed / 60:.1f} min in all; accuracy top level {top:.1%}, leaf {leaf:.1%} on {scored}; "
-            f"live model {settings.triton.model_name} v{now_live}"
-        )
-        for line in progress.lifecycle:
-            console.print(f"  {line}")
-        some = next(iter(progress.state))
-        console.print(
-            "\nWhere to look:\n"
-            f"  Redis ({settings.redis.url}):  HGETALL {keys.listing(some)}   SMEMBERS {keys.category('<id>')}"
-            f"   SMEMBERS {keys.tag('<tag>')}   XREVRANGE {settings.redis.updates_stream} + - COUNT 5\n"
-            f"  Kafka ({settings.kafka.bootstrap}): {settings.topics.classified}, {settings.topics.tag_updates}, "
-            f"{settings.topics.review}, {settings.topics.dlq}, {settings.topics.shadow}\n"
-            f"  Models: listings models   Review: listings review-ui   Shadow: listings shadow --report\n"
-            f"  Worker metrics: http://127.0.0.1:{metrics_port}/metrics  (while a worker runs)\n"
-            f"  Triton metrics: http://127.0.0.1:{stack.triton_metrics_port}/metrics\n"
-            f"  Logs: {stack.log_dir}"
-        )
-        return 0
-    except RuntimeError as exc:
-        console.print(f"[red]{exc}[/red]")
-        return 1
-    finally:
-        feeder.stop.set()
-        if feeding is not None:
-            feeding.join(30)  # its producer closes before Kafka stops
-        if trainer is not None and trainer.poll() is None:
-            trainer.terminate()
-        worker.stop()
-        mine = [name for name, st in started.items() if not st["running"]]
-        if mine:
-            control.down(stack, mine, echo=console.print)
+                time.sleep(2)
+            if trainer.returncode != 0:
+                raise RuntimeError(f"full training failed; see {train_log}")
+            run_lifecycle(stack, settings, progress, tick, live_version, options)
+    elapsed = time.monotonic() - t_start
+    top, leaf, scored = progress.accuracy()
+    now_live = models.read_live(progress.r, settings.triton.model_name).version or live_version
+    console.print(
+        f"\n{len(progress.state)} listings classified; first one {first:.0f}s after the demo started, "
+        f"{elapsed / 60:.1f} min in all; accuracy top level {top:.1%}, leaf {leaf:.1%} on {scored}; "
+        f"live model {settings.triton.model_name} v{now_live}"
+    )
+    for line in progress.lifecycle:
+        console.print(f"  {line}")
+    some = next(iter(progress.state))
+    console.print(
+        "\nWhere to look:\n"
+        f"  Redis ({settings.redis.url}):  HGETALL {keys.listing(some)}   SMEMBERS {keys.category('<id>')}"
+        f"   SMEMBERS {keys.tag('<tag>')}   XREVRANGE {settings.redis.updates_stream} + - COUNT 5\n"
+        f"  Kafka ({settings.kafka.bootstrap}): {settings.topics.classified}, {settings.topics.tag_updates}, "
+        f"{settings.topics.review}, {settings.topics.dlq}, {settings.topics.shadow}\n"
+        f"  Models: listings models   Review: listings review-ui   Shadow: listings shadow --report\n"
+        f"  Worker metrics: http://127.0.0.1:{metrics_port}/metrics  (while a worker runs)\n"
+        f"  Triton metrics: http://127.0.0.1:{stack.triton_metrics_port}/metrics\n"
+        f"  Logs: {stack.log_dir}"
+    )
+    return 0
 
 
 def full_args(options: DemoOptions) -> list[str]:
@@ -471,9 +602,11 @@ def run_lifecycle(
     # record the version that served so far *before* the candidate appears: without a record workers follow the
     # newest version, and the shadow would compare the candidate with itself (a rollback also needs it)
     models.promote(settings, live)
-    candidate = str(export.export(full, stack.model_repository))
+    pending = pending_candidate(stack.model_repository, live, full.name)
+    candidate = str(pending if pending is not None else export.export(full, stack.model_repository))
     triton.load_model(stack, settings.triton.model_name, with_background=True)
-    progress.lifecycle.append(f"{incoming(options)} exported as v{candidate}; shadowing it on the live stream")
+    how = "exported before its promotion was stopped, " if pending is not None else "exported "
+    progress.lifecycle.append(f"{incoming(options)} {how}as v{candidate}; shadowing it on the live stream")
     result: dict[str, Any] = {}
     shadowing = threading.Thread(
         target=lambda: result.update(

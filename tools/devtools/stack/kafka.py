@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import secrets
 import shutil
 import subprocess
 import uuid
 from pathlib import Path
 
 from devtools.config import StackSettings
-from devtools.stack.process import Managed, StackError, wait_until
+from devtools.stack.process import Managed, StackError, ensure_ports_free, wait_until
 from stream import topics
 from training.config import REPO as ROOT
 
 POM = ROOT / "deploy" / "pom.xml"
 LOG4J = ROOT / "deploy" / "kafka-log4j.properties"
+MODE_FILE = "kafka-data.mode.json"  # beside kafka-data/: the mode it was formatted for (see check_storage)
 
 
 def part(settings: StackSettings) -> Managed:
@@ -138,6 +141,63 @@ def write_config(settings: StackSettings) -> Path:
     return conf
 
 
+def check_storage(state_dir: Path, secure: bool, credentials: tuple[str, str] | None) -> None:
+    """Refuse a storage formatted for the other mode (plain or SASL_SSL) or with other SCRAM credentials: Kafka
+    adds them only when it formats its storage, so it would start and never become ready. A storage from before
+    the mode was recorded is judged by the last kafka.properties, then recorded as it is now."""
+    data = state_dir / "kafka-data"
+    if not (data / "meta.properties").exists():
+        return
+    try:
+        stored = json.loads((state_dir / MODE_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        stored = None
+    if not isinstance(stored, dict):
+        conf = state_dir / "kafka.properties"
+        was_secure = conf.exists() and "listeners=SASL_SSL://" in conf.read_text()
+        if was_secure != secure:
+            raise _storage_error(data, f"was formatted for {_mode(was_secure)} mode, not {_mode(secure)}")
+        record_storage(state_dir, secure, credentials)
+        return
+    if bool(stored.get("secure")) != secure:
+        raise _storage_error(data, f"was formatted for {_mode(bool(stored.get('secure')))} mode, not {_mode(secure)}")
+    if secure and credentials and not _same_credentials(stored, credentials):
+        raise _storage_error(data, "holds another SASL user or password (Kafka sets them only when it formats it)")
+
+
+def record_storage(state_dir: Path, secure: bool, credentials: tuple[str, str] | None) -> None:
+    """Write, beside the storage, the mode it was formatted for and a salted hash of its SCRAM credentials."""
+    record: dict[str, object] = {"secure": secure}
+    if secure and credentials:
+        salt = secrets.token_hex(8)
+        record.update(salt=salt, credentials=_digest(salt, *credentials))
+    path = state_dir / MODE_FILE
+    path.write_text(json.dumps(record) + "\n")
+    path.chmod(0o600)
+
+
+def _same_credentials(stored: dict[str, object], credentials: tuple[str, str]) -> bool:
+    """Whether the recorded hash is of these credentials (a record without one cannot tell: taken as the same)."""
+    if "credentials" not in stored:
+        return True
+    return stored["credentials"] == _digest(str(stored.get("salt", "")), *credentials)
+
+
+def _digest(salt: str, user: str, password: str) -> str:
+    return hashlib.sha256(f"{salt}\0{user}\0{password}".encode()).hexdigest()
+
+
+def _mode(secure: bool) -> str:
+    return "secure (SASL_SSL)" if secure else "plaintext"
+
+
+def _storage_error(data: Path, what: str) -> StackError:
+    return StackError(
+        f"kafka: its data {data} {what}; it would never become ready: remove it (`make clean`: the whole local "
+        "stack's data), or use another LISTINGS_STATE_DIR"
+    )
+
+
 def format_storage(settings: StackSettings, conf: Path) -> None:
     data = settings.state_dir / "kafka-data"
     if (data / "meta.properties").exists():
@@ -150,6 +210,7 @@ def format_storage(settings: StackSettings, conf: Path) -> None:
     out = subprocess.run(_java_cmd(settings, "kafka.tools.StorageTool", *args), capture_output=True, text=True)
     if out.returncode != 0:
         raise StackError(f"kafka: formatting storage failed:\n{out.stdout}{out.stderr}")
+    record_storage(settings.state_dir, settings.stack_secure, _credentials(settings) if settings.stack_secure else None)
 
 
 def ready(settings: StackSettings) -> bool:
@@ -174,6 +235,10 @@ def up(settings: StackSettings) -> str:
     if p.running():
         ensure_topics(settings)
         return f"kafka already running (pid {p.pid()}) on {settings.bootstrap_servers}"
+    ensure_ports_free(
+        "kafka", {"kafka_port": settings.kafka_port, "kafka_controller_port": settings.kafka_controller_port}
+    )
+    check_storage(settings.state_dir, settings.stack_secure, _credentials(settings) if settings.stack_secure else None)
     ensure_jars(settings)
     conf = write_config(settings)
     format_storage(settings, conf)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 from devtools.config import StackSettings
-from devtools.stack.process import Managed, StackError, wait_until
+from devtools.stack.process import Managed, StackError, ensure_ports_free, wait_until
 
 
 def part(settings: StackSettings) -> Managed:
@@ -45,6 +45,7 @@ def up(settings: StackSettings) -> str:
     p = part(settings)
     if p.running():
         return f"redis already running (pid {p.pid()}) on {settings.redis}"
+    ensure_ports_free("redis", {"redis_port": settings.redis_port})
     binary = shutil.which("redis-server")
     if binary is None:
         raise StackError("redis: redis-server is not installed (`make setup` installs Debian's redis-server)")

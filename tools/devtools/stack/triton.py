@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 import sysconfig
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 from devtools.config import StackSettings
-from devtools.stack.process import Managed, StackError, children, wait_until
+from devtools.stack.process import Managed, StackError, children, ensure_ports_free, wait_until
 from devtools.stack.supervise import RESTARTED
 from training import background
 from training.config import MODEL_NAME
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
+SHELL_SPECIAL = frozenset("\"'\\$`;&|<>()")  # with whitespace: what breaks an unquoted path in `bash -c`
 
 
 def part(settings: StackSettings) -> Managed:
@@ -77,6 +80,19 @@ def server_env() -> dict[str, str]:
     return env
 
 
+def check_paths(settings: StackSettings) -> None:
+    """Refuse folders whose path holds whitespace or a character the shell treats specially: the python backend
+    launches its stub through `bash -c` with the paths unquoted, so every model on it would fail to load."""
+    folders = {"LISTINGS_STATE_DIR": settings.state_dir, "LISTINGS_MODEL_REPOSITORY": settings.model_repository}
+    for variable, folder in folders.items():
+        path = str(Path(folder).resolve())
+        if any(c.isspace() or c in SHELL_SPECIAL for c in path):
+            raise StackError(
+                f"triton: {variable} {path!r} contains whitespace or a shell character, which Triton's python "
+                "backend cannot start models from; use a folder whose path has none"
+            )
+
+
 def ready(settings: StackSettings) -> bool:
     with urllib.request.urlopen(f"http://{settings.triton_http}/v2/health/ready", timeout=2) as r:
         return r.status == 200
@@ -86,6 +102,15 @@ def up(settings: StackSettings) -> str:
     p = part(settings)
     if p.running():
         return f"triton already running (pid {p.pid()}) on grpc {settings.triton_grpc}, http {settings.triton_http}"
+    check_paths(settings)
+    ensure_ports_free(
+        "triton",
+        {
+            "triton_http_port": settings.triton_http_port,
+            "triton_grpc_port": settings.triton_grpc_port,
+            "triton_metrics_port": settings.triton_metrics_port,
+        },
+    )
     binary = _pytriton_dir() / "tritonserver" / "bin" / "tritonserver"
     repo = settings.model_repository
     background.mirror(repo, MODEL_NAME)  # the backfill's copy of the classifier: its versions and config
@@ -150,7 +175,25 @@ def load_model(settings: StackSettings, name: str, with_background: bool = False
 
 
 def _load(settings: StackSettings, name: str) -> None:
+    """Load `name`; a refusal is a StackError carrying Triton's reason (the body of its HTTP 400)."""
     req = urllib.request.Request(f"http://{settings.triton_http}/v2/repository/models/{name}/load", method="POST")
-    with urllib.request.urlopen(req, timeout=300) as r:
-        if r.status != 200:
-            raise StackError(f"triton: loading {name} answered HTTP {r.status}")
+    try:
+        with urllib.request.urlopen(req, timeout=300) as r:
+            if r.status != 200:
+                raise StackError(f"triton: loading {name} answered HTTP {r.status}")
+    except urllib.error.HTTPError as exc:
+        raise StackError(f"triton: loading {name} failed (HTTP {exc.code}): {_reason(exc)}") from None
+    except urllib.error.URLError as exc:
+        raise StackError(
+            f"triton: loading {name}: Triton at {settings.triton_http} not reachable ({exc.reason})"
+        ) from None
+
+
+def _reason(exc: urllib.error.HTTPError) -> str:
+    """Triton's error message from its JSON answer (`{"error": "..."}`), else the body as it is."""
+    body = exc.read().decode(errors="replace").strip()
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body or str(exc.reason)
+    return str(doc.get("error") or body) if isinstance(doc, dict) else body
