@@ -62,7 +62,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         each = " / ".join(f"x{r:.2f}" for r in pr.get("ratios", [pr["ratio"]]))
         out.append(
             (
-                "(d') live p99 ratio" + (f", median of {n} rounds" if n > 1 else ""),
+                "(d') live p99 ratio" + (f", the median round of {n}" if n > 1 else ""),
                 f"x{pr['ratio']:.2f} ({'met' if pr['ratio_met'] else 'NOT met'} <= {pr.get('max_ratio', '?')})",
                 f"rounds {each}; backfill {pr['backfill_per_s_during_live']:.0f}/s of "
                 f"{pr['free_capacity_per_s']:.0f}/s free ({pr['share_of_free_capacity']})",
@@ -160,7 +160,7 @@ def timeline(ax: Any, results: dict[str, Any]) -> None:
     if pr:
         n = pr.get("rounds", 1)
         ax.set_title(
-            (f"(d') the median round; medians of {n} rounds: " if n > 1 else "(d') ")
+            (f"(d') the median round of {n}, judged on its own figures: " if n > 1 else "(d') ")
             + f"live p99 x{pr['ratio']:.2f} of alone (goal <= {pr.get('max_ratio', '?')})\nbackfill "
             f"{pr['backfill_per_s_during_live']:.0f}/s = {pr['share_of_free_capacity']} of free "
             f"(goal >= {pr.get('min_share', '?')}"
@@ -223,7 +223,8 @@ def rounds_panel(ax: Any, results: dict[str, Any]) -> None:
     pr = results.get("protection", {})
     ax.set_title(
         f"(d)/(d') rounds, back to back: median x{pr.get('ratio', 0):.2f} (goal <= {pr.get('max_ratio', '?')}),\n"
-        f"{pr.get('rounds_within_ratio', '?')} of {len(rounds)} within; labels: ratio, backfill events/s",
+        f"{pr.get('rounds_within_ratio', '?')} of {len(rounds)} within, {pr.get('rounds_meeting_both', '?')} also at "
+        f"the share; labels: ratio, backfill events/s",
         fontsize=10,
     )
 
@@ -298,7 +299,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
             ys = [(i + 1) / len(samples) for i in range(len(samples))]
             ax3.plot(samples, ys, color=color, label=f"{name}: p50 {run['p50_ms']:.0f}, p99 {run['p99_ms']:.0f} ms")
     ax3.legend(loc="lower right", fontsize=8)
-    ax3.set_xlabel("end-to-end latency, ms (Redis classified_at - listed_at)")
+    ax3.set_xlabel("end-to-end latency, ms (the Redis write - listed_at)")
     ax3.set_ylabel("fraction of events")
     ax3.set_title(f"(d) Latency CDF at {lat['target_rate']:.0f} events/s (~50% of (b))")
 
