@@ -87,6 +87,33 @@ def test_redis_survives_restart(local, stack) -> None:
     assert redis_part.part(local).pid() != old_pid
     client = redis_lib.Redis.from_url(stack.redis.url)
     assert client.hget("smoke:restart", "token") == token.encode()
+    # no AOF rewrite while it runs (a rewrite's fork stalled the writes and set live's p99 in the bench) ...
+    assert client.config_get("auto-aof-rewrite-percentage") == {"auto-aof-rewrite-percentage": "0"}
+
+
+@pytest.mark.stack
+def test_redis_compacts_a_grown_append_only_file_at_start(local, stack, monkeypatch) -> None:
+    """... instead the stack compacts the file when it starts, once it has grown (here: from 1 byte and doubled)."""
+    import time
+
+    import redis as redis_lib
+
+    from devtools.stack import redis as redis_part
+
+    client = redis_lib.Redis.from_url(stack.redis.url)
+    client.set("smoke:aof", "x" * 200_000)
+    for _ in range(20):
+        client.append("smoke:aof", "y" * 100_000)
+    forks = client.info("stats")["total_forks"]
+    monkeypatch.setattr(redis_part, "COMPACT_FROM_BYTES", 1)
+    redis_part._compact_aof(local)
+    deadline = time.monotonic() + 30
+    while client.info("persistence")["aof_rewrite_in_progress"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert client.info("stats")["total_forks"] == forks + 1
+    info = client.info("persistence")
+    assert info["aof_current_size"] < 2 * info["aof_base_size"]  # rewritten: the base is the whole dataset now
+    client.delete("smoke:aof")
 
 
 @pytest.mark.stack

