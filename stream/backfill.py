@@ -58,18 +58,6 @@ def parse_time(text: str) -> int:
     return ms
 
 
-def rate_arg(text: str) -> float:
-    """`--rate`: events/s, a finite number >= 0, 0 = unlimited (a negative one never admitted anything under the
-    governor and meant unlimited without it; `nan` passed a `< 0` check)."""
-    try:
-        rate = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(rate) or rate < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give events/s, a finite number >= 0 (0: unlimited)")
-    return rate
-
-
 @dataclass(frozen=True)
 class BackfillOptions:
     """What to replay and how. `since_ms`/`until_ms` are epoch ms; no `since_ms` = from the beginning."""
@@ -512,6 +500,8 @@ async def backfill(settings: Settings, options: BackfillOptions, stop: Stop | No
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from stream.cli import events_per_s
+
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--since", type=parse_time, help="start at this time (ISO-8601 with zone, or epoch ms)")
     where.add_argument("--from-beginning", action="store_true", help="start at the earliest retained offset")
@@ -522,7 +512,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Triton model version to use (default: the live one, see `listings models`)",
     )
-    parser.add_argument("--rate", type=rate_arg, default=0.0, help="max events/s (0 = unlimited)")
+    parser.add_argument("--rate", type=events_per_s("unlimited"), default=0.0, help="max events/s (0 = unlimited)")
     parser.add_argument(
         "--governor",
         action=argparse.BooleanOptionalAction,

@@ -15,6 +15,7 @@ import importlib
 import math
 import os
 import sys
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from types import ModuleType
 from typing import Any
@@ -65,6 +66,22 @@ def count(text: str) -> int:
 def seconds(text: str) -> float:
     """A duration in seconds, 0 or more."""
     return _number(text, float, 0, math.inf, "a number of seconds, 0 or more")
+
+
+def events_per_s(zero: str) -> Callable[[str], float]:
+    """The type of a `--rate` option: events/s, a finite number >= 0 (`nan` passed a `< 0` check); `zero` says what
+    0 means for that command."""
+
+    def rate(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: give events/s, a finite number >= 0 (0: {zero})")
+        return value
+
+    return rate
 
 
 def commands() -> dict[str, ModuleType]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -71,6 +72,23 @@ def redis_url_problem(url: str) -> str | None:
     return None
 
 
+def bootstrap_problem(servers: str) -> str | None:
+    """Why a comma-separated bootstrap list is not `host:port` entries, or None."""
+    return next(filter(None, (host_port_problem(entry) for entry in servers.split(","))), None)
+
+
+def _refusing(problem: Callable[[str], str | None]) -> Callable[[str], str]:
+    """A field validator from a `problem` function: its answer, when there is one, is the error."""
+
+    def check(value: str) -> str:
+        why = problem(value)
+        if why:
+            raise ValueError(why)
+        return value
+
+    return check
+
+
 def _unset_if_empty(value: Any) -> Any:
     """An empty variable (`LISTINGS_KAFKA_SSL_CAFILE=`) means unset, not the current folder."""
     return None if isinstance(value, str) and not value.strip() else value
@@ -104,14 +122,7 @@ class KafkaSettings(_Group):
     session_timeout_ms: int = Field(10_000, ge=1_000, le=300_000)
     heartbeat_interval_ms: int = Field(2_000, ge=100, le=100_000)
 
-    @field_validator("bootstrap")
-    @classmethod
-    def _bootstrap(cls, value: str) -> str:
-        for entry in value.split(","):
-            problem = host_port_problem(entry)
-            if problem:
-                raise ValueError(problem)
-        return value
+    _bootstrap = field_validator("bootstrap")(_refusing(bootstrap_problem))
 
     _empty_files = field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", mode="before")(_unset_if_empty)
     _files = field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")(_existing_file)
@@ -171,13 +182,7 @@ class RedisSettings(_Group):
     )
     updates_maxlen: int = Field(100_000, ge=1, validation_alias=AliasChoices("LISTINGS_UPDATES_MAXLEN"))
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        problem = redis_url_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
+    _url = field_validator("url")(_refusing(redis_url_problem))
 
     _empty_file = field_validator("ca_file", mode="before")(_unset_if_empty)
     _file = field_validator("ca_file")(_existing_file)
@@ -190,13 +195,7 @@ class TritonSettings(_Group):
     timeout_s: float = Field(30.0, gt=0, le=3600)
     model_name: str = Field("listing_classifier", min_length=1, validation_alias=AliasChoices("LISTINGS_MODEL_NAME"))
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        problem = host_port_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
+    _url = field_validator("url")(_refusing(host_port_problem))
 
 
 class WorkerSettings(_Group):

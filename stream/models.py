@@ -66,9 +66,10 @@ def served_versions(settings: Settings) -> dict[str, str]:
         client.close()
 
 
-def newest_ready(settings: Settings) -> str:
-    """The newest version Triton serves READY ("" when none): what workers use while no promotion is recorded."""
-    return max((v for v, state in served_versions(settings).items() if state == "READY"), key=int, default="")
+def newest_ready(served: dict[str, str]) -> str:
+    """The newest READY version of `served_versions()` ("" when none): what workers use while no promotion is
+    recorded."""
+    return max((v for v, state in served.items() if state == "READY"), key=int, default="")
 
 
 def unserved(settings: Settings, version: str) -> str:
@@ -132,7 +133,9 @@ def _next_live(settings: Settings, current: Live, version: str | None, rollback:
         assert version is not None
         if str(version) == current.version:
             return None
-        before = current.version or newest_ready(settings)  # without a record, workers served the newest
+        before = current.version or newest_ready(
+            served_versions(settings)
+        )  # without a record, workers served the newest
         if before and before != str(version):
             history.append(before)
             replaced = before

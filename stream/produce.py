@@ -345,6 +345,8 @@ def produce_listings(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from stream.cli import events_per_s
+
     parser.add_argument(
         "--file",
         required=True,
@@ -359,7 +361,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="CSV: take FIELD from COLUMN (repeatable), e.g. --map item_id=uniq_id --map title=product_name",
     )
     parser.add_argument("--limit", type=int, default=None, help="send at most N listings")
-    parser.add_argument("--rate", type=rate_arg, default=0.0, help="events per second (0: as fast as possible)")
+    parser.add_argument(
+        "--rate",
+        type=events_per_s("as fast as possible"),
+        default=0.0,
+        help="events per second (0: as fast as possible)",
+    )
     parser.add_argument("--topic", default=None, help="target topic (default: LISTINGS_TOPIC_INPUT)")
     parser.add_argument(
         "--listing-version",
@@ -375,17 +382,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-
-
-def rate_arg(text: str) -> float:
-    """`--rate`: events/s, a finite number >= 0 (`nan` passed a `< 0` check and was no rate at all)."""
-    try:
-        rate = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(rate) or rate < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give events/s, a finite number >= 0 (0: as fast as possible)")
-    return rate
 
 
 def listing_version_arg(text: str) -> int:

@@ -3,6 +3,8 @@ missing ones (the local stack calls it; in production `listings topics ensure` r
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,16 +39,26 @@ def specs(settings: Settings) -> list[TopicSpec]:
     ]
 
 
-def ensure(settings: Settings) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created."""
+@contextmanager
+def _admin(settings: Settings) -> Iterator[Any]:
+    """A Kafka admin client for one command, closed after it."""
     from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import BrokerResponseError, TopicAlreadyExistsError
 
     from stream import connections
 
     admin = KafkaAdminClient(**connections.kafka(settings.kafka, request_timeout_ms=10000))
     try:
+        yield admin
+    finally:
+        admin.close()
+
+
+def ensure(settings: Settings) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created."""
+    from kafka.admin import NewTopic
+    from kafka.errors import BrokerResponseError, TopicAlreadyExistsError
+
+    with _admin(settings) as admin:
         existing = set(admin.list_topics())
         new = [
             NewTopic(
@@ -70,21 +82,15 @@ def ensure(settings: Settings) -> list[str]:
                     f"{settings.topics.replication}: LISTINGS_TOPIC_REPLICATION must not exceed the brokers)"
                 ) from None
         return [t.name for t in new]
-    finally:
-        admin.close()
 
 
 def differences(settings: Settings) -> list[str]:
     """How the design's existing topics differ from their specs, one line each: fewer partitions than configured
     (less parallelism than the workers are scaled for: more is fine), or another `cleanup.policy` (a compacted
     topic that deletes loses the latest result of items not re-classified within its retention)."""
-    from kafka import KafkaAdminClient
     from kafka.admin import ConfigResource, ConfigResourceType
 
-    from stream import connections
-
-    admin = KafkaAdminClient(**connections.kafka(settings.kafka, request_timeout_ms=10000))
-    try:
+    with _admin(settings) as admin:
         existing = set(admin.list_topics())
         wanted = [t for t in specs(settings) if t.name in existing]
         if not wanted:
@@ -103,8 +109,6 @@ def differences(settings: Settings) -> list[str]:
                 if actual.get(key, value) != value:
                     out.append(f"{t.name}: {key}={actual[key]}, the design needs {key}={value}")
         return out
-    finally:
-        admin.close()
 
 
 def _topic_configs(described: Any, topic: str) -> dict[str, str]:

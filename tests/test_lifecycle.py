@@ -77,7 +77,7 @@ def test_the_first_promotion_records_the_version_served_before_it_so_a_rollback_
     r = connections.redis_sync(stack.redis)
     r.delete(models.live_key(stack.triton.model_name))
     r.close()
-    assert models.newest_ready(stack) == new
+    assert models.newest_ready(models.served_versions(stack)) == new
     live = models.promote(stack, old)
     assert (live.version, live.history, live.replaced) == (old, [new], new)
     out = listings_cli(stack, "promote", "--rollback")

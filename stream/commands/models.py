@@ -34,8 +34,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         live = models.read_live(r, settings.triton.model_name)
     finally:
         r.close()
-    newest = max((v for v, s in served.items() if s == "READY"), key=int, default="")
-    effective = live.version or newest
+    effective = live.version or models.newest_ready(served)
     rows = []
     for version, state in served.items():
         metrics = (
