@@ -21,6 +21,10 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# one micro-batch is one Triton request, and Triton refuses a request over the model's `max_batch_size` (256 in
+# triton_models/listing_classifier/config.pbtxt): a larger batch would only be refused and halved, request by request
+MAX_REQUEST_ROWS = 256
+
 
 class SettingsError(ValueError):
     """A `LISTINGS_*` variable holds a value its setting does not accept."""
@@ -202,7 +206,7 @@ class WorkerSettings(_Group):
     model_config = SettingsConfigDict(env_prefix="LISTINGS_", frozen=True, extra="ignore")
 
     group_id: str = Field("listing-classifier", min_length=1)
-    max_batch: int = Field(64, ge=1, le=4096)
+    max_batch: int = Field(64, ge=1, le=MAX_REQUEST_ROWS)
     # at least 1: Faust's take(within=0) would wait for a full batch however long that takes
     max_wait_ms: int = Field(50, ge=1, le=60_000)
     max_in_flight: int = Field(4, ge=1, le=256)
@@ -233,7 +237,9 @@ class BackfillSettings(_Group):
     # 64, like the worker: on the background copy (the default model) a backfill batch holds none of live's instances,
     # and per event a batch of 64 costs ~1.3 core-ms against ~1.8 for 16 (Triton, the backfill, Kafka, Redis; the
     # 12-04 scratch A/B in the README). With `model: live` a smaller batch (16) shortens what a live batch waits for.
-    max_batch: int = Field(64, ge=1, le=4096, description="events per backfill request (and per Kafka commit)")
+    max_batch: int = Field(
+        64, ge=1, le=MAX_REQUEST_ROWS, description="events per backfill request (and per Kafka commit)"
+    )
     max_in_flight: int = Field(2, ge=1, le=256, description="backfill requests in flight to Triton")
     governor: bool = Field(True, description="yield to live traffic (see stream/governor.py)")
     live_target_ms: float = Field(
@@ -349,6 +355,17 @@ GROUPS: dict[str, type[_Group]] = {
 SECRETS = ("PASSWORD", "TOKEN")  # variables whose value an error never shows
 
 
+def without_password(value: Any) -> Any:
+    """A URL-shaped value with its password masked (`redis://u:***@host/0`): an error shows the value it refuses."""
+    if not isinstance(value, str) or "://" not in value or "@" not in value:
+        return value
+    scheme, rest = value.split("://", 1)
+    userinfo, at, host = rest.rpartition("@")
+    if ":" not in userinfo:
+        return value
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***{at}{host}"
+
+
 def describe_error(group: type[BaseSettings], exc: ValidationError) -> str:
     """One line per bad value: `LISTINGS_MAX_BATCH='abc': Input should be a valid integer`."""
     lines = []
@@ -362,7 +379,7 @@ def describe_error(group: type[BaseSettings], exc: ValidationError) -> str:
             var = group.__name__
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         if loc and "input" in err and not isinstance(err["input"], dict):
-            shown = "<secret>" if any(secret in var for secret in SECRETS) else repr(err["input"])
+            shown = "<secret>" if any(secret in var for secret in SECRETS) else repr(without_password(err["input"]))
             lines.append(f"{var}={shown}: {msg}")
         else:
             lines.append(msg if msg.startswith("LISTINGS_") else f"{var}: {msg}")

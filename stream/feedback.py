@@ -9,16 +9,18 @@ output topics.
 | `listing_version` | required integer: the edit the reviewer saw (the one stored) |
 | `decision` | `accepted` (the model's category was right) or `corrected` |
 | `category_id` | required: the chosen category, an id of the taxonomy of the model version that classified the item |
-| `tags` | list of tag names (the reviewer's full set) |
+| `tags` | list of tag names (the reviewer's full set), each a tag of that version's taxonomy |
 | `reviewer` | required string; `decided_at` ISO-8601 (default: when applied) |
 
 A decision wins over every model result for that `listing_version` (the Lua rule in `apply_result.lua`): replays
 and backfills with any model never overwrite it; a newer `listing_version` from the seller hands the item back to
 the model. Applied, it is written to Redis (`label_source: human`, the reviewer, the decision; removed from the
 review queue) and published to `listings.classified` with `source: "human"` (and to `listings.tag-updates` when the
-tags changed). Bad feedback goes to `listings.dlq` with a reason: a broken record (`not_json`, `missing_field`,
-`wrong_type`), `feedback_unknown_item`, `feedback_unknown_category`, `feedback_older_version` (the seller has edited
-the item since), `feedback_unknown_version` (a listing_version never stored).
+tags changed). Bad feedback goes to `listings.dlq` with a reason (counted in
+`listings_dlq_total{source="feedback"}`): a broken record (`not_json`, `missing_field`, `wrong_type`),
+`feedback_unknown_item`, `feedback_unknown_category`, `feedback_unknown_tag` (a tag the version's taxonomy lacks),
+`feedback_older_version` (the seller has edited the item since), `feedback_unknown_version` (a listing_version never
+stored). The review page refuses each of these before it publishes (`stream/review/app.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from stream import metrics
 from stream.events.contract import MAX_EPOCH_MS, InvalidEvent
 from stream.events.dlq import dlq_key, dlq_record
 from stream.pipeline.records import InRecord, tag_update_record
@@ -90,28 +93,46 @@ def parse_feedback(value: bytes | None) -> Feedback:
     )
 
 
+@dataclass(frozen=True)
+class Taxonomy:
+    """What a decision is checked against: the categories (by id) and tags of a model version."""
+
+    categories: dict[str, dict]
+    tags: frozenset[str]
+    note: str  # which taxonomies were checked, for a refusal's reason
+
+    def refusal(self, fb: Feedback) -> tuple[str, str] | None:
+        """(reason, error type) when the decision names a category or tag this taxonomy lacks, else None."""
+        if fb.category_id not in self.categories:
+            return f"category {fb.category_id!r} is not in the taxonomy of {self.note}", "feedback_unknown_category"
+        unknown = [t for t in fb.tags if t not in self.tags]
+        if unknown:
+            shown = ", ".join(repr(t[:64]) for t in unknown[:5])
+            return f"tag(s) {shown} not in the tags of {self.note}", "feedback_unknown_tag"
+        return None
+
+
+async def taxonomy_of(classifier: Any, version: str) -> Taxonomy:
+    """The taxonomy a decision is checked against: that of the version which classified the item, or — when Triton
+    no longer serves it (two versions stay loaded) — the version requests go to now. Waiting for an unloaded
+    version would hold every later decision for ever. The worker's applier and the review page both use it."""
+    from stream.classify.triton_client import VersionNotServed
+
+    try:
+        tax = await classifier.taxonomy(version, wait_for_version=False)
+        note = f"model version {version}"
+    except VersionNotServed:
+        tax = await classifier.taxonomy()
+        served = classifier.model_version or "(newest)"
+        note = f"model version {version} (no longer served) nor of the served version {served}"
+    return Taxonomy({c["id"]: c for c in tax["categories"]}, frozenset(tax.get("tags") or ()), note)
+
+
 class FeedbackApplier:
     """Applies decisions with the pipeline's own sinks (same Redis rules, same idempotent producer)."""
 
     def __init__(self, pipeline: Any) -> None:
         self.pipeline = pipeline
-
-    async def _categories(self, version: str) -> tuple[dict[str, dict], str]:
-        """The taxonomy a decision's category is checked against: that of the version which classified the item,
-        or — when Triton no longer serves it (two versions stay loaded) — the version requests go to now. Waiting
-        for an unloaded version would hold every later decision for ever. Returns the categories and a note
-        naming the taxonomies checked, for the refusal's reason."""
-        from stream.classify.triton_client import VersionNotServed
-
-        classifier = self.pipeline.classifier
-        try:
-            tax = await classifier.taxonomy(version, wait_for_version=False)
-            note = f"model version {version}"
-        except VersionNotServed:
-            tax = await classifier.taxonomy()
-            served = classifier.model_version or "(newest)"
-            note = f"model version {version} (no longer served) nor of the served version {served}"
-        return {c["id"]: c for c in tax["categories"]}, note
 
     async def apply(self, records: list[InRecord]) -> dict[str, int]:
         settings = self.pipeline.settings
@@ -132,6 +153,7 @@ class FeedbackApplier:
             )
             outputs.append(OutRecord(topics.dlq, dlq_key(rec.key), value))
             counts[error_type] = counts.get(error_type, 0) + 1
+            metrics.DLQ.labels("feedback", error_type).inc()
 
         stored = await self.pipeline.store.current([self._item_id(r) for r in records])
         items: list[tuple[InRecord, Feedback, StoreItem, dict]] = []
@@ -145,12 +167,12 @@ class FeedbackApplier:
             if not h:
                 reject(rec, REFUSED["unknown_item"], "feedback_unknown_item")
                 continue
-            categories, checked = await self._categories(h.get("model_version", ""))
-            cat = categories.get(fb.category_id)
-            if cat is None:
-                reason = f"category {fb.category_id!r} is not in the taxonomy of {checked}"
-                reject(rec, reason, "feedback_unknown_category")
+            taxonomy = await taxonomy_of(self.pipeline.classifier, h.get("model_version", ""))
+            refused = taxonomy.refusal(fb)
+            if refused is not None:
+                reject(rec, *refused)
                 continue
+            cat = taxonomy.categories[fb.category_id]
             record = {
                 "item_id": fb.item_id,
                 "listing_version": fb.listing_version,

@@ -90,6 +90,14 @@ def first_non_utf8_line(path: Path) -> tuple[int, int, int] | None:
     return None
 
 
+def not_utf8_message(path: Path, line: int, column: int, byte: int) -> str:
+    """What a reader says of a file's first byte that is not UTF-8 (`produce` and `listings train` alike)."""
+    return (
+        f"{path}, line {line}, column {column}: not UTF-8 (byte 0x{byte:02x}); convert the file first, "
+        "e.g. iconv -f cp1252 -t utf-8"
+    )
+
+
 class _CheckedReader(csv.DictReader):
     """A DictReader that refuses a row with more fields than the header: an unquoted delimiter in a value shifts
     every later column of that row (read as is, a title's tail became the category)."""

@@ -42,6 +42,7 @@ from stream.files import (
     data_suffix,
     first_non_utf8_line,
     jsonl_objects,
+    not_utf8_message,
     open_text,
 )
 
@@ -148,11 +149,7 @@ def _not_decodable(path: Path, exc: UnicodeDecodeError) -> str:
         where = None
     if where is None:
         return f"{path}: not UTF-8 ({exc.reason})"
-    line, column, byte = where
-    return (
-        f"{path}, line {line}, column {column}: not UTF-8 (byte 0x{byte:02x}); convert the file first, "
-        "e.g. iconv -f cp1252 -t utf-8"
-    )
+    return not_utf8_message(path, *where)
 
 
 def _csv_listings(path: Path, limit: int | None, mapping: dict[str, str]) -> Iterator[dict[str, Any]]:

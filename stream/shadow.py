@@ -164,6 +164,7 @@ async def shadow(settings: Settings, options: ShadowOptions) -> dict[str, int]:
     threshold = settings.worker.review_threshold
     counts = Counter[str]()
     last_event = started = time.monotonic()
+    beating = asyncio.create_task(_beat())
     try:
         while not options.max_events or counts["events"] < options.max_events:
             if options.duration_s and time.monotonic() - started > options.duration_s:
@@ -224,12 +225,27 @@ async def shadow(settings: Settings, options: ShadowOptions) -> dict[str, int]:
                 await out.send_all(records)
             await loop.run_in_executor(pool, consumer.commit)
     finally:
+        beating.cancel()
         await out.stop()
         await classifier.close()
         await r.aclose()
         await loop.run_in_executor(pool, consumer.close)
         pool.shutdown()
     return dict(counts)
+
+
+async def _beat() -> None:
+    """The shadow's health (its /healthz and /readyz beside /metrics): alive while its event loop turns, ready while
+    its Triton and Kafka calls succeed (it runs no probes: a failing call, retried, makes it unready)."""
+    from stream.health import DEPENDENCIES, HEALTH
+
+    for dependency in DEPENDENCIES:
+        HEALTH.probed(dependency, True, "not probed (a shadow): its calls decide")
+    HEALTH.assignment = "polling"
+    HEALTH.start()
+    while True:
+        HEALTH.beat()
+        await asyncio.sleep(1.0)
 
 
 async def _live_results(r: Any, listings: list[Listing]) -> dict[tuple[str, int], dict[str, str]]:

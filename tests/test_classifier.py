@@ -463,6 +463,12 @@ def test_export_numbers_versions(tmp_path: Path) -> None:
     assert (model / "config.pbtxt").exists()
     assert sorted(p.name for p in model.iterdir() if p.is_dir()) == ["1", "2"]
     assert (model / "2" / "model.py").exists() and (model / "2" / "classifier.py").exists()
+    # the Triton glue is given to versions exported before it changed (at `stack up`); the scoring code never
+    (model / "1" / "model.py").write_text("# the glue as it was at an earlier export\n")
+    (model / "1" / "classifier.py").write_text("# the version's own scoring code\n")
+    assert export.refresh_glue(repo) == [1] and export.refresh_glue(repo) == []
+    assert (model / "1" / "model.py").read_bytes() == (SERVING_DIR / "model.py").read_bytes()
+    assert (model / "1" / "classifier.py").read_text() == "# the version's own scoring code\n"
 
 
 # --- the real Triton model --------------------------------------------------------------------------------
@@ -820,6 +826,13 @@ def test_bad_input_gets_a_clear_error_or_a_defined_result(local) -> None:
             _infer(client, [nothing])
     with pytest.raises(InferenceServerException, match="not valid UTF-8"):
         _infer(client, [b"\xff\xfe caf\xe9"])
+    # styled letters read as plain ones; letters of a script training never saw are no evidence for any class
+    styled, plain, unread = (
+        json.loads(_infer(client, [t]).as_numpy("RESULT")[0][0])
+        for t in ("Ｓｐｉｇｅｎ Ｂａｃｋ Ｃｏｖｅｒ ｆｏｒ Ａｐｐｌｅ ｉＰｈｏｎｅ ６", PHONE_CASES[0], "ᏚᎢᎵ ꙮ")
+    )
+    assert styled == plain
+    assert unread["depth"] == 0 and unread["tags"] == [] and unread["confidence"] < 0.05, unread
     # a 50 kB title is truncated, not rejected: same answer as its first 1,000 characters
     long_title = "Back Cover for Samsung Galaxy J7 " * 1600
     assert len(long_title.encode()) > 50_000
@@ -873,6 +886,9 @@ def test_served_linear_part_computes_what_scikit_learn_computes(
         np.testing.assert_allclose(cats, model.category_scores(probe), atol=1e-4)
     assert np.mean(cats.argmax(1) == model.category_scores(probe).argmax(1)) >= linear.MIN_PRUNE_AGREEMENT - 0.01
     assert tag_scores is not None and tag_scores.shape == (len(probe), 2)
+    # which rows hold any n-gram training saw: a script the catalogue never had holds none
+    _, _, readable = served.scores([probe[0], "ᏚᎢᎵ ꙮ", "١٢٣"])
+    assert readable.tolist() == [True, False, False]
     assert isinstance(served.cat_coef, np.ndarray) and isinstance(served.tag_coef, np.ndarray)
     monkeypatch.setattr(serving.classifier(), "DENSE_WEIGHTS_BYTES", 0)
     held_sparse = serving.classifier().Linear(tmp_path / "linear.npz")
@@ -881,6 +897,18 @@ def test_served_linear_part_computes_what_scikit_learn_computes(
     assert sparse_cats.dtype == cats.dtype == np.float32 and sparse_tags is not None
     np.testing.assert_allclose(sparse_cats, cats, atol=1e-5)
     np.testing.assert_allclose(sparse_tags, tag_scores, atol=1e-5)
+
+
+def test_styled_letters_read_as_plain_ones_and_long_words_are_not_cached() -> None:
+    """Sellers' "fancy fonts" (fullwidth, mathematical bold) are the plain letters the tokenizer and the n-grams
+    know (they tokenized to [UNK] and matched no n-gram); the n-gram cache is bounded in size, not only in words."""
+    cls = serving.classifier()
+    assert cls.compose_text("ｓｈｉｒｔ ｆｏｒ ｍｅｎ") == "shirt for men"
+    assert cls.compose_text("𝐒𝐚𝐦𝐬𝐮𝐧𝐠 𝐉𝟕", brand="𝐒𝐚𝐦𝐬𝐮𝐧𝐠") == "Samsung J7"
+    assert cls.compose_text("Tee", description="<b>ｃｏｔｔｏｎ</b>", desc_chars=20).endswith("cotton")
+    ids = cls.CharIds({"ab": 0, " a": 1, "b ": 2}, max_words=10)
+    long_word = "ab" * 100
+    assert ids(f"ab {long_word}")[:3] == [1, 0, 2] and list(ids.words) == ["ab"]
 
 
 @given(

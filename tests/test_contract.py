@@ -220,6 +220,23 @@ def test_a_title_with_one_letter_or_digit_is_a_title(title: str) -> None:
     assert parse(enc(good(title=title))).title == title
 
 
+def test_a_title_is_judged_on_the_part_the_model_reads() -> None:
+    """Letters only after the first 1,000 characters: the model (which reads those 1,000) refused it, so the
+    batch was split to isolate it; the worker now dead-letters it itself, saying why."""
+    with pytest.raises(InvalidEvent, match="first 1,000 characters") as err:
+        parse(enc(good(title="😀" * TITLE_MAX_CHARS + " running shoes")))
+    assert err.value.error_type == "blank_title"
+
+
+@pytest.mark.parametrize("ms", [0, 1_704_067_200_123, 4_102_444_800_001, 253_402_300_799_999])
+def test_event_times_keep_their_last_millisecond_to_year_9999(ms: int) -> None:
+    """`iso` and `iso_ms` round-trip every millisecond (a float of seconds lost the last one after ~2100)."""
+    from stream.timefmt import iso, iso_ms
+
+    assert iso_ms(iso(ms)) == ms
+    assert iso(253_402_300_799_999) == "9999-12-31T23:59:59.999Z"
+
+
 def test_blank_item_id() -> None:
     rejects(enc(good(item_id="   ")), "blank_item_id")
 

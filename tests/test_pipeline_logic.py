@@ -133,6 +133,101 @@ def test_kafka_sink_replaces_a_producer_whose_state_the_broker_lost() -> None:
     assert made[1].sent == [("t.classified", b"a", b"1"), ("t.tags", b"a", b"2"), ("t.classified", b"a", b"1")]
 
 
+def test_a_producer_replaced_under_one_sender_does_not_break_the_other() -> None:
+    """The worker's live and feedback agents share one sink. When one of them finds the producer's state lost and
+    drops it, the other, between two sends of its own set, keeps the producer it started with (it used to find
+    None: an AttributeError, exit 70); one replacement is opened, and both sets are delivered."""
+    from aiokafka.errors import OutOfOrderSequenceNumber
+
+    from stream.config import KafkaSettings
+    from stream.sinks.kafka_out import KafkaOut, OutRecord
+
+    class Producer:
+        def __init__(self, fail_topic: str | None) -> None:
+            self.fail_topic, self.sent = fail_topic, []
+
+        async def start(self) -> None:
+            pass
+
+        async def stop(self) -> None:
+            pass
+
+        async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[None]:
+            await asyncio.sleep(0.005)  # the other sender runs meanwhile
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if topic == self.fail_topic:
+                done.set_exception(OutOfOrderSequenceNumber())
+            else:
+                self.sent.append(topic)
+                done.set_result(None)
+            return done
+
+    made: list[Producer] = []
+
+    class Sink(KafkaOut):
+        def _make_producer(self) -> Producer:
+            made.append(Producer("t.feedback" if not made else None))  # the first one the restart broke
+            return made[-1]
+
+    sink = Sink(KafkaSettings(), max_backoff_s=0.01)
+    live = [OutRecord("t.classified", b"k", b"v")] * 20
+    feedback = [OutRecord("t.feedback", b"k", b"v")]
+
+    async def run() -> list[object]:
+        await sink.start()
+        return await asyncio.gather(sink.send_all(live), sink.send_all(feedback), return_exceptions=True)
+
+    assert asyncio.run(asyncio.wait_for(run(), timeout=10)) == [None, None]
+    assert len(made) == 2 and made[1].sent.count("t.feedback") == 1
+    assert made[0].sent.count("t.classified") + made[1].sent.count("t.classified") >= 20
+
+
+def test_a_version_triton_unloaded_is_not_served_and_one_loading_is_waited_for() -> None:
+    """Triton answers UNAVAILABLE "version N is not at ready state" both for a version still loading and for one it
+    unloaded (`latest 2` unloads the oldest when a newer one loads), and NOT_FOUND only for one never loaded. A
+    feedback decision's taxonomy check must not wait for an unloaded version (it held every later decision for
+    ever): the repository index tells the two apart."""
+    from types import SimpleNamespace
+
+    from tritonclient.utils import InferenceServerException
+
+    from stream.classify.triton_client import TritonClassifier, VersionNotServed
+
+    def not_ready(v: str) -> InferenceServerException:
+        return InferenceServerException(
+            f"Request for unknown model: 'listing_classifier' version {v} is not at ready state",
+            status="StatusCode.UNAVAILABLE",
+        )
+
+    class Client:
+        def __init__(self, state: str) -> None:
+            self.state, self.calls = state, 0
+
+        async def infer(self, *args: object, **kwargs: object) -> None:
+            self.calls += 1
+            raise not_ready("4")
+
+        async def get_model_repository_index(self, **kwargs: object) -> SimpleNamespace:
+            model = SimpleNamespace(name="listing_classifier", version="4", state=self.state)
+            return SimpleNamespace(models=[model])
+
+    async def ask(state: str) -> tuple[str, int]:
+        triton = TritonClassifier("127.0.0.1:1", "listing_classifier", max_backoff_s=0.01)
+        client = Client(state)
+        triton._client, triton._choosing = client, asyncio.Lock()
+        try:
+            await asyncio.wait_for(triton.taxonomy("4", wait_for_version=False), 1.0)
+        except VersionNotServed:
+            return "not served", client.calls
+        except TimeoutError:
+            return "waited", client.calls
+        return "answered", client.calls
+
+    assert asyncio.run(ask("UNAVAILABLE")) == ("not served", 1)
+    outcome, calls = asyncio.run(ask("LOADING"))
+    assert outcome == "waited" and calls > 1
+
+
 def test_governor_backs_off_while_live_is_slow_and_speeds_up_after() -> None:
     """AIMD on the backfill's rate from the live latency (the latency source is replaced: pure logic): one cut
     per window of results, a pause under the floor, additive increase, the ceiling."""
@@ -797,6 +892,13 @@ def test_a_model_that_fails_every_request_is_an_outage_and_one_failing_on_an_eve
     prepared = asyncio.run(pipeline.prepare(records))
     assert [rec.offset for rec, _ in prepared.invalid] == [2] and len(prepared.classified) == 3
     assert prepared.invalid[0][1].error_type == "model_rejected"
+    # a failed pass fails every request merged into it, other workers' too: a lone event whose request failed once
+    # is sent again (the model passes the known-good title) before it is blamed
+    once = Fake(broken_calls=1)
+    pipeline = Pipeline(Settings(), source="live", classifier=once, store=None, out=None)  # type: ignore[arg-type]
+    prepared = asyncio.run(pipeline.prepare(healthy[:1]))
+    assert not prepared.invalid and len(prepared.classified) == 1
+    assert once.calls == [["phone case 0"], [CANARY_TITLE], ["phone case 0"]]
 
 
 def test_backfill_rides_over_redis_and_kafka_blips() -> None:

@@ -141,6 +141,47 @@ def test_a_different_redelivered_answer_replaces_an_unconfirmed_one(stack, r) ->
     assert r.hget(keys.listing(iid), "category_id") == "d"
 
 
+def _record(iid: str, lv: int, cat: str, tags: list[str], origin: str, confidence: float = 0.9) -> StoreItem:
+    """A result of the input record `origin` (topic:partition:offset), as the pipeline stores it."""
+    import dataclasses
+
+    digest = f"{cat}|{','.join(tags)}|{confidence}"
+    return dataclasses.replace(_item(iid, lv, 1, cat, tags), origin=origin, digest=digest)
+
+
+def test_another_record_of_the_same_edit_never_replaces_the_first_even_in_one_batch(stack, r) -> None:
+    """Two input records with the same listing_version (a duplicate, or a second edit its producer did not
+    number): the first stored wins whether or not its outputs are confirmed yet (one micro-batch), and the other
+    sends nothing — no second classified record, no contradicting tag update."""
+    iid = f"it-{uuid.uuid4().hex[:8]}"
+    first, second, dup = _apply(
+        stack,
+        [
+            _record(iid, 0, "phone-case", ["t-phone"], "in:0:10"),
+            _record(iid, 0, "shoe", ["t-shoe"], "in:0:11"),
+            _record(iid, 0, "phone-case", ["t-phone"], "in:0:12"),
+        ],
+    )
+    assert first.status == "applied" and first.needs_outputs
+    assert second.status == "same" and not second.needs_outputs
+    assert dup.status == "same" and not dup.needs_outputs
+    assert r.hget(keys.listing(iid), "category_id") == "phone-case"
+    assert r.smembers("tag:t-shoe") & {iid} == set()
+
+
+def test_a_redelivery_answered_otherwise_in_any_field_replaces_the_unconfirmed_write(stack, r) -> None:
+    """The same input record again over an unconfirmed write: answered the same, its outputs are re-sent as
+    stored; answered with another confidence (same category and tags), it replaces the write, so the record
+    re-sent is what Redis holds."""
+    iid = f"it-{uuid.uuid4().hex[:8]}"
+    _apply(stack, [_record(iid, 1, "c", ["a"], "in:3:7", confidence=0.9)])
+    same = _apply(stack, [_record(iid, 1, "c", ["a"], "in:3:7", confidence=0.9)])[0]
+    assert same.status == "same" and same.needs_outputs
+    moved = _apply(stack, [_record(iid, 1, "c", ["a"], "in:3:7", confidence=0.3)])[0]
+    assert moved.status == "applied" and moved.needs_outputs and moved.added == ["a"]
+    assert r.hget(keys.listing(iid), "result_digest") == "c|a|0.3"
+
+
 def test_batch_in_one_round_trip_keeps_order_per_item(stack, r) -> None:
     iid = f"it-{uuid.uuid4().hex[:8]}"
     outs = _apply(stack, [_item(iid, 1, 1, "v1", ["a"]), _item(iid, 2, 1, "v2", ["b"]), _item(iid, 1, 1, "v1", [])])

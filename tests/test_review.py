@@ -104,6 +104,7 @@ def test_human_labels_win_and_bad_feedback_is_dead_lettered(reviewing) -> None:
             decision(ids[1], 3, cats[ids[1]], [], "accepted"),
             decision("nobody", 3, other, []),  # unknown item
             decision(ids[2], 3, "no.such.category", []),  # unknown category
+            decision(ids[2], 3, cats[ids[2]], ["no-such:tag"]),  # a tag the taxonomy lacks
             decision(ids[3], 2, other, []),  # older listing_version
             (b"x", b"{not json"),
             (ids[5].encode(), orjson.dumps(year_10000)),
@@ -119,8 +120,9 @@ def test_human_labels_win_and_bad_feedback_is_dead_lettered(reviewing) -> None:
     assert h["category_id"] == other and h["tags"] == '["gender:men"]' and h["reviewer"] == "tester"
     assert r.zscore(keys.REVIEW_QUEUE, ids[0]) is None and r.sismember(keys.category(other), ids[0])
     assert r.hgetall(keys.REVIEW_STATS) == {"corrected": "2", "accepted": "1"}
-    dlq = {orjson.loads(m.value)["error_type"] for m in read_topic(s, s.topics.dlq, expected=5)}
+    dlq = {orjson.loads(m.value)["error_type"] for m in read_topic(s, s.topics.dlq, expected=6)}
     assert {"feedback_unknown_item", "feedback_unknown_category", "feedback_older_version", "not_json"} <= dlq
+    assert "feedback_unknown_tag" in dlq
     assert "bad_timestamp" in dlq
     assert published_by_humans(s, {ids[0], ids[1], ids[4]}).keys() == {ids[0], ids[1], ids[4]}
     # a replay with any model never overwrites the human label of that listing_version ...
@@ -225,6 +227,27 @@ def test_review_page_counts_dead_letters_refuses_cross_site_posts_and_needs_a_to
         # the page refuses what the worker's feedback contract would dead-letter (a blank item_id passed the page)
         blank = orjson.dumps({"item_id": "  ", "listing_version": 3, "decision": "accepted", "category_id": "x"})
         assert post(port, blank, page) == 400
+        # ... and what the worker would refuse against the stored item: the item stays in the queue
+        r = connections.redis_sync(s.redis, decode_responses=True)
+        item, cat = ids[1], redis_items(s, ids[1:2])[ids[1]]["category_id"]
+
+        def decide(**change: object) -> int:
+            doc = {"item_id": item, "listing_version": 3, "decision": "accepted", "category_id": cat, **change}
+            return post(port, orjson.dumps(doc), page)
+
+        assert decide(listing_version=2) == 409  # the seller has edited it since
+        assert decide(listing_version=4) == 409  # never classified
+        assert decide(category_id="no.such.category") == 400
+        assert decide(tags=["no-such:tag"]) == 400
+        assert decide(item_id={"x": 1}) == 400  # not turned into the string "{'x': 1}"
+        assert decide(item_id="nobody") == 404
+        assert r.zscore(keys.REVIEW_QUEUE, item) is not None
+        # a site re-pointed at 127.0.0.1 (DNS rebinding) is refused by its Host header, on every route
+        rebound = urllib.request.Request(f"http://127.0.0.1:{port}/api/queue", headers={"Host": f"evil.test:{port}"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(rebound, timeout=10)
+        assert refused.value.code == 403
+        r.close()
     finally:
         proc.kill()
     out = listings_cli(s, "review-ui", "--host", "0.0.0.0")

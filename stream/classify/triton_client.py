@@ -25,6 +25,7 @@ LIVE_PRIORITY = 1
 BACKFILL_PRIORITY = 2
 RECHECK_S = 30.0  # how long a fallback to the live model holds before the background copy is asked for again
 log = logging.getLogger("listings.triton")
+NOT_AT_READY = "is not at ready state"  # Triton's answer for a version that is loading, unloading or unloaded
 RETRYABLE_CODES = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED"}
 
 
@@ -118,7 +119,8 @@ class TritonClassifier:
         import tritonclient.grpc.aio as grpcclient
 
         key = version or self.model_version
-        if key not in self._taxonomies:
+        # "" is whichever version Triton serves newest, which a new export changes: asked each time, never cached
+        if not key or key not in self._taxonomies:
 
             async def ask() -> Any:
                 return await self._call(
@@ -137,7 +139,11 @@ class TritonClassifier:
                 max_backoff=self.max_backoff_s,
                 on_retry=health.on_retry("triton"),
             )
-            self._taxonomies[key] = orjson.loads(res.as_numpy("RESULT").reshape(-1)[0])
+            health.succeeded("triton")  # a retried call that got through: ready again (as after a classification)
+            taxonomy = orjson.loads(res.as_numpy("RESULT").reshape(-1)[0])
+            if not key:
+                return taxonomy
+            self._taxonomies[key] = taxonomy
         return self._taxonomies[key]
 
     async def ping(self) -> bool:
@@ -153,8 +159,9 @@ class TritonClassifier:
     async def _infer_checked(self, titles: Sequence[str], descriptions: Sequence[str], brands: Sequence[str]) -> Any:
         """One request. A refusal the model gives a request it cannot read (INVALID_ARG) is raised as it is: the
         pipeline isolates the events responsible. Any other failure (INTERNAL: the model's own code failed, for
-        every request of its batch) is the events' fault only if the model still classifies a known-good title:
-        when that fails too, it is ModelFailing, retried like an outage instead of dead-lettering every batch."""
+        every request of its batch) is the events' fault only if the model still classifies a known-good title and
+        the same request fails again: when the title fails too, it is ModelFailing, retried like an outage instead
+        of dead-lettering every batch."""
         from tritonclient.utils import InferenceServerException
 
         try:
@@ -166,7 +173,9 @@ class TritonClassifier:
                 await self._infer_once([CANARY_TITLE], [""], [""])
             except InferenceServerException as canary:
                 raise ModelFailing(f"the model fails a known-good title too: {canary}") from exc
-            raise  # the model works: something in this batch makes it fail
+            # the model works. A failed pass fails every request merged into it, other clients' too, so the batch
+            # is sent once more before its events are blamed: a second failure is theirs (the pipeline isolates it)
+            return await self._infer_once(titles, descriptions, brands)
 
     async def _infer_once(self, titles: Sequence[str], descriptions: Sequence[str], brands: Sequence[str]) -> Any:
         import tritonclient.grpc.aio as grpcclient
@@ -193,6 +202,13 @@ class TritonClassifier:
             )
         except InferenceServerException as exc:
             text = f"{exc.status()} {exc}".lower()
+            unloaded = version and target == self.model_name and NOT_AT_READY in text
+            if unloaded and not await self._loading(client, version):
+                # a version Triton has unloaded (`latest N` unloads the oldest as a newer one loads) stays in its
+                # table and answers UNAVAILABLE like one still loading: only the repository index tells them apart
+                raise VersionNotServed(
+                    f"Triton no longer serves {self.model_name} version {version} (unloaded): {exc}"
+                ) from exc
             if target != self.model_name and any(w in text for w in ("unknown", "not_found", "not found", "ready")):
                 # the background copy went away (unloaded, its version removed): the retry asks again
                 self._targets.pop(version, None)
@@ -211,6 +227,18 @@ class TritonClassifier:
                     f"a version it serves (listings promote N; listings models lists them): {exc}"
                 ) from exc
             raise
+
+    async def _loading(self, client: Any, version: str) -> bool:
+        """Whether Triton's repository index says `version` of the model is loading (or cannot say: then it may be,
+        and the caller keeps retrying)."""
+        try:
+            index = await client.get_model_repository_index(client_timeout=self.timeout_s)
+        except Exception:  # noqa: BLE001 - no answer: treated as loading, retried like the request
+            return True
+        for model in getattr(index, "models", ()):
+            if model.name == self.model_name and model.version == version:
+                return model.state.upper() == "LOADING"
+        return False  # not in the index at all: not served
 
     async def _target(self, client: Any, version: str) -> str:
         """The model to send `version`'s requests to: `serve_from` while Triton serves that version of it, else

@@ -200,9 +200,11 @@ def parse_listing(value: bytes | None, key: bytes | None = None) -> Listing:
     title = title.strip()
     if not title:
         raise InvalidEvent("'title' is blank", "blank_title")
+    cut = len(title) > TITLE_MAX_CHARS
+    title = title[:TITLE_MAX_CHARS].rstrip()  # what the model reads: the check below is of the same span as its own
     if not any(ch.isalnum() for ch in title):  # "😀😀", "----", a zero-width space: nothing to classify by
-        raise InvalidEvent("'title' has no letter or digit", "blank_title")
-    title = title[:TITLE_MAX_CHARS].rstrip()
+        where = f" in its first {TITLE_MAX_CHARS:,} characters (what the model reads)" if cut else ""
+        raise InvalidEvent(f"'title' has no letter or digit{where}", "blank_title")
 
     strings = {
         name: _optional_str(obj, name, DESCRIPTION_MAX_CHARS if name == "description" else OPTIONAL_STRING_MAX_CHARS)

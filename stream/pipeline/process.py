@@ -19,7 +19,7 @@ from stream.classify.triton_client import Classification, TritonClassifier
 from stream.config import Settings
 from stream.events.contract import InvalidEvent, Listing, parse_listing
 from stream.events.dlq import dlq_key, dlq_record
-from stream.pipeline.records import InRecord, classified_record, redis_fields, tag_update_record
+from stream.pipeline.records import InRecord, classified_record, record_digest, redis_fields, tag_update_record
 from stream.pipeline.timing import BatchTiming
 from stream.sinks.kafka_out import KafkaOut, OutRecord
 from stream.sinks.redis_store import RedisStore, StoreItem
@@ -215,6 +215,8 @@ class Pipeline:
                     tags=[t["tag"] for t in c.result.tags],
                     fields=redis_fields(record, c.listing.title),
                     queued_at_ms=int(now_ms),
+                    origin=f"{c.record.topic}:{c.record.partition}:{c.record.offset}",
+                    digest=record_digest(record),
                 )
             )
         t = prepared.timing

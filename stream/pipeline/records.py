@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,3 +98,10 @@ def tag_update_record(
         "model": model,
         "classified_at": classified_at,
     }
+
+
+def record_digest(record: dict[str, Any]) -> str:
+    """A digest of an output record, all but `classified_at` (when it was stored): the same input record answered
+    the same way gets the same digest (apply_result.lua re-emits what Redis holds, or replaces it)."""
+    body = {k: v for k, v in record.items() if k != "classified_at"}
+    return hashlib.blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS), digest_size=12).hexdigest()

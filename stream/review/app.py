@@ -5,14 +5,21 @@
 * `GET /api/queue?category=&min_confidence=&max_confidence=&limit=` the review queue, newest first: the items the
   Redis sorted set `review:queue` holds (the worker adds a result with `needs_review`, a decision or a newer
   confident result removes it), each with title, predicted path, confidence, alternatives and tags.
-* `GET /api/taxonomy` the categories and tags of the live model version (asked from Triton).
+* `GET /api/taxonomy?version=` the categories and tags of a model version (the live one by default; asked from
+  Triton).
 * `GET /api/stats` the live panel: classification rate, dead-letter count, review backlog, accepted vs corrected.
-* `POST /api/decision` a decision, published to `listings.feedback` (the worker applies it).
+* `POST /api/decision` a decision, published to `listings.feedback` (the worker applies it). Refused here with what
+  the worker would dead-letter it for: a broken field (400), an item never classified (404), an edit the reviewer
+  did not see (409: the seller has edited the item since, or that version was never classified), a category or tag
+  the taxonomy of the version that classified the item lacks (400). Accepted, the item leaves the queue unless a
+  newer edit has been stored meanwhile.
 
 Security: bound to 127.0.0.1 unless `LISTINGS_REVIEW_HOST` says otherwise, and then `LISTINGS_REVIEW_TOKEN` is
 required (the page asks for it; the API takes it as `X-Review-Token`). A POST must be JSON, carry the token
 header (when one is set) or `X-Requested-With`, and come from the page's own origin: a cross-site form post is
-refused.
+refused. Without a token (loopback only) every request must name a loopback host (`Host: 127.0.0.1:8088`,
+`localhost`, `[::1]`): a site whose name an attacker re-points at 127.0.0.1 (DNS rebinding) is same-origin with
+itself, and only its `Host` header gives it away.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import time
 from importlib import resources
 from typing import Any
@@ -38,6 +46,31 @@ from stream.timefmt import now_iso
 
 log = logging.getLogger("listings.review")
 STATIC = resources.files("stream.review").joinpath("static")
+MAX_SCAN = 10_000  # queue entries a filtered page reads at most (newest first)
+
+# remove an item from the review queue only while the stored edit is the one decided on (a newer edit stored
+# meanwhile may itself need review: the worker queued it)
+UNQUEUE_IF_VERSION = """
+if redis.call('HGET', KEYS[1], 'listing_version') == ARGV[2] then
+  return redis.call('ZREM', KEYS[2], ARGV[1])
+end
+return 0
+"""
+
+
+class Refused(ValueError):
+    """A decision the worker would dead-letter; `status` is the HTTP answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def host_name(header: str) -> str:
+    """The host part of a `Host` header (`127.0.0.1:8088` → `127.0.0.1`, `[::1]:8088` → `::1`)."""
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
 def loopback(host: str) -> bool:
@@ -78,11 +111,21 @@ class Review:
     # ---------------------------------------------------------------------------------------- data
 
     async def queue(self, category: str, lo: float, hi: float, limit: int) -> list[dict]:
-        ids = [i.decode() for i in await self.redis.zrevrange(keys.REVIEW_QUEUE, 0, self.settings.review.page_size * 5)]
+        """Up to `limit` queued items that pass the filters, newest first, read in chunks (at most MAX_SCAN
+        entries: a filter that matches only old items still finds them)."""
+        out: list[dict] = []
+        chunk = self.settings.review.page_size * 5 + 1
+        for start in range(0, MAX_SCAN, chunk):
+            raw_ids = await self.redis.zrevrange(keys.REVIEW_QUEUE, start, min(start + chunk, MAX_SCAN) - 1)
+            await self._matching([i.decode() for i in raw_ids], category, lo, hi, limit, out)
+            if len(out) >= limit or len(raw_ids) < chunk:
+                break
+        return out
+
+    async def _matching(self, ids: list[str], category: str, lo: float, hi: float, limit: int, out: list) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for iid in ids:
             pipe.hgetall(keys.listing(iid))
-        out = []
         for iid, raw in zip(ids, await pipe.execute(), strict=True):
             h = {k.decode(): v.decode() for k, v in raw.items()}
             if not h or h.get("needs_review") != "1" or h.get("label_source") == "human":
@@ -108,12 +151,18 @@ class Review:
             )
             if len(out) >= limit:
                 break
-        return out
 
-    async def taxonomy(self) -> dict:
-        version = (await self.redis.hget(live_key(self.settings.triton.model_name), "version")) or b""
-        tax = await self.classifier.taxonomy(version.decode())
-        return {"version": version.decode(), **tax}
+    async def taxonomy(self, version: str = "") -> dict:
+        """The categories and tags of `version` (the one that classified an item: what its decision is checked
+        against, or the served one once Triton no longer serves it), or of the live version."""
+        from stream.feedback import taxonomy_of
+
+        if version:
+            tax = await taxonomy_of(self.classifier, version)
+            categories = list(tax.categories.values())
+            return {"version": version, "checked": tax.note, "categories": categories, "tags": sorted(tax.tags)}
+        live = ((await self.redis.hget(live_key(self.settings.triton.model_name), "version")) or b"").decode()
+        return {"version": live, **(await self.classifier.taxonomy(live))}
 
     async def stats(self) -> dict:
         s = self.settings
@@ -158,33 +207,57 @@ class Review:
 
         missing = [f for f in ("item_id", "listing_version", "decision", "category_id") if body.get(f) in (None, "")]
         if missing:
-            raise ValueError(f"missing {', '.join(missing)}")
-        if not isinstance(body.get("tags", []), list):
-            raise ValueError("tags is a list of tags")
+            raise Refused(f"missing {', '.join(missing)}")
+        for name in ("item_id", "decision", "category_id", "reviewer"):
+            if name in body and body[name] is not None and not isinstance(body[name], str):
+                raise Refused(f"{name} is a string, got {type(body[name]).__name__}")
+        tags = body.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise Refused("tags is a list of tag names (strings)")
         version = body["listing_version"]
         if isinstance(version, bool) or not (
             isinstance(version, int) or (isinstance(version, str) and version.isdigit())
         ):
-            raise ValueError(f"listing_version is an integer, got {version!r}")
+            raise Refused(f"listing_version is an integer, got {version!r}")
         decision = {
-            "item_id": str(body["item_id"]),
+            "item_id": body["item_id"],
             "listing_version": int(version),
             "decision": body["decision"],
-            "category_id": str(body["category_id"]),
-            "tags": [str(t) for t in body.get("tags", [])],
-            "reviewer": str(body.get("reviewer") or current_user())[:100],
+            "category_id": body["category_id"],
+            "tags": tags,
+            "reviewer": (body.get("reviewer") or current_user())[:100],
             "decided_at": now_iso(),
         }
         value = orjson.dumps(decision)
         try:
-            parse_feedback(value)  # what the worker will accept: refused here, not dead-lettered there
+            fb = parse_feedback(value)  # what the worker will accept: refused here, not dead-lettered there
         except InvalidEvent as exc:
-            raise ValueError(str(exc)) from None
-        record = OutRecord(self.settings.topics.feedback, decision["item_id"].encode(), value)
+            raise Refused(str(exc)) from None
+        await self._check_against_stored(fb)
+        record = OutRecord(self.settings.topics.feedback, fb.item_id.encode(), value)
         await self.producer.send_all([record])
-        # off the page's queue at once; the worker removes it from Redis when it applies the decision
-        await self.redis.zrem(keys.REVIEW_QUEUE, decision["item_id"])
+        # off the page's queue at once (the worker removes it from Redis when it applies the decision), unless a
+        # newer edit has been stored since the check: that one stays queued
+        await self.redis.eval(
+            UNQUEUE_IF_VERSION, 2, keys.listing(fb.item_id), keys.REVIEW_QUEUE, fb.item_id, str(fb.listing_version)
+        )
         return decision
+
+    async def _check_against_stored(self, fb: Any) -> None:
+        """Refuse what the worker would dead-letter: an unknown item, an edit other than the stored one, a category
+        or tag the taxonomy of the version that classified the item lacks (the worker's own rule)."""
+        from stream.feedback import REFUSED, taxonomy_of
+
+        stored = {k.decode(): v.decode() for k, v in (await self.redis.hgetall(keys.listing(fb.item_id))).items()}
+        if not stored:
+            raise Refused(REFUSED["unknown_item"], 404)
+        current = int(stored.get("listing_version") or 0)
+        if fb.listing_version != current:
+            why = REFUSED["older_version"] if fb.listing_version < current else REFUSED["unknown_version"]
+            raise Refused(f"{why} (stored: {current}, decided: {fb.listing_version}); reload the queue", 409)
+        refused = (await taxonomy_of(self.classifier, stored.get("model_version", ""))).refusal(fb)
+        if refused is not None:
+            raise Refused(refused[0])
 
 
 # -------------------------------------------------------------------------------------------- HTTP
@@ -195,10 +268,14 @@ def make_app(settings: Settings) -> web.Application:
     token = settings.review.token.get_secret_value() if settings.review.token else ""
 
     def authorised(request: web.Request) -> bool:
-        return not token or hmac.compare_digest(request.headers.get("X-Review-Token", ""), token)
+        # bytes: compare_digest refuses str with non-ASCII characters (a TypeError, answered 500)
+        given = request.headers.get("X-Review-Token", "").encode("utf-8", "surrogateescape")
+        return not token or hmac.compare_digest(given, token.encode("utf-8"))
 
     @web.middleware
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        if not token and not loopback(host_name(request.host)):  # DNS rebinding: see the module's Security
+            return web.json_response({"error": "open the page by a loopback address (127.0.0.1)"}, status=403)
         if request.path.startswith("/api/"):
             if not authorised(request):
                 return web.json_response({"error": "a valid X-Review-Token is required"}, status=401)
@@ -232,12 +309,17 @@ def make_app(settings: Settings) -> web.Application:
         try:
             lo, hi = float(q.get("min_confidence", 0)), float(q.get("max_confidence", 1))
             limit = min(int(q.get("limit", settings.review.page_size)), settings.review.page_size)
+            if not (math.isfinite(lo) and math.isfinite(hi)) or limit < 1:
+                raise ValueError
         except ValueError:
-            return web.json_response({"error": "bad filter value"}, status=400)
+            return web.json_response({"error": "bad filter value (confidences are numbers, limit >= 1)"}, status=400)
         return web.json_response(await review.queue(q.get("category", ""), lo, hi, limit))
 
-    async def api_taxonomy(_request: web.Request) -> web.StreamResponse:
-        return web.json_response(await review.taxonomy())
+    async def api_taxonomy(request: web.Request) -> web.StreamResponse:
+        version = request.query.get("version", "")
+        if version and not version.isdigit():
+            return web.json_response({"error": "version is a model version number"}, status=400)
+        return web.json_response(await review.taxonomy(version))
 
     async def api_stats(_request: web.Request) -> web.StreamResponse:
         return web.json_response(await review.stats())
@@ -248,6 +330,8 @@ def make_app(settings: Settings) -> web.Application:
             if not isinstance(body, dict):
                 raise ValueError("not an object")
             decision = await review.decide(body)
+        except Refused as exc:
+            return web.json_response({"error": f"decision refused: {exc}"}, status=exc.status)
         except (ValueError, KeyError, TypeError) as exc:
             return web.json_response({"error": f"bad decision: {exc}"}, status=400)
         return web.json_response(decision)

@@ -61,6 +61,9 @@ class KafkaOut:
         self.max_backoff_s = max_backoff_s
         self.client_id = client_id
         self._producer: Any = None
+        # one KafkaOut may serve several coroutines (the worker's live and feedback agents): one of them opens a
+        # replacement producer at a time, and each send uses the producer it started with
+        self._opening: asyncio.Lock | None = None
 
     def _make_producer(self) -> Any:
         from aiokafka import AIOKafkaProducer
@@ -104,24 +107,33 @@ class KafkaOut:
             except TimeoutError:
                 log.warning("kafka producer: sends still unacknowledged after %.0fs at stop: abandoned", timeout_s)
 
-    async def _drop(self) -> None:
+    async def _drop(self, broken: Any) -> None:
         """Close a producer whose state the broker no longer knows (best effort: it is already broken); the next
-        attempt of `send_all` opens a new one, with a new producer id, and sends the whole set again."""
+        attempt of `send_all` opens a new one, with a new producer id, and sends the whole set again. Another
+        coroutine may have replaced it already: then only the broken one is closed."""
         from aiokafka.errors import KafkaError
 
-        old, self._producer = self._producer, None
-        if old is not None:
-            try:
-                await asyncio.wait_for(old.stop(), timeout=5.0)
-            except (TimeoutError, KafkaError, OSError) as exc:
-                log.debug("closing the broken kafka producer: %r", exc)
+        if self._producer is broken:
+            self._producer = None
+        try:
+            await asyncio.wait_for(broken.stop(), timeout=5.0)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            log.debug("closing the broken kafka producer: %r", exc)
+
+    async def _current(self) -> Any:
+        """The producer to send with, opening a replacement if the last one was dropped (once, whoever asks)."""
+        if self._producer is None:  # dropped after its state was lost
+            if self._opening is None:
+                self._opening = asyncio.Lock()
+            async with self._opening:
+                if self._producer is None:
+                    await self._open()
+        return self._producer
 
     async def _send_once(self, records: Sequence[OutRecord]) -> None:
-        if self._producer is None:  # dropped after its state was lost
-            await self._open()
-        assert self._producer is not None
+        producer = await self._current()
         try:
-            futures = [await self._producer.send(r.topic, r.value, key=r.key) for r in records]
+            futures = [await producer.send(r.topic, r.value, key=r.key) for r in records]
             await self._acknowledged(futures)
         except Exception as exc:
             if producer_state_lost(exc):
@@ -129,7 +141,7 @@ class KafkaOut:
                     "kafka producer state lost (%s), probably after a broker restart: opening a new producer",
                     type(exc).__name__,
                 )
-                await self._drop()
+                await self._drop(producer)
             raise
 
     async def _acknowledged(self, futures: list[Any]) -> None:

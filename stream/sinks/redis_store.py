@@ -67,6 +67,10 @@ class StoreItem:
     fields: dict[str, str]
     mode: str = "model"  # "model": a classification; "human": a review decision (see apply_result.lua)
     queued_at_ms: int = 0  # when a result that needs review entered the review queue
+    # the input record (topic:partition:offset) and a digest of the output record: tell a redelivery of the same
+    # record from another record of the same edit (see apply_result.lua); "" = unknown
+    origin: str = ""
+    digest: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +133,8 @@ class RedisStore:
                     keys.TAG,
                     it.mode,
                     it.queued_at_ms,
+                    it.origin,
+                    it.digest,
                 ],
                 client=pipe,
             )

@@ -14,7 +14,8 @@ SERVING_DIR = REPO / "triton_models" / MODEL_NAME  # config.pbtxt and the model'
 
 
 class TrainingSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LISTINGS_", frozen=True, extra="ignore")
+    # numbers are finite, as in the runtime's settings (an `inf` timeout waited for ever)
+    model_config = SettingsConfigDict(env_prefix="LISTINGS_", frozen=True, extra="ignore", allow_inf_nan=False)
 
     data_dir: Path = Field(REPO.parent / "shared" / "data", description="the default labelled product data")
     cache_dir: Path = Field(Path.home() / ".cache" / "listing-classifier", description="trained-model cache")

@@ -24,6 +24,7 @@ from stream.files import (
     data_suffix,
     first_non_utf8_line,
     jsonl_objects,
+    not_utf8_message,
     open_text,
 )
 
@@ -108,11 +109,7 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 for n, rec in enumerate(csv_dict_reader(f, path), 2):
                     yield n, rec
         except UnicodeDecodeError:
-            line, column, byte = first_non_utf8_line(path) or (n, 0, 0)
-            raise DataError(
-                f"{path}, line {line}, column {column}: not UTF-8 (byte 0x{byte:02x}); convert the file first, "
-                "e.g. iconv -f cp1252 -t utf-8"
-            ) from None
+            raise DataError(not_utf8_message(path, *(first_non_utf8_line(path) or (n, 0, 0)))) from None
         except (csv.Error, OSError, EOFError) as exc:
             raise DataError(f"{path}, after row {n}: not a readable CSV ({exc})") from None
 

@@ -51,6 +51,24 @@ def write_gpu_config(path: Path) -> None:
     Path(path).write_text(gpu_config_text((SERVING_DIR / "config.pbtxt").read_text()))
 
 
+def refresh_glue(repo: Path, name: str = MODEL_NAME) -> list[int]:
+    """Give every version of `name` in `repo` the current Triton glue (`model.py`, copied at export; it reads
+    requests and writes responses, and changes no figure: the scoring code, `classifier.py`, stays the version's).
+    A version exported before a fix to the glue (per-request errors, input checks) would otherwise keep the old
+    behaviour for as long as it is served. Returns the versions whose copy was replaced."""
+    source = (SERVING_DIR / "model.py").read_bytes()
+    refreshed = []
+    for version in versions(repo, name):
+        target = Path(repo) / name / str(version) / "model.py"
+        if target.is_file() and target.read_bytes() == source:
+            continue
+        tmp = target.with_name(".model.py.refresh")
+        tmp.write_bytes(source)
+        tmp.replace(target)  # atomic: a Triton loading the version meanwhile reads one whole file
+        refreshed.append(version)
+    return refreshed
+
+
 def export(artifact: Path, repo: Path, name: str = MODEL_NAME) -> int:
     """Copy the artifact and the serving code into `<repo>/<name>/<n>/`, n = highest + 1."""
     model_dir = Path(repo) / name

@@ -4,10 +4,12 @@ the code it was trained and measured with.
 
 What a version folder holds and how a batch is scored:
 
-1. **Text.** `compose_text(title, brand, description)`: the brand in front when the title lacks it, then the
-   description's first characters, HTML tags and entities removed (`plain_text`), after ` | ` (followed by
-   `DESCRIPTION_MARK`, a control character the tokenizer drops: it tells the linear part where the description
-   starts). Tokenized with the version's `tokenizer/tokenizer.json`.
+1. **Text.** `compose_text(title, brand, description)`: each field in Unicode compatibility form (NFKC: a seller's
+   "fancy font" — fullwidth `ｓｈｉｒｔ`, mathematical bold `𝐒𝐚𝐦𝐬𝐮𝐧𝐠` — reads as the plain letters the tokenizer
+   and the n-grams know), the brand in front when the title lacks it, then the description's first characters,
+   HTML tags and entities removed (`plain_text`), after ` | ` (followed by `DESCRIPTION_MARK`, a control character
+   the tokenizer drops: it tells the linear part where the description starts). Tokenized with the version's
+   `tokenizer/tokenizer.json`.
 2. **Encoder engine** → per row: leaf logits [C], tag logits [T], and one logits vector per auxiliary taxonomy
    level. Engines: `torch` (weights.pt, fp32; fp16 on CUDA), `onnx` (model.onnx, fp32), `onnx-int8`
    (model.int8.onnx, dynamically quantized: each batch's activations get one scale, so a row's scores move a
@@ -22,7 +24,10 @@ What a version folder holds and how a batch is scored:
    `softmax(s/τ)` (τ fitted on the dev split, so confidences mean what they say); tags
    `sigmoid(β·z + (1-β)·T_tag·linear_tag)`.
 5. **Hierarchy.** Each level's probability is the sum of its leaves' probabilities; `depth` is the deepest level
-   whose probability reaches `depth_threshold` (the path the model is confident in).
+   whose probability reaches `depth_threshold` (the path the model is confident in). A row in which the linear
+   part finds no n-gram the training data had (a script or symbols it never saw) has no evidence for any class:
+   it gets the uniform distribution (confidence 1/C, depth 0: the review queue) and no tags, where the encoder
+   alone would answer from its biases with a confident-looking path.
 6. **Tags only where they apply** (`tags.json`): the tag models learned where a group (`gender`, `season`, ...)
    applies; a group training found leaking (`gated`) is given only when the predicted category's top level is one
    the group applies to; every tag has its own threshold.
@@ -41,6 +46,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -72,13 +78,19 @@ def plain_text(text: str) -> str:
     return ENTITY.sub(lambda m: html.unescape(m[0]), text) if "&" in text else text
 
 
+def nfkc(text: str) -> str:
+    """`text` in Unicode compatibility form (fullwidth and styled letters, ligatures and the like become the plain
+    characters); ASCII, nearly every catalogue title, is returned as it is."""
+    return text if text.isascii() else unicodedata.normalize("NFKC", text)
+
+
 def compose_text(title: str, brand: str | None = None, description: str | None = None, desc_chars: int = 0) -> str:
     """The model's input text."""
-    title = " ".join(title[:MAX_TITLE_CHARS].split())
-    brand = " ".join((brand or "")[:MAX_BRAND_CHARS].split())
+    title = " ".join(nfkc(title[:MAX_TITLE_CHARS]).split())
+    brand = " ".join(nfkc((brand or "")[:MAX_BRAND_CHARS]).split())
     text = f"{brand} {title}" if brand and brand.lower() not in title.lower() else title
     if desc_chars > 0 and description:
-        desc = " ".join(plain_text(description[: desc_chars * 4]).split())[:desc_chars]
+        desc = " ".join(nfkc(plain_text(description[: desc_chars * 4])).split())[:desc_chars]
         if desc:
             text = f"{text}{DESCRIPTION_SEPARATOR}{desc}"
     return text
@@ -271,7 +283,10 @@ class CharIds:
     cross a word, and catalogue titles reuse their words (brands, "for", "men", sizes), so most words of a batch
     were seen in an earlier one."""
 
+    MAX_WORD_CHARS = 40  # longer words are scored, not cached: a cached word holds ~4 ids per character
+
     def __init__(self, vocab: dict[str, int], max_words: int = 50_000) -> None:
+        # bounded in words and in word length, so in size (at most ~50,000 x 160 ids, whatever the titles hold)
         self.vocab, self.max_words = vocab, max_words
         self.words: dict[str, list[int]] = {}
 
@@ -281,7 +296,7 @@ class CharIds:
             ids = self.words.get(w)
             if ids is None:
                 ids = known_ids(self.vocab, word_char_grams, w)
-                if len(self.words) < self.max_words:
+                if len(self.words) < self.max_words and len(w) <= self.MAX_WORD_CHARS:
                     self.words[w] = ids
             out += ids
         return out
@@ -363,12 +378,17 @@ class Linear:
         )
 
     def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        cats, tags, _ = self.scores(texts)
+        return cats, tags
+
+    def scores(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Category scores [n, C], tag scores [n, T] (or None), and which rows have any known n-gram [n]."""
         x = self.features(texts)
         cats = dense(x @ self.cat_coef) + self.cat_bias
         tags = None
         if self.tag_coef is not None:
             tags = dense(x @ self.tag_coef) + self.tag_bias
-        return cats, tags
+        return cats, tags, np.diff(x.indptr) > 0
 
 
 def dense(product: Any) -> np.ndarray:
@@ -516,9 +536,10 @@ class Classifier:
         n, n_tags = len(texts), len(self.tag_names)
         if not texts:
             return Scores(np.zeros((0, self.n_classes), np.float32), np.zeros((0, n_tags), np.float32))
-        lin_cat, lin_tag = self.linear(texts) if self.linear is not None else (None, None)
+        lin_cat, lin_tag, readable = self.linear.scores(texts) if self.linear is not None else (None, None, None)
         easy = self.easy_rows(lin_cat)
-        hard = np.flatnonzero(~easy) if easy.size else np.arange(n)
+        unread = ~readable if readable is not None else np.zeros(n, dtype=bool)
+        hard = np.flatnonzero(~easy & ~unread) if easy.size else np.flatnonzero(~unread)
         log_scores = np.zeros((n, self.n_classes), np.float64)
         tag_z = np.zeros((n, n_tags), np.float64)
         if len(hard):
@@ -531,12 +552,16 @@ class Classifier:
             log_scores[easy] = self.linear_log_scores(lin_cat[easy])
             if n_tags and lin_tag is not None:
                 tag_z[easy] = self.linear_tag_logits(lin_tag[easy])
-        probs = softmax(log_scores)
+        probs = softmax(log_scores).astype(np.float32)
+        probs[unread] = 1.0 / self.n_classes  # no evidence for any class (see 5.)
         tags = sigmoid(tag_z) if n_tags else np.zeros((n, 0), np.float32)
+        tags[unread] = 0.0
         if self.tag_names:
+            # gated by the top class of the float32 probabilities the results are read from (a float64 argmax
+            # could pick the other class of a float32 tie)
             top = self.top_of_class[probs.argmax(1)]
             tags = np.where(self.allowed[:, top].T, tags, 0.0)
-        return Scores(probs.astype(np.float32), tags.astype(np.float32))
+        return Scores(probs, tags.astype(np.float32))
 
     def score(
         self,

@@ -2,7 +2,10 @@
 // seller input. Decisions are POSTed as JSON with X-Requested-With (and the token when the server wants one).
 "use strict";
 
-const state = { items: [], selected: 0, taxonomy: { categories: [], tags: [] }, byId: new Map(), token: "" };
+const state = {
+  items: [], selected: 0, taxonomy: { categories: [], tags: [] }, byId: new Map(), token: "",
+  shown: null, taxonomies: new Map(), // the model version whose taxonomy the pickers list; each version's, fetched once
+};
 const $ = (id) => document.getElementById(id);
 
 function el(tag, text, cls) {
@@ -28,8 +31,17 @@ function categoryLabel(c) {
   return `${c.path.join(" > ")}  [${c.id}]`;
 }
 
-async function loadTaxonomy() {
-  state.taxonomy = await api("/api/taxonomy");
+// The pickers list the taxonomy of the version that classified the selected item: the worker checks a decision
+// against it (another version's ids and tags are refused).
+async function loadTaxonomy(version = "") {
+  if (state.shown === version) return;
+  if (!state.taxonomies.has(version)) {
+    const query = version ? `?version=${encodeURIComponent(version)}` : "";
+    state.taxonomies.set(version, await api(`/api/taxonomy${query}`));
+  }
+  state.shown = version;
+  state.taxonomy = state.taxonomies.get(version);
+  state.byId = new Map();
   const list = $("categories");
   list.replaceChildren(...state.taxonomy.categories.map((c) => {
     const option = el("option");
@@ -72,10 +84,17 @@ function select(i) {
   if (row) row.scrollIntoView({ block: "nearest" });
 }
 
-function renderDetail() {
+async function renderDetail() {
   const item = state.items[state.selected];
   $("detail").hidden = !item;
   if (!item) return;
+  let status = "";
+  try {
+    await loadTaxonomy(item.model_version || "");
+  } catch (err) {
+    status = `Taxonomy of v${item.model_version} unavailable: ${err.message}`;
+  }
+  if (item !== state.items[state.selected]) return; // another item was selected meanwhile
   $("d-title").textContent = item.title;
   $("d-path").textContent = item.path.join(" > ");
   $("d-conf").textContent = `confidence ${item.confidence.toFixed(2)}`;
@@ -87,7 +106,7 @@ function renderDetail() {
   const current = state.byId.get(item.category_id);
   $("d-category").value = current ? categoryLabel(current) : item.category_id;
   $("d-tags").value = item.tags.join(", ");
-  $("d-status").textContent = "";
+  $("d-status").textContent = status;
 }
 
 function pickAlternative(k) {

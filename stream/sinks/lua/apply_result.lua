@@ -8,16 +8,22 @@
 -- KEYS[4] the review decision counts (hash)
 -- ARGV: item_id, listing_version, model_version, category_id, tags_json (sorted list of tag names),
 --       fields_json (flat object of string fields for the hash), stream_maxlen, index_prefix_category,
---       index_prefix_tag, mode ('model' | 'human'), queued_at (ms, score in the review queue)
+--       index_prefix_tag, mode ('model' | 'human'), queued_at (ms, score in the review queue),
+--       origin (the input record, topic:partition:offset; '' if unknown), digest (of the output record, all but
+--       classified_at)
 -- Returns {status, tags_json, prev_tags_json, pending}; status is
 --   "applied": stored (hash, indexes, one stream entry), marked pending until the caller confirms that its
 --              Kafka outputs were acknowledged (confirm_outputs.lua);
 --   "same":    this result is already stored: nothing written. `pending` = "1" means the outputs of that write
---              were never confirmed (a crash in between): the caller re-emits them; "0": nothing left to do.
---              A redelivered model result whose category or tags differ from an unconfirmed one of the same
---              listing and model version (int8 answers move a little with their batch-mates) replaces it instead
---              ("applied", its previous tags those before the unconfirmed write), so what the caller then sends
---              to Kafka is what Redis holds;
+--              were never confirmed (a crash in between) and this is the same input record again, answered the
+--              same: the caller re-emits them; "0": nothing left to do — also for another record of the same
+--              edit (same listing and model version: a duplicate, or a second edit the producer gave the same
+--              listing_version, even in the same batch): the first stored wins, and its own outputs are sent by
+--              whoever stored it. The same input record answered differently (int8 answers move a little with
+--              their batch-mates; any field of the output record, not only category or tags) over an unconfirmed
+--              write replaces it instead ("applied", its previous tags those before the unconfirmed write), so
+--              what the caller then sends to Kafka is what Redis holds. A stored write without an origin (an older
+--              worker's) is judged by its category and tags alone;
 --   "stale":   (model) a newer result, or a human decision for this listing_version, is stored: nothing written;
 --   "unknown_item" | "older_version" | "unknown_version": (human) refused, nothing written.
 local key = KEYS[1]
@@ -27,8 +33,10 @@ local mv = tonumber(ARGV[3])
 local cat = ARGV[4]
 local tags_json = ARGV[5]
 local mode = ARGV[10]
+local origin = ARGV[12] or ''
+local digest = ARGV[13] or ''
 local cur = redis.call('HMGET', key, 'listing_version', 'model_version', 'category_id', 'tags', 'tags_prev',
-  'outputs_pending', 'label_source')
+  'outputs_pending', 'label_source', 'origin', 'result_digest')
 local human_stored = cur[7] == 'human'
 local replacing = false
 if mode == 'human' then
@@ -46,9 +54,16 @@ elseif cur[1] then
     return {'stale', cur[4] or '[]', cur[5] or '[]', '0'}
   end
   if lv == clv and mv == cmv then
-    if cur[6] ~= '1' or (cur[3] == cat and cur[4] == tags_json) then
-      return {'same', cur[4] or '[]', cur[5] or '[]', cur[6] or '0'}
+    if cur[6] ~= '1' then return {'same', cur[4] or '[]', cur[5] or '[]', cur[6] or '0'} end
+    local stored_origin = cur[8] or ''
+    local identical
+    if stored_origin ~= '' and origin ~= '' then
+      if stored_origin ~= origin then return {'same', cur[4] or '[]', cur[5] or '[]', '0'} end
+      identical = cur[9] == digest
+    else
+      identical = cur[3] == cat and cur[4] == tags_json
     end
+    if identical then return {'same', cur[4] or '[]', cur[5] or '[]', '1'} end
     replacing = true
   end
 end
@@ -91,6 +106,8 @@ if mode == 'human' then
   redis.call('ZREM', KEYS[3], item)
 else
   put('model_version', ARGV[3])
+  put('origin', origin)
+  put('result_digest', digest)
   redis.call('HDEL', key, 'reviewer', 'decision', 'decided_at')
   if fields['needs_review'] == '1' then
     redis.call('ZADD', KEYS[3], ARGV[11], item)

@@ -14,7 +14,7 @@ from pathlib import Path
 from devtools.config import StackSettings
 from devtools.stack.process import Managed, StackError, children, ensure_ports_free, wait_until
 from devtools.stack.supervise import RESTARTED
-from training import background
+from training import background, export
 from training.config import MODEL_NAME
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -113,6 +113,7 @@ def up(settings: StackSettings) -> str:
     )
     binary = _pytriton_dir() / "tritonserver" / "bin" / "tritonserver"
     repo = settings.model_repository
+    refreshed = export.refresh_glue(repo, MODEL_NAME)  # versions exported before the glue changed
     background.mirror(repo, MODEL_NAME)  # the backfill's copy of the classifier: its versions and config
     models = servable_models(repo)
     server = [
@@ -136,7 +137,11 @@ def up(settings: StackSettings) -> str:
     argv = [sys.executable, "-m", "devtools.stack.supervise", "--name", "triton", "--", *server]
     p.start(argv, env=server_env())
     wait_until(p, lambda: ready(settings), settings.startup_timeout)
-    return f"triton started (pid {p.pid()}) serving {', '.join(models) or 'no models'} on grpc {settings.triton_grpc}"
+    glue = f" (model.py refreshed in versions {', '.join(map(str, refreshed))})" if refreshed else ""
+    return (
+        f"triton started (pid {p.pid()}) serving {', '.join(models) or 'no models'} on grpc {settings.triton_grpc}"
+        + glue
+    )
 
 
 def server_pid(settings: StackSettings) -> int | None:
