@@ -163,9 +163,12 @@ def test_killed_backfill_resumes_and_matches_a_clean_run(stack, tmp_path) -> Non
     assert points[-1]["events"] == summary["events"]
     final = redis_items(s, ids)
     assert len(final) == n
-    # what the killed run wrote stayed as it was; everything else matches a clean run of the same model
+    # what the killed run wrote and published stayed as it was (a write whose outputs were never confirmed may be
+    # replaced by its redelivery's answer, which int8 can move in another batch); everything else matches a clean
+    # run of the same model
     for iid, h in part.items():
-        assert result_fields(final[iid]) == result_fields(h)
+        if final[iid]["result_digest"] == h["result_digest"] or h["outputs_pending"] == "0":
+            assert result_fields(final[iid]) == result_fields(h)
     clean = isolated(stack, "bf-clean")
     produce_raw(clean, _events("r", n))
     assert _run(clean).events == n
