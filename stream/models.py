@@ -133,9 +133,8 @@ def _next_live(settings: Settings, current: Live, version: str | None, rollback:
         assert version is not None
         if str(version) == current.version:
             return None
-        before = current.version or newest_ready(
-            served_versions(settings)
-        )  # without a record, workers served the newest
+        # without a record, workers served the newest
+        before = current.version or newest_ready(served_versions(settings))
         if before and before != str(version):
             history.append(before)
             replaced = before

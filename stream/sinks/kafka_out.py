@@ -63,7 +63,7 @@ class KafkaOut:
         self._producer: Any = None
         # one KafkaOut may serve several coroutines (the worker's live and feedback agents): one of them opens a
         # replacement producer at a time, and each send uses the producer it started with
-        self._opening: asyncio.Lock | None = None
+        self._opening = asyncio.Lock()  # binds to the event loop of its first contended use, not this one
 
     def _make_producer(self) -> Any:
         from aiokafka import AIOKafkaProducer
@@ -123,8 +123,6 @@ class KafkaOut:
     async def _current(self) -> Any:
         """The producer to send with, opening a replacement if the last one was dropped (once, whoever asks)."""
         if self._producer is None:  # dropped after its state was lost
-            if self._opening is None:
-                self._opening = asyncio.Lock()
             async with self._opening:
                 if self._producer is None:
                     await self._open()
