@@ -66,6 +66,7 @@ class BackfillOptions:
     until_ms: int | None = None
     topic: str | None = None  # default: the input topic
     model_version: str = ""  # "" = the version Triton serves
+    follows_live: bool = False  # model_version was read from the live record (not --model-version): watched
     rate: float = 0.0  # events/s ceiling, 0 = unlimited
     group: str | None = None  # default: derived from the options
     progress: bool = True
@@ -140,6 +141,8 @@ class Summary(BatchStats):
     # every TIMELINE_S: seconds since start, events done, and the governor's rate / live latency / yielding
     timeline: list[dict[str, Any]] = field(default_factory=list)
     already_complete: bool = False  # the group's plan was done already (an earlier run processed all of it)
+    # the live version promoted (or rolled back to) during a run that followed the live record: it stopped
+    live_changed_to: str = ""
 
     def to_json(self) -> bytes:
         # not dataclasses.asdict: it rebuilds the `statuses` Counter from (key, value) pairs, counting the pairs
@@ -159,9 +162,16 @@ def kafka_retriable(exc: BaseException) -> bool:
     return isinstance(exc, OSError)
 
 
-def exit_code(stopped_by: str) -> int:
-    """0 for a run that reached its end; 128 + the signal's number for one a signal stopped (143 for SIGTERM)."""
-    return 128 + signal.Signals[stopped_by].value if stopped_by else 0
+LIVE_CHANGED_EXIT = 3  # stopped because the live version changed under a run that followed it
+LIVE_CHECK_S = 2.0  # how often a run that follows the live record re-reads it (as workers do)
+
+
+def exit_code(stopped_by: str, live_changed: bool = False) -> int:
+    """0 for a run that reached its end; 128 + the signal's number for one a signal stopped (143 for SIGTERM); 3
+    for one stopped because the live version changed."""
+    if stopped_by:
+        return 128 + signal.Signals[stopped_by].value
+    return LIVE_CHANGED_EXIT if live_changed else 0
 
 
 class Stop:
@@ -191,8 +201,14 @@ class Stop:
             self._task.cancel()  # the second signal: stop now
             return
         self.signal = sig.name
+        self.request(f"{sig.name}: finishing the batches in flight (again to stop at once)")
+
+    def request(self, why: str) -> None:
+        """Stop fetching and finish what is in flight, as a first signal does (a signal also sets `signal`)."""
+        if self.requested.is_set():
+            return
         self.requested.set()
-        print(f"backfill: {sig.name}: finishing the batches in flight (again to stop at once)", file=sys.stderr)
+        print(f"backfill: {why}", file=sys.stderr)
         if self.timeout_s > 0 and self._task is not None:
             asyncio.get_running_loop().call_later(self.timeout_s, self._outrun)
 
@@ -234,6 +250,8 @@ def default_group(options: BackfillOptions, topic: str) -> str:
     """Same options, same group: a rerun resumes from the group's commits."""
     since = options.since_ms if options.since_ms is not None else "beginning"
     ident = f"{topic}|{since}|{options.until_ms}|{options.model_version}"
+    if options.follows_live:  # apart from a --model-version run of the same version: "promote N, then backfill"
+        ident += "|live"  # after trying N with --model-version must re-classify what v(N-1) did since
     return f"listings-backfill-{hashlib.sha256(ident.encode()).hexdigest()[:10]}"
 
 
@@ -325,7 +343,7 @@ async def backfill(settings: Settings, options: BackfillOptions, stop: Stop | No
 
     topic = options.topic or settings.topics.input
     if not options.model_version:  # re-classify with the live version (the one `listings promote` recorded)
-        options = replace(options, model_version=model_version_to_use(settings, ""))
+        options = replace(options, model_version=model_version_to_use(settings, ""), follows_live=True)
     group = options.group or default_group(options, topic)
     batch_size = settings.backfill.max_batch
     started = time.monotonic()
@@ -431,6 +449,11 @@ async def backfill(settings: Settings, options: BackfillOptions, stop: Stop | No
         )
     next_point = started
     stop = stop or Stop()
+    watch = (
+        asyncio.ensure_future(_watch_live(pipeline.store.client, settings, options.model_version, stop, summary))
+        if options.follows_live and options.model_version
+        else None
+    )
 
     def point(now: float) -> None:
         p: dict[str, Any] = {"t": round(now - started, 1), "events": completed}
@@ -487,8 +510,12 @@ async def backfill(settings: Settings, options: BackfillOptions, stop: Stop | No
             await conveyor.submit(batch, offsets)
         await conveyor.drain()
         summary.stopped_by = stop.signal if stopped else ""  # a signal during the last drain stopped nothing
+        if not stopped:
+            summary.live_changed_to = ""  # (nor did a promotion: the run reached its end)
         point(time.monotonic())
     finally:
+        if watch is not None:
+            watch.cancel()
         await conveyor.cancel()
         await pipeline.stop()
         bar.close()
@@ -497,6 +524,30 @@ async def backfill(settings: Settings, options: BackfillOptions, stop: Stop | No
     summary.add(conveyor.stats)
     summary.duration_s = round(time.monotonic() - started, 3)
     return summary
+
+
+async def _watch_live(client: Any, settings: Settings, version: str, stop: Stop, summary: Summary) -> None:
+    """A run that re-classifies with the live version stops when another version is made live (a promotion or a
+    rollback): going on would write the replaced version's answers, which the newer-model rule then keeps even
+    against the live workers' (after a rollback, for good)."""
+    from stream.models import live_key
+    from stream.sinks.redis_store import redis_outage
+
+    while not stop.requested.is_set():
+        await asyncio.sleep(LIVE_CHECK_S)
+        try:
+            raw = await client.hget(live_key(settings.triton.model_name), "version")
+        except Exception as exc:
+            if redis_outage(exc):
+                continue  # the backfill's own writes wait for Redis too
+            raise
+        now = raw.decode() if raw else ""
+        if now and now != version:
+            summary.live_changed_to = now
+            stop.request(
+                f"the live version changed from {version} to {now}: finishing the batches in flight, then stopping"
+            )
+            return
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -570,7 +621,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         which = "--model-version" if options.model_version else "the live record (listings promote)"
         print(f"listings backfill: {why} ({which})", file=sys.stderr)
         return 2
-    options = replace(options, model_version=version)
+    options = replace(options, model_version=version, follows_live=not options.model_version)
     stop = Stop(settings.worker.shutdown_timeout_s)
 
     async def main() -> Summary:
@@ -609,5 +660,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )
         if summary.stopped_by:
             print(f"stopped by {summary.stopped_by} before the end: run the same command to resume", file=sys.stdout)
+    if summary.live_changed_to and not summary.stopped_by:
+        print(
+            f"stopped before the end: the live version changed from {options.model_version} to "
+            f"{summary.live_changed_to}; what v{options.model_version} wrote stays (README, Model lifecycle); "
+            f"run the backfill again to re-classify with v{summary.live_changed_to}",
+            file=sys.stderr,
+        )
     # stopped early: not a success (a Kubernetes Job with restartPolicy OnFailure starts it again, and it resumes)
-    return exit_code(summary.stopped_by)
+    return exit_code(summary.stopped_by, bool(summary.live_changed_to))

@@ -103,6 +103,12 @@ class _CheckedReader(csv.DictReader):
     every later column of that row (read as is, a title's tail became the category)."""
 
     _header_checked = False
+    lines_before = 0  # blank lines before the header, which the reader never saw
+
+    @property
+    def file_line(self) -> int:
+        """The file's line number where the row just read ends (blank lines counted)."""
+        return self.line_num + self.lines_before
 
     @property  # type: ignore[override]
     def fieldnames(self) -> list[str] | None:
@@ -133,26 +139,30 @@ class _CheckedReader(csv.DictReader):
         if extra is not None:
             fields = len(self.fieldnames or ()) + len(extra)
             raise csv.Error(
-                f"line {self.line_num} has {fields} fields, the header {len(self.fieldnames or ())}: a value with an "
+                f"line {self.file_line} has {fields} fields, the header {len(self.fieldnames or ())}: a value with an "
                 f"unquoted {self.reader.dialect.delimiter!r} in it? Quote such values"
             )
         return row
 
 
-def csv_dict_reader(f: IO[str], path: Path) -> csv.DictReader:
+def csv_dict_reader(f: IO[str], path: Path) -> _CheckedReader:
     """Rows of a delimited text file as dicts. The delimiter is a tab for `.tsv`/`.tab`, else whichever of `,`, tab,
     `;` and `|` its header line (the first non-blank one) uses most (`,` when it has none). Strict: a quote left
     open (which would swallow the rest of the file into one value) or a row with more fields than the header is a
     csv.Error naming the line."""
     csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
     header = f.readline()
+    skipped = 0
     while header and not header.strip():  # blank lines before the header
         header = f.readline()
+        skipped += 1
     if data_suffix(path) in (".tsv", ".tab"):
         delimiter = "\t"
     else:
         delimiter = max(DELIMITERS, key=header.count) if any(d in header for d in DELIMITERS) else ","
-    return _CheckedReader(_chain(header, f), delimiter=delimiter, strict=True)
+    reader = _CheckedReader(_chain(header, f), delimiter=delimiter, strict=True)
+    reader.lines_before = skipped
+    return reader
 
 
 def _chain(first: str, rest: IO[str]) -> Iterator[str]:
@@ -172,6 +182,10 @@ def jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 obj = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as bad:  # orjson's own words named "line 1" of the line alone
+                    raise ValueError(not_utf8_message(path, n, bad.start + 1, line[bad.start])) from None
                 if n == 1 and line.lstrip().startswith(b"["):
                     raise ValueError(f"{path}, line 1: a JSON array; JSONL holds one JSON object per line") from None
                 raise ValueError(f"{path}, line {n}: not JSON ({exc})") from None

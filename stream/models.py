@@ -49,6 +49,7 @@ def read_live(r: Any, model: str) -> Live:
 def served_versions(settings: Settings) -> dict[str, str]:
     """Version -> state (READY, UNAVAILABLE, ...) of every version Triton knows for the model."""
     import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
 
     client = grpcclient.InferenceServerClient(settings.triton.url)
     try:
@@ -58,7 +59,12 @@ def served_versions(settings: Settings) -> dict[str, str]:
             for m in index
             if m.get("name") == settings.triton.model_name and m.get("version")
         }
-        meta = client.get_model_metadata(settings.triton.model_name, as_json=True)
+        try:
+            meta = client.get_model_metadata(settings.triton.model_name, as_json=True)
+        except InferenceServerException as exc:
+            if str(exc.status()) != "StatusCode.NOT_FOUND":
+                raise
+            meta = {}  # Triton is up but does not know the model (or serves no version of it): none is served
         for v in meta.get("versions", []):
             out[v] = "READY" if client.is_model_ready(settings.triton.model_name, v) else out.get(v, "UNAVAILABLE")
         return dict(sorted(out.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0))
@@ -132,6 +138,12 @@ def _next_live(settings: Settings, current: Live, version: str | None, rollback:
     else:
         assert version is not None
         if str(version) == current.version:
+            why = unserved(settings, str(version))
+            if why:  # "already live" would hide that the workers are holding their events
+                raise UnknownVersion(
+                    f"{why}; it is the live version: workers hold their events until Triton serves it again "
+                    "(load it) or a served version is promoted"
+                )
             return None
         # without a record, workers served the newest
         before = current.version or newest_ready(served_versions(settings))

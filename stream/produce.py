@@ -170,10 +170,10 @@ def _csv_listings(path: Path, limit: int | None, mapping: dict[str, str]) -> Ite
             try:
                 listing = csv_listing(row, mapping)
             except ValueError as exc:
-                raise ValueError(f"{path}, line {reader.line_num}: {exc}") from None
+                raise ValueError(f"{path}, line {reader.file_line}: {exc}") from None
             problem = _row_problem(row, listing, mapping)
             if problem:
-                raise ValueError(f"{path}, line {reader.line_num}: {problem}")
+                raise ValueError(f"{path}, line {reader.file_line}: {problem}")
             yield listing
             n += 1
             if limit is not None and n >= limit:

@@ -1,7 +1,8 @@
 """`listings shadow --candidate N`: score the live input with a candidate model version, beside the live one,
 without touching anything users see.
 
-It reads `listings.new` under a consumer group of its own (from the newest events on, or `--from-beginning`),
+It reads `listings.new` under a consumer group of its own (resuming where the group left off, from the newest
+events for a new group; `--from-beginning` rewinds to the oldest retained event),
 classifies each batch with version N at Triton's low priority (live traffic keeps the high one), takes the live
 result of the same `listing_version` from the item state in Redis (waiting a little for the live worker to write
 it), and publishes one comparison per event to `listings.shadow` (key `item_id`):
@@ -142,13 +143,15 @@ async def shadow(settings: Settings, options: ShadowOptions) -> dict[str, int]:
     pool = ThreadPoolExecutor(1, thread_name_prefix="shadow-consumer")
     loop = asyncio.get_running_loop()
     consumer = KafkaConsumer(
-        settings.topics.input,
         **connections.kafka(settings.kafka),
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest" if options.from_beginning else "latest",
         max_poll_records=settings.worker.max_batch,
     )
+    # auto_offset_reset applies only to a group without commits: --from-beginning must also rewind a group an
+    # earlier run committed (each partition once, when first assigned: a later rebalance keeps the position)
+    consumer.subscribe([settings.topics.input], listener=_rewind(consumer) if options.from_beginning else None)
     classifier = TritonClassifier(
         settings.triton.url,
         settings.triton.model_name,
@@ -232,6 +235,26 @@ async def shadow(settings: Settings, options: ShadowOptions) -> dict[str, int]:
         await loop.run_in_executor(pool, consumer.close)
         pool.shutdown()
     return dict(counts)
+
+
+def _rewind(consumer: Any) -> Any:
+    """A rebalance listener that moves each partition to its oldest retained record the first time it is assigned
+    (kafka-python takes only subclasses of its own listener class)."""
+    from kafka import ConsumerRebalanceListener
+
+    rewound: set[Any] = set()
+
+    class Rewind(ConsumerRebalanceListener):
+        def on_partitions_revoked(self, revoked: Any) -> None:
+            pass
+
+        def on_partitions_assigned(self, assigned: Any) -> None:
+            new = [tp for tp in assigned if tp not in rewound]
+            if new:
+                consumer.seek_to_beginning(*new)
+                rewound.update(new)
+
+    return Rewind()
 
 
 async def _beat() -> None:
@@ -391,7 +414,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--candidate", help="the model version to shadow (Triton must serve it)")
     parser.add_argument("--report", action="store_true", help="summarize listings.shadow instead of scoring")
-    parser.add_argument("--from-beginning", action="store_true", help="also score the input's retained history")
+    parser.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="start at the input's oldest retained event, even where the group has committed (default: resume the "
+        "group, or the newest events for a new group)",
+    )
     parser.add_argument("--group", help="consumer group (default listings-shadow-<model>-v<candidate>)")
     parser.add_argument(
         "--max-events", type=count, default=0, help="stop after N events (default 0: run until stopped)"

@@ -242,6 +242,117 @@ def test_a_catalogue_too_small_to_train_and_score_gets_a_clear_error() -> None:
         corpus.build(few, None, [], lambda r: r.title, seed=1)
 
 
+def test_what_a_file_leaves_out_is_counted_and_refused_when_nothing_would_be_learned(tmp_path: Path) -> None:
+    """Blank titles and skipped blank categories are counted per file; a JSONL record without the title is a blank
+    title (its first record lacking one refused the whole file with "no column"); rows are the file's lines (blank
+    lines counted); a list path with a blank level above a named one, and an object in a tag list, are refused."""
+    cols = dataset.Columns(title="t", category="c", skip_blank_category=True)
+    (tmp_path / "a.csv").write_text("t,c\nphone,A > B\n,A > B\ncase,\n\n\nmug,C\n")
+    rows, counts = dataset.read_counted(dataset.Source(tmp_path / "a.csv", cols), categories=True)
+    assert [r.title for r in rows] == ["phone", "mug"] and rows[1].where.endswith("row 7")
+    assert counts == {"records": 4, "skipped_blank_title": 1, "skipped_blank_category": 1}
+    (tmp_path / "b.jsonl").write_text('{"c": "A"}\n{"t": "phone", "c": "A"}\n')
+    rows, counts = dataset.read_counted(dataset.Source(tmp_path / "b.jsonl", cols), categories=True)
+    assert [r.title for r in rows] == ["phone"] and counts["skipped_blank_title"] == 1
+    (tmp_path / "c.jsonl").write_text('{"x": "phone", "c": "A"}\n')
+    with pytest.raises(dataset.DataError, match="no column 't' in any row"):
+        dataset.read(dataset.Source(tmp_path / "c.jsonl", cols), categories=True)
+    (tmp_path / "d.jsonl").write_text('{"t": "shirt", "c": ["Clothing", "", "Shirts"]}\n')
+    with pytest.raises(dataset.DataError, match="level 2 of the path is blank, a level below it is not"):
+        dataset.read(dataset.Source(tmp_path / "d.jsonl", cols), categories=True)
+    (tmp_path / "e.jsonl").write_text('{"t": "shirt", "c": ["Clothing", "Shirts", ""]}\n')
+    [row] = dataset.read(dataset.Source(tmp_path / "e.jsonl", cols), categories=True)
+    assert row.path == ("Clothing", "Shirts")
+    tagged = dataclasses.replace(cols, tags="g")
+    (tmp_path / "f.jsonl").write_text('{"t": "shirt", "c": "A", "g": [{"colour": "red"}]}\n')
+    with pytest.raises(dataset.DataError, match="row 1, column 'g': an item of the tag list is an object"):
+        dataset.read(dataset.Source(tmp_path / "f.jsonl", tagged), categories=True)
+    (tmp_path / "g.jsonl").write_bytes(b'{"t": "shirt", "c": "A"}\n{"t": "caf\xe9", "c": "A"}\n')
+    with pytest.raises(dataset.DataError, match=r"g.jsonl, line 2, column 11: not UTF-8 \(byte 0xe9\)"):
+        dataset.read(dataset.Source(tmp_path / "g.jsonl", cols), categories=True)
+
+
+def test_rare_tags_are_counted_and_a_dev_split_that_can_score_nothing_is_refused() -> None:
+    cats = [dataset.Row("f", f"mug {i}", path=("Kitchen", "Mugs")) for i in range(120)]
+    cats += [dataset.Row("f", f"lamp {i}", path=("Home", "Lamps")) for i in range(120)]
+    tag_rows = [dataset.Row("t.csv, row 2", f"red mug {i}", tags=("colour:red",)) for i in range(40)]
+    silk = [dataset.Row("t.csv, row 2", f"silk mug {i}", tags=("material:silk",)) for i in range(5)]
+    c = corpus.build(cats, tag_rows + silk, [], lambda r: r.title, seed=1)
+    assert c.tag_names == ["colour:red"]
+    rare = c.stats["tags_dropped_rare"]
+    assert rare["min_titles"] == 20 and rare["count"] == 1 and list(rare["most"]) == ["material:silk"]
+    with pytest.raises(dataset.DataError, match=r"^t.csv: no tag is on at least 20 training titles \(material:silk"):
+        corpus.build(cats, silk, [], lambda r: r.title, seed=1)
+    # a given split whose dev titles all have leaves train lacks: dev would choose on an accuracy of 0
+    given = [dataclasses.replace(r, split="train") for r in cats]
+    given += [dataset.Row("f", f"cup {i}", path=("Kitchen", "Cups"), split="dev") for i in range(20)]
+    given += [dataset.Row("f", f"jug {i}", path=("Kitchen", "Jugs"), split="test") for i in range(20)]
+    with pytest.raises(dataset.DataError, match=r"^f: no dev title has a category the train split has \(20 dev"):
+        corpus.build(given, None, [], lambda r: r.title, seed=1)
+
+
+def test_a_leafs_last_given_train_title_is_never_taken_for_dev() -> None:
+    """A split column without dev rows: dev comes from the given train rows, but a leaf keeps its train title."""
+    rows = [dataset.Row("f", f"mug {i}", path=("Kitchen", "Mugs"), split="train") for i in range(200)]
+    lone = next(k for k in (f"gnome {i}" for i in range(500)) if corpus.split_of(k, 1) == "dev")
+    rows.append(dataset.Row("f", lone, path=("Garden", "Gnomes"), split="train"))
+    rows += [dataset.Row("f", f"cup {i}", path=("Kitchen", "Cups"), split="test") for i in range(20)]
+    c = corpus.build(rows, None, [], lambda r: r.title, seed=1)
+    assert ("Garden", "Gnomes") in c.taxonomy.classes
+    assert [e.key for e in c.categories["train"] if e.path == ("Garden", "Gnomes")] == [lone]
+    assert c.categories["dev"] and all(e.path == ("Kitchen", "Mugs") for e in c.categories["dev"])
+
+
+def test_same_file_tags_learn_the_untagged_rows_outside_a_group_as_its_negatives() -> None:
+    """Tags in the categories file, `gender` on clothing rows only: the rows elsewhere, which carry no tag, are
+    the group's negatives (before, they were left out and the learned rule tagged every listing)."""
+    from training import linear
+
+    rows = [
+        dataset.Row(
+            "f",
+            f"{g} cotton shirt {i}",
+            path=("Clothing", "Shirts"),
+            tags=(f"gender:{g}",),
+            tag_groups=frozenset({"gender"}),
+        )
+        for i in range(60)
+        for g in ("men", "women")
+    ]
+    rows += [dataset.Row("f", f"steel toner cartridge {i}", path=("Office", "Toner")) for i in range(120)]
+    c = corpus.build(rows, None, [], lambda r: r.title, seed=1)
+    assert c.same_file_tags and c.tag_names == ["gender:men", "gender:women"]
+    index = {t: j for j, t in enumerate(c.tag_names)}
+    model = linear.fit([e.text for e in c.categories["train"]], c.labels("train"), len(c.taxonomy.classes))
+    applies = tags.applicability(c, model)
+    assert applies == {"gender": ["Clothing"]}
+    texts, targets, cells = tags.linear_rows(c, applies, index)
+    toners = [i for i, t in enumerate(texts) if "toner" in t]
+    assert len(toners) == sum(1 for e in c.categories["train"] if e.path[0] == "Office")
+    assert (targets[toners] == 0).all() and (cells[toners] == 1).all()
+    _, neg_mask = tags.category_row_negatives(c, applies, index)
+    assert neg_mask(next(e for e in c.categories["train"] if e.path[0] == "Office")) is not None
+
+
+def test_train_options_refuse_what_the_encoder_or_the_seeds_cannot_take() -> None:
+    import argparse
+
+    from training import cli
+
+    with pytest.raises(argparse.ArgumentTypeError, match="at most 512"):
+        cli.max_len("513")
+    assert cli.max_len("512") == 512
+    with pytest.raises(argparse.ArgumentTypeError, match="at most 4294967295"):
+        cli.seed_value(str(2**64))
+
+
+def test_json_written_by_training_has_no_nan(tmp_path: Path) -> None:
+    from training import artifact
+
+    artifact.write_json(tmp_path / "m.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": (2,)})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"a": None, "b": [1.0, None], "c": [2]}
+
+
 def test_a_tag_group_shares_one_threshold_chosen_on_the_groups_dev_f1() -> None:
     """Per tag, a rare colour's threshold would be fitted to its one or two dev titles (on the default data that
     cost test tag macro-F1 0.835 against 0.850); per group, every colour gets the threshold that maximises the

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from stream import connections, models
 from stream.config import Settings
 
 HELP = "list the model versions Triton serves, the live one, and their training metrics"
-NOT_LOADED = "NOT_LOADED"  # on disk (--repository), not loaded by Triton
+NOT_LOADED = "NOT_LOADED"  # on disk (--repository), not loaded by Triton (or unloaded by it)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from stream import preflight
 
+    if args.repository is not None and not args.repository.is_dir():
+        print(f"listings models: --repository {args.repository} is not a folder", file=sys.stderr)
+        return 2
     preflight.one_shot(settings, kafka=False)
     served = models.served_versions(settings)
     r = connections.redis_sync(settings.redis)
@@ -36,18 +40,26 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         r.close()
     effective = live.version or models.newest_ready(served)
     rows = []
+    on_disk = set(models.repository_versions(args.repository, settings.triton.model_name)) if args.repository else set()
     for version, state in served.items():
         metrics = (
             models.training_metrics(args.repository, settings.triton.model_name, version) if args.repository else None
         )
-        rows.append({"version": version, "state": state, "live": version == effective, "metrics": metrics})
+        if args.repository and version in on_disk and state == "UNAVAILABLE":
+            state = NOT_LOADED  # Triton unloaded it (the version policy keeps the newest two); it is still on disk
+        row = {"version": version, "state": state, "live": version == effective, "metrics": metrics}
+        if args.repository:
+            row["on_disk"] = version in on_disk
+        rows.append(row)
     if args.repository:
         # versions on disk that Triton has not loaded (config.pbtxt's version_policy keeps the newest two): the ones
         # a rollback further back would need loaded first
         for version in models.repository_versions(args.repository, settings.triton.model_name):
             if version not in served:
                 metrics = models.training_metrics(args.repository, settings.triton.model_name, version)
-                rows.append({"version": version, "state": NOT_LOADED, "live": False, "metrics": metrics})
+                rows.append(
+                    {"version": version, "state": NOT_LOADED, "live": False, "metrics": metrics, "on_disk": True}
+                )
         rows.sort(key=lambda row: int(row["version"]) if row["version"].isdigit() else 0)
     doc = {
         "model": settings.triton.model_name,
@@ -78,6 +90,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             f"leaf acc {ours.get('accuracy_leaf')} (baseline {base.get('accuracy_leaf')}), "
             f"tag micro-F1 {ours.get('tag_micro_f1')}, engine {m.get('engine')}"
             if m
+            else "not on disk (removed from the repository)"
+            if args.repository and not row.get("on_disk")
+            else "no metrics.json in the version folder"
+            if args.repository
             else "metrics: pass --repository to show them"
         )
         print(f"  {'*' if row['live'] else ' '} v{row['version']:<4} {row['state']:<12} {figures}")

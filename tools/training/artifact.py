@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,8 +84,21 @@ def complete(path: Path) -> bool:
     return path.is_dir() and all((path / name).exists() for name in REQUIRED)
 
 
+def finite(obj: object) -> object:
+    """`obj` with every NaN or infinity as None: JSON has no such numbers (Python writes a bare `NaN` that strict
+    readers refuse)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj: object) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    text = json.dumps(finite(obj), indent=2, ensure_ascii=False, default=str, allow_nan=False)
+    path.write_text(text + "\n", encoding="utf-8")
 
 
 @contextmanager

@@ -16,16 +16,19 @@ from stream.files import data_suffix, not_text
 from training import dataset
 from training.train import DEFAULTS, DataSpec, TrainOptions, default_data, options
 
+MAX_POSITIONS = 512  # MiniLM-L6's max_position_embeddings
 HELP = "fine-tune the classifier on a catalogue and export a new Triton model version"
 
 
-def _int_from(text: str, least: int) -> int:
+def _int_from(text: str, least: int, most: int | None = None) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < least:
         raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+    if most is not None and value > most:
+        raise argparse.ArgumentTypeError(f"must be at most {most}, got {value}")
     return value
 
 
@@ -35,6 +38,16 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     return _int_from(text, 0)
+
+
+def max_len(text: str) -> int:
+    # the encoder's position embeddings end at 512 (a longer input was a torch size error mid-training)
+    return _int_from(text, 1, MAX_POSITIONS)
+
+
+def seed_value(text: str) -> int:
+    # numpy's and torch's generators take a 32-bit seed (a larger one was an overflow traceback)
+    return _int_from(text, 0, 2**32 - 1)
 
 
 def separator(text: str) -> str:
@@ -86,9 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_.add_argument(
         "--epochs", type=positive_int, help=f"passes over the training split (default {DEFAULTS['epochs']})"
     )
-    run_.add_argument("--max-len", type=positive_int, help="tokens per listing (default 40; 96 with descriptions)")
+    run_.add_argument("--max-len", type=max_len, help="tokens per listing, 1-512 (default 40; 96 with descriptions)")
     run_.add_argument("--batch-size", type=positive_int, help=f"rows per step (default {DEFAULTS['batch_size']})")
-    run_.add_argument("--seed", type=int, help=f"split, sampling and init seed (default {DEFAULTS['seed']})")
+    run_.add_argument("--seed", type=seed_value, help=f"split, sampling and init seed (default {DEFAULTS['seed']})")
     run_.add_argument(
         "--tags-per-epoch",
         type=non_negative_int,

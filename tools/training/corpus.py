@@ -97,7 +97,8 @@ def dedupe(rows: Iterable[Row], compose: Callable[[Row], str], extra: bool = Fal
 
 def assign(examples: Sequence[Example], seed: int) -> dict[str, list[Example]]:
     """Examples by split: the given split, else the seeded hash. When the file gives splits but no dev (or no
-    test) rows, that split is taken from the given train rows by the same hash (its usual share of them)."""
+    test) rows, that split is taken from the given train rows by the same hash (its usual share of them), never a
+    leaf's last train title."""
     out: dict[str, list[Example]] = {s: [] for s, _ in SPLIT_FRACTIONS}
     for e in examples:
         out[e.given_split or split_of(e.key, seed)].append(e)
@@ -105,17 +106,27 @@ def assign(examples: Sequence[Example], seed: int) -> dict[str, list[Example]]:
         # by the file's own rows: a few `--extra-data` rows hashed into dev do not make a dev split
         missing = [s for s in ("dev", "test") if not any(e.given_split == s for e in examples)]
         if missing:
+            # a leaf keeps at least one train title: the user's train rows are the classes the model can give
+            left = Counter(e.path for e in out["train"])
             keep = []
             for e in out["train"]:
                 hashed = split_of(e.key, seed)
-                (out[hashed] if e.given_split and hashed in missing else keep).append(e)
+                if e.given_split and hashed in missing and left[e.path] > 1:
+                    out[hashed].append(e)
+                    left[e.path] -= 1
+                else:
+                    keep.append(e)
             out["train"] = keep
     return out
 
 
+def tag_counts(examples: Iterable[Example]) -> Counter[str]:
+    """Training titles per tag."""
+    return Counter(t for e in examples for t in set(e.tags))
+
+
 def vocabulary(examples: Iterable[Example], min_count: int = MIN_TAG_COUNT) -> list[str]:
-    counts = Counter(t for e in examples for t in set(e.tags))
-    return sorted(t for t, n in counts.items() if n >= min_count)
+    return sorted(t for t, n in tag_counts(examples).items() if n >= min_count)
 
 
 def _source(rows: Sequence[Row]) -> str:
@@ -160,13 +171,28 @@ def build(
     else:
         tag_examples, tag_stats = dedupe(tag_rows, compose)
         tags_by_split = assign(tag_examples, seed)
+    counts = tag_counts(tags_by_split["train"])
     names = vocabulary(tags_by_split["train"])
     kept = set(names)
+    rare = sorted((t for t in counts if t not in kept), key=lambda t: (-counts[t], t))
+    if rare and not names:
+        shown = ", ".join(f"{t} ({counts[t]})" for t in rare[:5])
+        raise DataError(
+            f"{_source(tag_rows) if tag_rows is not None else source}: no tag is on at least {MIN_TAG_COUNT} training "
+            f"titles ({shown}{', …' if len(rare) > 5 else ''}), so the model would learn no tags: give more tagged "
+            "rows, or leave the tags out"
+        )
     for examples in tags_by_split.values():
         for e in examples:
             e.tags = tuple(t for t in e.tags if t in kept)
     groups = sorted({t.split(":", 1)[0] for t in names})
-    unseen = sum(1 for e in categories["test"] if e.path not in set(taxonomy.classes))
+    known_paths = set(taxonomy.classes)
+    if not any(e.path in known_paths for e in categories["dev"]):
+        raise DataError(
+            f"{source}: no dev title has a category the train split has ({len(categories['dev'])} dev titles), so "
+            "dev cannot choose the epoch, the fusion or the calibration: put titles of the trained categories in dev"
+        )
+    unseen = sum(1 for e in categories["test"] if e.path not in known_paths)
     stats = {
         "category_source": stats,
         "tag_source": "same file" if same_file else tag_stats,
@@ -176,6 +202,12 @@ def build(
         "category_examples": {s: len(v) for s, v in categories.items()},
         "tag_examples": {s: len(v) for s, v in tags_by_split.items()},
         "tags": len(names),
+        # tags on fewer than MIN_TAG_COUNT training titles are not learned: the most frequent of them, with counts
+        "tags_dropped_rare": {
+            "min_titles": MIN_TAG_COUNT,
+            "count": len(rare),
+            "most": {t: counts[t] for t in rare[:10]},
+        },
         "test_rows_with_unseen_leaf": unseen,
     }
     carved = {s: sum(1 for e in v if e.given_split == "train") for s, v in categories.items() if s != "train"}

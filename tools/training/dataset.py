@@ -81,8 +81,8 @@ class Row:
 
 
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(row number, record) of a CSV/TSV (header = row 1), JSONL (line number) or Parquet (1-based) file; CSV, TSV
-    and JSONL may be gzipped (`.csv.gz`)."""
+    """(row number, record) of a CSV/TSV or JSONL file (the file's line number: for a CSV value that spans lines, the
+    line where the record ends) or a Parquet file (1-based); CSV, TSV and JSONL may be gzipped (`.csv.gz`)."""
     suffix = data_suffix(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
@@ -106,7 +106,9 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         n = 1
         try:
             with open_text(path) as f:
-                for n, rec in enumerate(csv_dict_reader(f, path), 2):
+                reader = csv_dict_reader(f, path)
+                for rec in reader:
+                    n = reader.file_line
                     yield n, rec
         except UnicodeDecodeError:
             raise DataError(not_utf8_message(path, *(first_non_utf8_line(path) or (n, 0, 0)))) from None
@@ -132,18 +134,24 @@ def _text(value: Any) -> str:
     return " ".join(str(value).split())
 
 
-def _tag_list(value: Any, separator: str) -> list[str]:
+def _tag_list(value: Any, separator: str, where: str) -> list[str]:
     if value is None or value == "":
         return []
+    if isinstance(value, dict):
+        raise DataError(f"{where}: an object where a list of tags is expected")
     if isinstance(value, list | tuple):
+        if any(isinstance(v, dict | list | tuple) for v in value):  # Parquet list<struct>: `colour-value-red`
+            raise DataError(f"{where}: an item of the tag list is an object or a list, not a text")
         items = [str(v) for v in value if v is not None]  # a null in a Parquet list is no tag ("tag:none")
     else:
         text = str(value).strip()
         if text.startswith("["):
             try:
-                items = [str(v) for v in orjson.loads(text)]
+                parsed = orjson.loads(text)
             except orjson.JSONDecodeError:
                 items = text.split(separator)
+            else:
+                return _tag_list(parsed if isinstance(parsed, list) else text.split(separator), separator, where)
         else:
             items = text.split(separator)
     return [t.strip() for t in items if t and t.strip()]
@@ -165,9 +173,7 @@ def _category_path(rec: dict[str, Any], cols: Columns, where: str) -> tuple[str,
     if isinstance(raw, dict):
         raise DataError(f"{where}, column {cols.category!r}: an object where a category path is expected")
     if isinstance(raw, list | tuple):
-        bad = [i for i, x in enumerate(raw) if x is None or isinstance(x, dict | list | tuple)]
-        if bad:  # a null level would shift every level below it up one
-            raise DataError(f"{where}, column {cols.category!r}: level {bad[0] + 1} of the path is not a text")
+        _check_levels(raw, cols, where)
     if isinstance(raw, str) and raw.lstrip().startswith("["):
         # a list written as JSON text in a CSV cell: its items are the levels; one item is a path to split
         # (Flipkart's `product_category_tree` is `["Clothing >> Women's Clothing >> …"]`)
@@ -177,14 +183,40 @@ def _category_path(rec: dict[str, Any], cols: Columns, where: str) -> tuple[str,
             items = None
         if isinstance(items, list):
             raw = items[0] if len(items) == 1 and isinstance(items[0], str) else items
+            if isinstance(raw, list):
+                _check_levels(raw, cols, where)
     parts = raw if isinstance(raw, list | tuple) else _text(raw).split(cols.separator)
     return tuple(p for p in (_text(x) for x in parts) if p)
 
 
+def _check_levels(levels: list | tuple, cols: Columns, where: str) -> None:
+    """A path given as a list: a null, an object or a blank level before a named one would shift every level below
+    it up one (`["Clothing", "", "Shirts"]` became the class `Clothing > Shirts`); blank levels at the end only
+    shorten the path."""
+    bad = [i for i, x in enumerate(levels) if x is None or isinstance(x, dict | list | tuple)]
+    if bad:
+        raise DataError(f"{where}, column {cols.category!r}: level {bad[0] + 1} of the path is not a text")
+    named = [i for i, x in enumerate(levels) if _text(x)]
+    gap = next((i for i in range(named[-1]) if not _text(levels[i])), None) if named else None
+    if gap is not None:
+        raise DataError(
+            f"{where}, column {cols.category!r}: level {gap + 1} of the path is blank, a level below it is not"
+        )
+
+
 def read(source: Source, *, categories: bool) -> list[Row]:
-    """Every usable row of a source. Raises DataError for a missing column, an empty file, a blank category
-    path (unless the columns say to skip those) or a split value other than train/dev/test. Rows with a blank
-    title are skipped."""
+    """`read_counted`'s rows."""
+    return read_counted(source, categories=categories)[0]
+
+
+def read_counted(source: Source, *, categories: bool) -> tuple[list[Row], dict[str, int]]:
+    """Every usable row of a source, and what was read and left out: `records`, `skipped_blank_title` (a blank
+    or absent title: skipped) and `skipped_blank_category` (with `skip_blank_category`). Raises DataError for a
+    missing column, an empty file, a blank category path (unless the columns say to skip those) or a split value
+    other than train/dev/test.
+
+    A CSV or Parquet file names its columns once; in JSONL each record names its own, so there a column is missing
+    only when no record has it, and a record without the title is a blank title."""
     cols = source.columns
     path = source.path
     needed = [cols.title]
@@ -198,32 +230,41 @@ def read(source: Source, *, categories: bool) -> list[Row]:
     category_name = ", ".join(cols.category_levels) if cols.category_levels else cols.category
     optional = [c for c in (cols.description, cols.brand, cols.tags, cols.split) if c]
     optional += [c for _, c in cols.tag_groups]
+    per_record = data_suffix(path) in JSONL_SUFFIXES
     rows: list[Row] = []
-    checked = False
-    skipped = 0
-    present: set[str] = set()  # the optional columns seen (a JSONL record may leave out what it lacks)
+    counts = {"records": 0, "skipped_blank_title": 0, "skipped_blank_category": 0}
+    have = ""
+    present: set[str] = set()  # the columns seen (a JSONL record may leave out what it lacks)
+    columns = [*needed, *optional]
     for n, rec in _records(path):
         where = f"{path}, row {n}"
-        if not checked:
+        if not counts["records"]:
             have = ", ".join(str(c) for c in list(rec)[:15])
             missing = [c for c in needed if c not in rec]
-            if missing:
+            if missing and not per_record:
                 raise DataError(f"{path}: no column {missing[0]!r} (columns: {have})")
-            checked = True
-        if len(present) < len(optional):
-            present.update(c for c in optional if c in rec)
+        counts["records"] += 1
+        if len(present) < len(columns):
+            present.update(c for c in columns if c in rec)
+        if per_record and cols.title not in rec:
+            counts["skipped_blank_title"] += 1
+            continue
         title = _text(_scalar(rec, cols.title, where))
         if not title:
+            counts["skipped_blank_title"] += 1
             continue
         row = Row(where, title)
         if categories:
             row.path = _category_path(rec, cols, where)
             if not row.path:
                 if cols.skip_blank_category:
-                    skipped += 1
+                    counts["skipped_blank_category"] += 1
                     continue
+                lacks = per_record and not any(c in rec for c in needed[1:])
                 raise DataError(
-                    f"{where}, column {category_name!r}: the category path is blank "
+                    f"{where}: no {category_name!r} in this record (a category path is required)"
+                    if lacks
+                    else f"{where}, column {category_name!r}: the category path is blank "
                     "(--skip-blank-categories drops such rows)"
                 )
         if cols.description:
@@ -232,7 +273,8 @@ def read(source: Source, *, categories: bool) -> list[Row]:
             row.brand = _text(_scalar(rec, cols.brand, where))
         tags: list[str] = []
         if cols.tags:
-            tags += [tag_name(t) for t in _tag_list(rec.get(cols.tags), cols.tags_separator)]
+            cell = f"{where}, column {cols.tags!r}"
+            tags += [tag_name(t) for t in _tag_list(rec.get(cols.tags), cols.tags_separator, cell)]
         for group, column in cols.tag_groups:
             value = _text(_scalar(rec, column, where))
             if value:
@@ -247,11 +289,11 @@ def read(source: Source, *, categories: bool) -> list[Row]:
                 )
             row.split = value
         rows.append(row)
-    if not checked:
+    if not counts["records"]:
         raise DataError(f"{path}: the file has no rows")
-    absent = [c for c in optional if c not in present]
+    absent = [c for c in columns if c not in present]
     if absent:
         raise DataError(f"{path}: no column {absent[0]!r} in any row (columns of the first: {have})")
     if not rows:
         raise DataError(f"{path}: no row has a title in column {cols.title!r}")
-    return rows
+    return rows, counts

@@ -48,7 +48,7 @@ def evaluate(
 
     tax = c.taxonomy
     classes = tax.classes
-    depth = min(tax.depth, 3) if tax.depth >= 3 else tax.depth
+    depth = tax.depth  # every level (the mean of the per-level weighted-F1 stays over levels 1-3)
     test = c.categories["test"]
     texts = [e.text for e in test]
     true = [e.path for e in test]

@@ -92,8 +92,9 @@ def applicability(c: Corpus, lin: Any) -> dict[str, list[str] | None]:
 def category_row_negatives(
     c: Corpus, applies: dict[str, list[str] | None], index: dict[str, int]
 ) -> tuple[np.ndarray, Callable[[Example], np.ndarray | None]]:
-    """For category rows of a corpus whose tags come from a second file: an all-zero target, and a mask that
-    labels (as negatives) the groups that do not apply to the row's top level; None when every group applies."""
+    """For category rows without tags of their own (all of them when the tags come from a second file): an
+    all-zero target, and a mask that labels (as negatives) the groups that do not apply to the row's top level;
+    None when every group applies."""
     target = np.zeros(len(index), dtype=np.float32)
     cols: dict[str, list[int]] = defaultdict(list)
     for name, j in index.items():
@@ -116,16 +117,16 @@ def category_row_negatives(
 def linear_rows(
     c: Corpus, applies: dict[str, list[str] | None], index: dict[str, int]
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """What the linear part's tag models learn from: the tag training rows (their labelled cells) and, when the
-    tags come from a second file, the category training rows as negatives of the groups that do not apply to them
-    (the cells the network's tag head also learns from)."""
+    """What the linear part's tag models learn from: the tag training rows (their labelled cells) and the category
+    training rows without tags of their own as negatives of the groups that do not apply to them (the cells the
+    network's tag head also learns from)."""
     rows = c.tags["train"]
     y, mask = targets(rows, index, complete=c.same_file_tags)
     texts = [e.text for e in rows]
-    if c.same_file_tags:
-        return texts, y, mask
     target, neg_mask = category_row_negatives(c, applies, index)
-    negatives = [(e.text, m) for e in c.categories["train"] if (m := neg_mask(e)) is not None]
+    # in the same file, a row with tags is labelled by them (a tag row above); one without, by where it is
+    labelled = {id(e) for e in rows} if c.same_file_tags else set()
+    negatives = [(e.text, m) for e in c.categories["train"] if id(e) not in labelled and (m := neg_mask(e)) is not None]
     if not negatives:
         return texts, y, mask
     return (

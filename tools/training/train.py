@@ -125,8 +125,8 @@ def train_or_reuse(
 
 def load_corpus(opts: TrainOptions) -> corpus.Corpus:
     spec = opts.data
-    cat_rows = dataset.read(spec.categories, categories=True)
-    tag_rows = dataset.read(spec.tags, categories=False) if spec.tags is not None else None
+    cat_rows, cat_read = dataset.read_counted(spec.categories, categories=True)
+    tag_rows, tag_read = dataset.read_counted(spec.tags, categories=False) if spec.tags is not None else (None, None)
     extra_rows = [r for s in spec.extra for r in dataset.read(s, categories=True)]
     has_description = any(r.description for r in cat_rows[:5000])
     chars = opts.description_chars if has_description else 0
@@ -137,6 +137,7 @@ def load_corpus(opts: TrainOptions) -> corpus.Corpus:
 
     c = corpus.build(cat_rows, tag_rows, extra_rows, text, opts.seed)
     c.stats["description_chars"] = chars
+    c.stats["read"] = {"categories": cat_read, **({"tags": tag_read} if tag_read else {})}
     if opts.quick:
         rng = random.Random(opts.seed)
         for split, n in (("train", QUICK["train_rows"]), ("dev", QUICK["eval_rows"]), ("test", QUICK["eval_rows"])):
@@ -158,6 +159,16 @@ def train(opts: TrainOptions, out: Path, threads: int = 2, echo: Callable[[str],
     chars = int(c.stats["description_chars"])
     max_len = opts.max_len or (MAX_LEN["description"] if chars else MAX_LEN["title"])
     echo(f"data: {json.dumps(c.stats)}")
+    for what, counts in c.stats["read"].items():
+        for reason in ("blank_title", "blank_category"):
+            if counts.get(f"skipped_{reason}"):
+                echo(f"{what} file: {counts[f'skipped_{reason}']} of {counts['records']} rows skipped ({reason})")
+    rare = c.stats["tags_dropped_rare"]
+    if rare["count"]:
+        echo(
+            f"{rare['count']} tags are on fewer than {rare['min_titles']} training titles and are not learned "
+            f"(the most frequent: {', '.join(f'{t} ({n})' for t, n in rare['most'].items())})"
+        )
 
     # ---------------------------------------------------------------- the linear part (and the baseline)
     train_cats = c.categories["train"]
@@ -202,7 +213,8 @@ def train(opts: TrainOptions, out: Path, threads: int = 2, echo: Callable[[str],
     neg_target, neg_mask = tags.category_row_negatives(c, applies, tag_index)
     cat_items = []
     for ids, e, y in zip(cat_ids, train_cats, y_train, strict=True):
-        tm = neg_mask(e) if c.tag_names and not c.same_file_tags else None
+        # outside a group's categories a row is its negative; in the same file, a row's own tags label it instead
+        tm = neg_mask(e) if c.tag_names else None
         cat_items.append(
             finetune.Item(ids, int(y), [int(a[y]) for a in ancestors], neg_target if tm is not None else None, tm)
         )

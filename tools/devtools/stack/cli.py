@@ -1,4 +1,5 @@
-"""`listings stack up | down | status [part ...]`: the embedded local stack (Kafka KRaft, Redis, Triton)."""
+"""`listings stack up | down | status [part ...]` and `listings stack reload`: the embedded local stack (Kafka KRaft,
+Redis, Triton); `reload` loads the model repository's versions as they are now into the running Triton."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import sys
 
 from devtools import config
-from devtools.stack import control
+from devtools.stack import control, triton
 from devtools.stack.process import StackError
 from stream.config import Settings
 
@@ -22,7 +23,11 @@ def _part(name: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument(
+        "action",
+        choices=["up", "down", "status", "reload"],
+        help="reload: load the model repository's current versions into the running Triton (after `listings train`)",
+    )
     parser.add_argument(
         "parts", nargs="*", type=_part, metavar="PART", help=f"only these parts: {', '.join(control.PARTS)}"
     )
@@ -32,7 +37,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     s = config.load()
     only = args.parts or None
     try:
-        if args.action == "up":
+        if args.action == "reload":
+            if only and only != ["triton"]:
+                print("stack reload: only Triton has models to reload", file=sys.stderr)
+                return 2
+            print(triton.reload(s))
+        elif args.action == "up":
             control.up(s, only)
         elif args.action == "down":
             control.down(s, only)
