@@ -89,6 +89,11 @@ class Health:
         with self._lock:
             self.probes[dependency] = (ok, detail or ("ok" if ok else "not ready"))
 
+    def failing(self) -> list[str]:
+        """The dependencies whose last probe or call failed, in DEPENDENCIES order."""
+        with self._lock:
+            return [d for d in DEPENDENCIES if not (self.probes[d][0] and self.calls[d][0])]
+
     # -------------------------------------------------------------- answers (HTTP thread)
 
     def live(self) -> tuple[bool, dict[str, Any]]:

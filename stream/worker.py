@@ -38,7 +38,7 @@ def make_app(settings: Settings) -> Any:
     from stream.pipeline.conveyor import Conveyor
     from stream.pipeline.process import BatchStats, Pipeline
     from stream.pipeline.records import InRecord, kafka_time_ms
-    from stream.pipeline.timing import BatchTiming, Recorder
+    from stream.pipeline.timing import BatchTiming, Recorder, now_ms
 
     w = settings.worker
     bound_fetch_wait(w.fetch_max_wait_ms)
@@ -98,6 +98,7 @@ def make_app(settings: Settings) -> Any:
         recorder = Recorder(w.timings_file, tracing.tracer(w.otel_exporter))
         conveyor = Conveyor(pipeline, w.max_in_flight, done, on_failure=fatal, recorder=recorder)
         conveyor.start()
+        resumed_ms = 0.0  # when the last submit returned: until then the worker waited for an in-flight slot
         try:
             async for events in stream.noack_take(w.max_batch, within=w.max_wait_ms / 1000):
                 timing = BatchTiming("live", len(events))
@@ -126,10 +127,15 @@ def make_app(settings: Settings) -> Any:
                         if r.received_ms is not None and r.timestamp_ms is not None
                     ],
                 )
-                timing.events_(
-                    "batch_forming", [(wall - r.received_ms) / 1000 for r in records if r.received_ms is not None]
-                )
+                received = [r.received_ms for r in records if r.received_ms is not None]
+                # an event received while the worker waited for a slot waited on back-pressure until it returned
+                timing.events_("batch_forming", [(wall - max(at, resumed_ms)) / 1000 for at in received])
+                blocked = [max(0.0, resumed_ms - at) / 1000 for at in received]
+                formed_ms = timing.dispatched_ms
                 await conveyor.submit(records, events, timing)
+                resumed_ms = now_ms()
+                slot_s = (timing.dispatched_ms - formed_ms) / 1000  # this batch's own wait for a slot
+                timing.events_("in_flight_wait", [b + slot_s for b in blocked])
         except Exception as exc:  # noqa: BLE001
             # Not a down dependency (those are retried) but a bug or a broken invariant. Restarting the agent
             # in place would go on past the failed batch's events; exiting makes a supervisor restart the
@@ -207,14 +213,36 @@ def make_app(settings: Settings) -> Any:
                 HEALTH.probed(name, False, f"{type(exc).__name__}: {exc}"[:300])
         HEALTH.assignment = "assigned" if app.consumer.assignment() else "waiting for an assignment"
 
+    lag_reported: set[tuple[str, int]] = set()
+
     @app.timer(interval=5.0)
     async def report_lag() -> None:
+        """Per assigned partition: the high watermark minus the next offset to finish (the last acked + 1; before
+        this worker finished a batch of it, the group's committed offset, or the log's start for a group without
+        one, so a worker started during an outage shows its backlog). A partition no longer assigned drops its series
+        (another worker reports it now)."""
         consumer = app.consumer
+        assigned = set()
+        committed = getattr(consumer, "_committed_offset", {})  # Faust's view of the group's commits
         for tp in consumer.assignment():
+            key = (tp.topic, tp.partition)
+            assigned.add(key)
             hw = consumer.highwater(tp)
-            pos = next_offset.get((tp.topic, tp.partition))
+            pos = next_offset.get(key)
+            if pos is None:
+                pos = committed.get(tp)  # the group's commit: the next offset to process (None: none yet)
+            if pos is None:  # no commit: the group starts at the log's start (auto_offset_reset=earliest)
+                pos = (await consumer.earliest_offsets(tp)).get(tp)
             if hw is not None and pos is not None:
                 metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, hw - pos))
+                lag_reported.add(key)
+        for key in lag_reported - assigned:
+            lag_reported.discard(key)
+            next_offset.pop(key, None)
+            try:
+                metrics.CONSUMER_LAG.remove(key[0], str(key[1]))
+            except KeyError:
+                pass
 
     return app
 
@@ -294,9 +322,17 @@ def bounded_stop(worker_class: Any, timeout_s: float) -> Any:
 
 
 def _stop_now(timeout_s: float) -> None:
+    from stream.health import HEALTH
+
+    failing = HEALTH.failing()
+    why = (
+        f"{' and '.join(failing)} failing (the batches in flight were being retried)"
+        if failing
+        else "no dependency reported failing: likely Kafka unreachable for the final commit"
+    )
     log.warning(
-        f"the stop took longer than {timeout_s:g}s (LISTINGS_SHUTDOWN_TIMEOUT_S), likely Kafka unreachable for the "
-        "final commit: exiting now; events after the last committed offset will be delivered again"
+        f"the stop took longer than {timeout_s:g}s (LISTINGS_SHUTDOWN_TIMEOUT_S), {why}: exiting now; events after "
+        "the last committed offset will be delivered again"
     )
     for handler in logging.getLogger().handlers:
         handler.flush()

@@ -310,3 +310,47 @@ def test_backfill_runs_on_the_background_copy_at_low_cpu_priority(stack, caplog)
         assert {h["model_name"] for h in stored.values()} == {live}
         fell_back = [r for r in caplog.records if "does not serve no_such_model" in r.getMessage()]
         assert len(fell_back) == (1 if model == "no_such_model" else 0)
+
+
+def test_a_backfill_following_the_live_record_stops_when_another_version_is_made_live(
+    stack, two_model_versions
+) -> None:
+    """A rollback (or a promotion) during a run that re-classifies with the live version: going on wrote the
+    replaced version's answers, which the newer-model rule then kept against the live workers'. It now finishes
+    what is in flight, commits, and stops (exit status 3), naming the new live version."""
+    import threading
+
+    from stream import models
+    from stream.backfill import exit_code
+
+    older, newer = map(str, two_model_versions)
+    s = isolated(stack, "bf-live-change").replace(backfill={"max_batch": 4})
+    ids = [f"lc-{i}" for i in range(60)]
+    produce_raw(s, _events("lc", 60))
+    models.promote(s, newer)
+
+    def roll_back_once_it_writes() -> None:
+        wait_for(lambda: len(redis_items(s, ids)) >= 4, 120, "the backfill's first results")
+        models.promote(s, older)  # the rollback, mid-run
+
+    try:
+        threading.Thread(target=roll_back_once_it_writes, daemon=True).start()
+        summary = _run(s, since_ms=None, rate=6.0, governor=False)  # 60 events at 6/s: ~10 s
+        assert summary.live_changed_to == older and 0 < summary.events < 60, summary
+        assert exit_code(summary.stopped_by, bool(summary.live_changed_to)) == 3
+        stored = redis_items(s, ids)
+        assert len(stored) == summary.events and {h["model_version"] for h in stored.values()} == {newer}
+        # committed up to where it stopped: a rerun (the new live version, so a group of its own) starts over
+        assert sum(_group_offsets(s, summary.group).values()) == summary.events
+    finally:
+        r = connections.redis_sync(s.redis)
+        r.delete(models.live_key(s.triton.model_name))
+        r.close()
+
+
+def test_a_pinned_version_and_the_live_record_naming_it_are_two_groups() -> None:
+    """'promote N, then backfill' after a trial `--model-version N` run reused the trial's completed group and did
+    nothing, leaving what the previous version classified since."""
+    pinned = default_group(_opts(model_version="11"), "t")
+    live = default_group(_opts(model_version="11", follows_live=True), "t")
+    assert pinned != live and pinned == default_group(_opts(model_version="11"), "t")

@@ -117,3 +117,25 @@ def _answers(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def test_a_worker_started_during_an_outage_reports_its_backlog_as_lag(local, stack, tmp_path) -> None:
+    """The lag gauge was set only for partitions this worker had finished a batch of: a worker (re)started while
+    Triton was down showed no lag at all, so a lag alert never fired."""
+    from devtools.stack import control
+
+    s = isolated(stack, "lag-outage")
+    ids = [f"lag-{i}" for i in range(30)]
+    produce_raw(s, [listing(i, TITLES[n % len(TITLES)]) for n, i in enumerate(ids)])
+    [port] = free_ports(1)
+    control.down(local, ["triton"])
+    try:
+        w = WorkerProcess(s, tmp_path, metrics_port=port).start()
+        wait_for(lambda: _answers(port) and metric(port, "listings_consumer_lag") == 30, 90, "lag 30", w.log_tail)
+    finally:
+        control.up(local, ["triton"])
+    try:
+        wait_for(lambda: len(redis_items(s, ids)) == len(ids), 120, "the backlog classified", w.log_tail)
+        wait_for(lambda: metric(port, "listings_consumer_lag") == 0, 30, "lag 0", w.log_tail)
+    finally:
+        w.kill()

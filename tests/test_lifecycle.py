@@ -172,7 +172,11 @@ def test_promoting_a_version_triton_does_not_serve_is_refused(stack, tmp_path) -
         (repo / stack.triton.model_name / version).mkdir(parents=True)
     with_repo = listings_cli(stack, "models", "--json", "--repository", str(repo))
     states = {v["version"]: v["state"] for v in json.loads(with_repo.stdout)["versions"]}
-    assert states["999"] == "NOT_LOADED" and all(states[v] != "NOT_LOADED" for v in served)
+    ready = [v["version"] for v in doc["versions"] if v["state"] == "READY"]
+    assert states["999"] == "NOT_LOADED" and ready and all(states[v] == "READY" for v in ready)
+    # a version Triton unloaded (UNAVAILABLE) whose folder is on disk is NOT_LOADED too: a load brings it back
+    unloaded = [v["version"] for v in doc["versions"] if v["state"] == "UNAVAILABLE"]
+    assert all(states[v] == "NOT_LOADED" for v in unloaded)
 
 
 def test_shadow_writes_only_its_topic_and_its_figures_match_a_direct_computation(stack, versions, tmp_path) -> None:
@@ -263,3 +267,77 @@ def test_a_shadow_whose_candidate_stops_answering_still_ends_at_its_duration(sta
     counts = asyncio.run(shadow(s, ShadowOptions("999", from_beginning=True, duration_s=4.0)))
     assert time.monotonic() - started < 30
     assert counts.get("events", 0) == 0  # nothing scored, nothing published
+
+
+def test_the_live_version_triton_stopped_serving_is_not_already_live_and_an_unknown_model_serves_nothing(
+    stack, tmp_path
+) -> None:
+    """`promote N` with N live but unloaded said "already live: nothing changed" (exit 0) while the workers held
+    their events; a model Triton does not know was reported as "Triton is not reachable"."""
+    s = isolated(stack, "unserved-live")
+    r = connections.redis_sync(s.redis)
+    r.hset(models.live_key(s.triton.model_name), "version", "999")
+    r.close()
+    try:
+        out = listings_cli(s, "promote", "999")
+        assert out.returncode == 2 and "it is the live version" in out.stderr, out.stderr
+        unknown = s.replace(triton={"model_name": "no_such_model"})
+        assert models.served_versions(unknown) == {}
+        out = listings_cli(unknown, "promote", "1")
+        assert out.returncode == 2 and "not served by Triton (ready versions: none)" in out.stderr, out.stderr
+        out = listings_cli(s, "models", "--repository", str(tmp_path / "missing"))
+        assert out.returncode == 2 and "is not a folder" in out.stderr
+    finally:
+        r = connections.redis_sync(s.redis)
+        r.delete(models.live_key(s.triton.model_name))
+        r.close()
+
+
+def test_shadow_from_the_beginning_rewinds_a_group_an_earlier_run_committed(stack, versions, monkeypatch) -> None:
+    """`--from-beginning` only applied to a group without commits: a second run of the same candidate scored
+    nothing of the retained history, silently."""
+    import stream.shadow
+
+    monkeypatch.setattr(stream.shadow, "LIVE_WAIT_S", 0.5)  # no live worker here: nothing to wait for
+    old, new = versions
+    s = isolated(stack, "shadow-rewind")
+    models.promote(s, old)
+    produce_raw(s, [listing(f"rw-{i}", TITLES[i % len(TITLES)]) for i in range(6)])
+    first = asyncio.run(shadow(s, ShadowOptions(new, from_beginning=True, idle_timeout_s=3.0, duration_s=60)))
+    assert first.get("events") == 6
+    again = asyncio.run(shadow(s, ShadowOptions(new, from_beginning=True, idle_timeout_s=3.0, duration_s=60)))
+    assert again.get("events") == 6  # the group had committed all six: rewound, not resumed
+    resumed = asyncio.run(shadow(s, ShadowOptions(new, idle_timeout_s=3.0, duration_s=30)))
+    assert resumed.get("events", 0) == 0  # without the flag a run resumes the group: nothing new since
+
+
+def test_stack_reload_serves_a_version_exported_while_triton_runs(local, stack) -> None:
+    """Triton runs with explicit model control: a version `listings train` exports is not served until it is
+    loaded, and nothing in the CLI did that on a running local stack."""
+    import shutil
+
+    from devtools.stack import triton
+    from training import export
+
+    model_dir = local.model_repository / stack.triton.model_name
+    newest = export.versions(local.model_repository)[-1]
+    new_dir = model_dir / str(newest + 1)
+    shutil.copytree(model_dir / str(newest), new_dir)
+    try:
+        assert models.served_versions(stack).get(str(newest + 1)) != "READY"  # (an earlier test's may be known)
+        out = listings_cli(stack, "stack", "reload", env={k: str(v) for k, v in _stack_env(local).items()})
+        assert out.returncode == 0, out.stderr
+        assert f"{newest + 1} ready" in out.stdout, out.stdout
+        assert models.served_versions(stack).get(str(newest + 1)) == "READY"
+    finally:
+        shutil.rmtree(new_dir)
+        triton.load_model(local, stack.triton.model_name, with_background=True)
+
+
+def _stack_env(local) -> dict[str, object]:
+    """The local stack's own variables (its state folder, ports and model repository) for a `listings stack` child."""
+    import os
+
+    from conftest import PORT_VARS
+
+    return {k: os.environ[k] for k in [*PORT_VARS, "LISTINGS_STATE_DIR", "LISTINGS_MODEL_REPOSITORY"]}

@@ -993,3 +993,59 @@ def test_a_cancelled_conveyor_stops_the_batches_it_is_still_classifying() -> Non
 
     asyncio.run(scenario())
     assert sorted(started) == [1, 2, 3]
+
+
+def test_a_batch_starts_its_stages_when_it_gets_an_in_flight_slot_not_before() -> None:
+    """With every slot busy the next submit waits; that wait was in no stage (a batch's stages summed to 0.09 s
+    while it finished 21 s after its dispatch time) and its span started 21 s early."""
+    from stream.pipeline.conveyor import Conveyor
+    from stream.pipeline.timing import BatchTiming
+
+    release = asyncio.Event()
+
+    class Slow:
+        async def prepare(self, records: list, timing: object = None) -> None:
+            await release.wait()
+            raise asyncio.CancelledError  # never reaches the sinks here
+
+    async def scenario() -> float:
+        async def done(*_: object) -> None: ...
+
+        conveyor = Conveyor(Slow(), max_in_flight=1, on_done=done)  # type: ignore[arg-type]
+        conveyor.start()
+        await conveyor.submit([_rec(0, "t")], token=0, timing=BatchTiming("live", 1))
+        second = BatchTiming("live", 1)
+        formed = second.dispatched_ms
+        waiting = asyncio.ensure_future(conveyor.submit([_rec(1, "t")], token=1, timing=second))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # the one slot is taken
+        conveyor._slots.release()  # as the first batch's end would
+        await asyncio.wait_for(waiting, 5)
+        release.set()
+        await conveyor.cancel()
+        return (second.dispatched_ms - formed) / 1000
+
+    assert asyncio.run(scenario()) >= 0.25
+
+
+def test_the_triton_channel_reconnects_within_the_retry_backoff() -> None:
+    """gRPC's reconnect backoff grows to 120 s by default: after a 65 s Triton outage the worker resumed 12-16 s
+    after Triton was back, whatever the retry backoff said."""
+    from stream.classify.triton_client import channel_args
+
+    args = dict(channel_args(5.0))
+    assert args["grpc.max_reconnect_backoff_ms"] == 5000 and args["grpc.initial_reconnect_backoff_ms"] <= 1000
+    assert args["grpc.max_receive_message_length"] > 2**30  # tritonclient's own options are kept
+    assert dict(channel_args(0.1))["grpc.max_reconnect_backoff_ms"] == 1000
+
+
+def test_a_stop_that_outlasts_its_timeout_names_the_failing_dependency() -> None:
+    """It always blamed Kafka's final commit, also while Redis was refusing writes and Kafka was fine."""
+    from stream.health import Health
+
+    h = Health()
+    for d in ("kafka", "redis", "triton"):
+        h.probed(d, True)
+    assert h.failing() == []
+    h.retried("redis", OSError("OOM command not allowed"))
+    assert h.failing() == ["redis"]

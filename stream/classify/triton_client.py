@@ -77,6 +77,25 @@ def text_inputs(client_module: Any, **columns: Sequence[str | bytes]) -> list[An
     return out
 
 
+def channel_args(max_backoff_s: float) -> list[tuple[str, int]]:
+    """tritonclient's own channel options (message size, keep-alive) plus a reconnect backoff bounded like our
+    retries: gRPC's default grows to 120 s, so after a long Triton outage the channel kept failing for 12-16 s
+    after Triton was back, however often we retried (a new client on the same target did too)."""
+    import tritonclient.grpc.aio as grpcclient
+
+    keepalive = grpcclient.KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.initial_reconnect_backoff_ms", 250),
+        ("grpc.max_reconnect_backoff_ms", max(1000, int(max_backoff_s * 1000))),
+    ]
+
+
 class TritonClassifier:
     def __init__(
         self,
@@ -108,7 +127,7 @@ class TritonClassifier:
         import tritonclient.grpc.aio as grpcclient
 
         if self._client is None:
-            self._client = grpcclient.InferenceServerClient(self.url)
+            self._client = grpcclient.InferenceServerClient(self.url, channel_args=channel_args(self.max_backoff_s))
             self._choosing = asyncio.Lock()
         return self._client
 

@@ -55,6 +55,8 @@ class Conveyor:
         if self._failure is not None:
             raise RuntimeError("the sink stage failed") from self._failure
         await self._slots.acquire()
+        if timing is not None:
+            timing.dispatched_ms = now_ms()  # the batch's stages (and its span) start here, not before the slot wait
         metrics.IN_FLIGHT.inc()
         self._pending += 1
         HEALTH.work(self._pending)

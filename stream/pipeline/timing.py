@@ -3,7 +3,8 @@
 | stage | per | from → to |
 |---|---|---|
 | `kafka_wait` | event | the record's Kafka timestamp (producer send) → received by the worker |
-| `batch_forming` | event | received → its micro-batch is dispatched (`LISTINGS_MAX_WAIT_MS` bounds it) |
+| `batch_forming` | event | received (or freed from back-pressure) → in a formed micro-batch (`LISTINGS_MAX_WAIT_MS`) |
+| `in_flight_wait` | event | back-pressure: all `LISTINGS_MAX_IN_FLIGHT` batches busy (see below) |
 | `triton_compute` | batch | the model's `execute()` time for the merged batch that served it (`TIMING` output) |
 | `triton_queue` | batch | the rest of the request: dynamic-batcher queue, gRPC, (de)serialization |
 | `sink_wait` | batch | classified → its turn at the sinks (sinks run in consumption order) |
@@ -11,7 +12,9 @@
 | `kafka_send` | batch | the output records until every broker acknowledgement |
 | `ack` | batch | acking the batch's offsets to the consumer |
 
-Every stage is a `listings_stage_seconds{stage,source}` histogram. With `LISTINGS_TIMINGS_FILE` set, each batch is
+`in_flight_wait` is the time an event waited because every in-flight slot was taken: received while the worker
+waited for a slot (until it returned), plus its own batch's wait for one. Every stage is a
+`listings_stage_seconds{stage,source}` histogram. With `LISTINGS_TIMINGS_FILE` set, each batch is
 also appended there as one JSON line (the benchmark reads it); with an OpenTelemetry tracer configured
 (`LISTINGS_OTEL_EXPORTER`), each batch is a span with one child span per stage.
 """
@@ -28,7 +31,7 @@ import orjson
 from stream import metrics
 
 BATCH_STAGES = ("triton_compute", "triton_queue", "sink_wait", "redis", "kafka_send", "ack")
-EVENT_STAGES = ("kafka_wait", "batch_forming")
+EVENT_STAGES = ("kafka_wait", "batch_forming", "in_flight_wait")
 
 
 def now_ms() -> float:

@@ -461,7 +461,17 @@ def stage_breakdown(path: Path, since_ms: float = 0.0) -> dict[str, Any]:
     for r in rows:
         for k, v in {**r.get("stages", {}), **r.get("event_stages_max", {})}.items():
             stages.setdefault(k, []).append(v * 1000)
-    order = ["kafka_wait", "batch_forming", "triton_queue", "triton_compute", "sink_wait", "redis", "kafka_send", "ack"]
+    order = [
+        "kafka_wait",
+        "batch_forming",
+        "in_flight_wait",
+        "triton_queue",
+        "triton_compute",
+        "sink_wait",
+        "redis",
+        "kafka_send",
+        "ack",
+    ]
     return {
         "batches": len(rows),
         "mean_batch_events": round(sum(r["events"] for r in rows) / len(rows), 1) if rows else 0,
