@@ -7,10 +7,10 @@ optional install: `pip install 'listing-classifier[otel]'`."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 log = logging.getLogger("listings.tracing")
-ORDER = ("triton_queue", "triton_compute", "sink_wait", "redis", "kafka_send", "ack")
 
 
 def tracer(exporter: str) -> Any:
@@ -37,8 +37,8 @@ def tracer(exporter: str) -> Any:
     return provider.get_tracer("listings")
 
 
-def batch_span(tracer: Any, timing: Any) -> None:
-    """The batch as a span from its dispatch, its stages laid end to end as child spans."""
+def batch_span(tracer: Any, timing: Any, order: Sequence[str]) -> None:
+    """The batch as a span from its dispatch, its stages (in `order`) laid end to end as child spans."""
     from opentelemetry import trace
 
     start = int(timing.dispatched_ms * 1_000_000)
@@ -47,7 +47,7 @@ def batch_span(tracer: Any, timing: Any) -> None:
         span.set_attribute("listings.source", timing.source)
         span.set_attribute("listings.events", timing.events)
         at = start
-        for stage in ORDER:
+        for stage in order:
             if stage in timing.stages:
                 length = int(timing.stages[stage] * 1_000_000_000)
                 child = tracer.start_span(stage, context=trace.set_span_in_context(span), start_time=at)

@@ -222,20 +222,18 @@ def make_app(settings: Settings) -> Any:
         one, so a worker started during an outage shows its backlog). A partition no longer assigned drops its series
         (another worker reports it now)."""
         consumer = app.consumer
-        assigned = set()
         committed = getattr(consumer, "_committed_offset", {})  # Faust's view of the group's commits
-        for tp in consumer.assignment():
-            key = (tp.topic, tp.partition)
-            assigned.add(key)
+        # the next offset to process: the last acked + 1, else the group's commit (None: none yet)
+        start = {tp: next_offset.get((tp.topic, tp.partition), committed.get(tp)) for tp in consumer.assignment()}
+        uncommitted = [tp for tp, pos in start.items() if pos is None]
+        if uncommitted:  # no commit: the group starts at the log's start (auto_offset_reset=earliest)
+            start.update(await consumer.earliest_offsets(*uncommitted))
+        for tp, pos in start.items():
             hw = consumer.highwater(tp)
-            pos = next_offset.get(key)
-            if pos is None:
-                pos = committed.get(tp)  # the group's commit: the next offset to process (None: none yet)
-            if pos is None:  # no commit: the group starts at the log's start (auto_offset_reset=earliest)
-                pos = (await consumer.earliest_offsets(tp)).get(tp)
             if hw is not None and pos is not None:
                 metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, hw - pos))
-                lag_reported.add(key)
+                lag_reported.add((tp.topic, tp.partition))
+        assigned = {(tp.topic, tp.partition) for tp in start}
         for key in lag_reported - assigned:
             lag_reported.discard(key)
             next_offset.pop(key, None)

@@ -40,7 +40,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         r.close()
     effective = live.version or models.newest_ready(served)
     rows = []
-    on_disk = set(models.repository_versions(args.repository, settings.triton.model_name)) if args.repository else set()
+    disk = models.repository_versions(args.repository, settings.triton.model_name) if args.repository else []
+    on_disk = set(disk)
     for version, state in served.items():
         metrics = (
             models.training_metrics(args.repository, settings.triton.model_name, version) if args.repository else None
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.repository:
         # versions on disk that Triton has not loaded (config.pbtxt's version_policy keeps the newest two): the ones
         # a rollback further back would need loaded first
-        for version in models.repository_versions(args.repository, settings.triton.model_name):
+        for version in disk:
             if version not in served:
                 metrics = models.training_metrics(args.repository, settings.triton.model_name, version)
                 rows.append(

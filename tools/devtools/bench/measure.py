@@ -26,6 +26,7 @@ from devtools.workers import WorkerProcess, isolated, wait_group_stable
 from stream import connections, keys
 from stream.classify.triton_client import text_inputs
 from stream.config import Settings
+from stream.pipeline.timing import BATCH_STAGES, EVENT_STAGES
 from stream.produce import produce_listings
 from stream.retry import poll
 from stream.timefmt import iso_ms
@@ -461,17 +462,7 @@ def stage_breakdown(path: Path, since_ms: float = 0.0) -> dict[str, Any]:
     for r in rows:
         for k, v in {**r.get("stages", {}), **r.get("event_stages_max", {})}.items():
             stages.setdefault(k, []).append(v * 1000)
-    order = [
-        "kafka_wait",
-        "batch_forming",
-        "in_flight_wait",
-        "triton_queue",
-        "triton_compute",
-        "sink_wait",
-        "redis",
-        "kafka_send",
-        "ack",
-    ]
+    order = [*EVENT_STAGES, *BATCH_STAGES]
     return {
         "batches": len(rows),
         "mean_batch_events": round(sum(r["events"] for r in rows) / len(rows), 1) if rows else 0,

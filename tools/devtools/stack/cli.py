@@ -41,7 +41,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             if only and only != ["triton"]:
                 print("stack reload: only Triton has models to reload", file=sys.stderr)
                 return 2
-            print(triton.reload(s))
+            print(triton.reload(s, settings))
         elif args.action == "up":
             control.up(s, only)
         elif args.action == "down":

@@ -14,6 +14,7 @@ from pathlib import Path
 from devtools.config import StackSettings
 from devtools.stack.process import Managed, StackError, children, ensure_ports_free, wait_until
 from devtools.stack.supervise import RESTARTED
+from stream.config import Settings
 from training import background, export
 from training.config import MODEL_NAME
 
@@ -144,30 +145,27 @@ def up(settings: StackSettings) -> str:
     )
 
 
-def reload(settings: StackSettings) -> str:
+def reload(settings: StackSettings, runtime: Settings) -> str:
     """Load what the model repository holds now into the running Triton (explicit model control picks nothing up
     by itself): after `listings train` exported a version, before `listings shadow` or `promote` can use it. Triton
-    swaps the versions without a gap in serving; the version policy (the two newest) decides which stay."""
+    swaps the versions without a gap in serving; the version policy (the two newest) decides which stay. `runtime`:
+    the client settings, pointed at this stack's Triton to say which versions it serves."""
+    from tritonclient.utils import InferenceServerException
+
+    from stream.models import served_versions
+
     if not part(settings).running():
         raise StackError("triton is not running: `listings stack up` starts it with the repository's versions")
     repo = settings.model_repository
     refreshed = export.refresh_glue(repo, MODEL_NAME)
     load_model(settings, MODEL_NAME, with_background=True)
     glue = f" (model.py refreshed in versions {', '.join(map(str, refreshed))})" if refreshed else ""
-    versions = ready_versions(settings, MODEL_NAME)
-    return f"triton reloaded {MODEL_NAME}: versions {', '.join(versions) or 'none'} ready{glue}"
-
-
-def ready_versions(settings: StackSettings, name: str) -> list[str]:
-    """The versions of `name` Triton serves now (READY in its repository index), oldest first."""
-    req = urllib.request.Request(f"http://{settings.triton_http}/v2/repository/index", data=b"{}", method="POST")
     try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            index = json.loads(r.read())
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise StackError(f"triton: its repository index at {settings.triton_http} did not answer ({exc})") from None
-    found = [m["version"] for m in index if m.get("name") == name and m.get("state") == "READY" and m.get("version")]
-    return sorted(found, key=int)
+        served = served_versions(runtime.replace(triton={"url": settings.triton_grpc, "model_name": MODEL_NAME}))
+    except InferenceServerException as exc:
+        raise StackError(f"triton: its repository index at {settings.triton_grpc} did not answer ({exc})") from None
+    versions = [v for v, state in served.items() if state == "READY"]
+    return f"triton reloaded {MODEL_NAME}: versions {', '.join(versions) or 'none'} ready{glue}"
 
 
 def server_pid(settings: StackSettings) -> int | None:
