@@ -460,6 +460,7 @@ async def backfill(settings: Settings, options: BackfillOptions, stop: Stop | No
         if governor is not None:
             p.update(rate=round(governor.rate, 1), yielding=governor.yielding, probing=governor.probing)
             p["live_ms"] = None if governor.live_ms is None else round(governor.live_ms)
+            p["target_ms"] = None if governor.target is None else round(governor.target)
         summary.timeline.append(p)
 
     try:

@@ -912,7 +912,7 @@ def test_backfill_rides_over_redis_and_kafka_blips() -> None:
     from stream.governor import Governor
 
     class DownRedis:
-        async def xrevrange(self, *_: object, **__: object) -> list:
+        async def xrange(self, *_: object, **__: object) -> list:
             raise rexc.ConnectionError("Error 111 connecting to redis")
 
     g = Governor(redis=DownRedis(), stream="s", target_ms=250, min_rate=5, step=20, start_rate=80)
@@ -920,7 +920,7 @@ def test_backfill_rides_over_redis_and_kafka_blips() -> None:
     assert g.rate == 80 and g.live_ms is None  # no reading: the rate is kept
 
     class BrokenRedis:
-        async def xrevrange(self, *_: object, **__: object) -> list:
+        async def xrange(self, *_: object, **__: object) -> list:
             raise rexc.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
 
     with pytest.raises(rexc.ResponseError):

@@ -229,6 +229,95 @@ def test_update_stream_times_live_results_for_the_backfill_governor(stack, r) ->
     r.delete(stream)
 
 
+def _timed_entries(r, stream: str, stored: list[int], latency: list[float], sources: list[str] | None = None) -> None:
+    """Update-stream entries stored at the given ms (their ids) for listings `latency` ms older."""
+    from stream.timefmt import iso
+
+    pipe = r.pipeline(transaction=False)
+    for i, (ms, lat) in enumerate(zip(stored, latency, strict=True)):
+        source = sources[i] if sources else "live"
+        pipe.xadd(stream, {"item_id": f"g{i}", "source": source, "event_time": iso(ms - lat)}, id=f"{ms}-{i}")
+    pipe.execute()
+
+
+def _governor_reads(stack, stream: str, writes: list) -> list:
+    """For each of `writes` (a function that adds entries): run it, then one Governor.live_latency reading; returns
+    (p99, live results the governor holds) per reading."""
+    from stream import connections
+    from stream.governor import Governor
+
+    async def go() -> list:
+        client = connections.redis_async(stack.redis)
+        try:
+            g = Governor(client, stream, target_ms=0, percentile=99)
+            out = []
+            for write in writes:
+                write()
+                out.append((await g.live_latency(), len(g._samples)))
+            return out
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def test_governor_reads_every_live_result_of_its_window_once(stack, r) -> None:
+    """The governor's p99 is over every live result of the last 3 s, not the newest few hundred entries: a slow
+    spell at the start of the window still counts (the reader before 12-06 looked at the newest 300 entries, here
+    all fast), and each later look reads only the entries written since the one before."""
+    import time
+
+    stream = f"test:gov-window:{uuid.uuid4().hex[:6]}"
+    now = int(time.time() * 1000)
+    # 50 results older than the window (not counted), then 1,000 over the last 2 s, the oldest 30 slow; one in
+    # five is a backfill result (not live)
+    stored = [now - 5000 + i for i in range(50)] + [now - 2000 + 2 * i for i in range(1000)]
+    lat = [5000.0] * 50 + [900.0 if i < 30 else 100.0 for i in range(1000)]
+    sources = ["live"] * 50 + ["backfill" if i % 5 == 4 else "live" for i in range(1000)]
+    later = int(time.time() * 1000) + 1
+    try:
+        (p99, held), (p99_after, held_after) = _governor_reads(
+            stack,
+            stream,
+            [
+                lambda: _timed_entries(r, stream, stored, lat, sources),
+                lambda: _timed_entries(r, stream, [later + i for i in range(10)], [50.0] * 10),
+            ],
+        )
+        # 800 live results, 24 of them slow: the p99 (the 8th largest) is a slow one
+        assert held == 800 and p99 == pytest.approx(900, abs=1)
+        assert held_after == 810 and p99_after == pytest.approx(900, abs=1)
+    finally:
+        r.delete(stream)
+
+
+def test_governor_reads_the_newest_page_when_too_much_is_unread(stack, r, monkeypatch) -> None:
+    """More unread entries than it reads in one look (a stream written faster than it pages): the governor takes the
+    newest page of the window and reads on from there, instead of falling ever further behind."""
+    import time
+
+    from stream import governor
+
+    monkeypatch.setattr(governor, "PAGE", 10)
+    monkeypatch.setattr(governor, "MAX_PAGES", 2)
+    stream = f"test:gov-page:{uuid.uuid4().hex[:6]}"
+    now = int(time.time() * 1000)
+    try:
+        # 50 results: the 40 oldest slow, the newest 10 fast
+        (p99, held), (p99_after, held_after) = _governor_reads(
+            stack,
+            stream,
+            [
+                lambda: _timed_entries(r, stream, [now - 1000 + i for i in range(50)], [700.0] * 40 + [60.0] * 10),
+                lambda: _timed_entries(r, stream, [now + 100 + i for i in range(5)], [80.0] * 5),
+            ],
+        )
+        assert held == 10 and p99 == pytest.approx(60, abs=1)
+        assert held_after == 15 and p99_after == pytest.approx(80, abs=1)
+    finally:
+        r.delete(stream)
+
+
 def test_governor_times_entries_of_older_workers_from_the_hash(stack, r) -> None:
     """An update-stream entry without `event_time` (written by a worker older than that field) is timed from its
     listing's hash (`classified_at` - `event_time`), so a mixed fleet stays protected."""
