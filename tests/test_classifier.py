@@ -353,6 +353,25 @@ def test_json_written_by_training_has_no_nan(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": None, "b": [1.0, None], "c": [2]}
 
 
+def test_the_model_cache_key_follows_the_data_not_the_folder_it_is_read_from(tmp_path: Path) -> None:
+    """The same catalogue read from another folder (another clone, a moved data directory) reuses the cached model;
+    another content, another file name or another option does not."""
+    from training import artifact
+
+    def key(folder: str, name: str = "cat.csv", text: str = "title,category\nA,x\n", **options: object) -> str:
+        f = tmp_path / folder / name
+        f.parent.mkdir(exist_ok=True)
+        f.write_text(text)
+        spec = train.DataSpec(dataset.Source(f, dataset.Columns(title="title", category="category")))
+        return artifact.cache_key(spec.files(), train.options(spec, **options).as_dict())
+
+    here = key("clone-a")
+    assert key("clone-b") == here
+    assert key("clone-c", text="title,category\nB,x\n") != here
+    assert key("clone-d", name="other.csv") != here
+    assert key("clone-e", epochs=3) != here
+
+
 def test_a_tag_group_shares_one_threshold_chosen_on_the_groups_dev_f1() -> None:
     """Per tag, a rare colour's threshold would be fitted to its one or two dev titles (on the default data that
     cost test tag macro-F1 0.835 against 0.850); per group, every colour gets the threshold that maximises the
