@@ -95,8 +95,11 @@ class Governor:
         None. An entry without `event_time` (a worker older than that field) is timed from its listing's hash."""
         now_ms = int(time.time() * 1000)
         since = now_ms - int(WINDOW_S * 1000)
+        entries, fresh = await self._unread(since)
+        if fresh:  # nothing held is still in the window, or it was skipped over: start the window again
+            self._samples.clear()
         untimed: list[tuple[int, str]] = []
-        for stored_ms, f in await self._unread(since):
+        for stored_ms, f in entries:
             if f.get(b"source") != b"live":
                 continue
             event_time = f.get(b"event_time")
@@ -105,42 +108,38 @@ class Governor:
             else:
                 untimed.append((stored_ms, f[b"item_id"].decode()))
         if untimed:
+            recent = untimed[-200:]
             pipe = self.redis.pipeline(transaction=False)
-            for _, iid in untimed[-200:]:
+            for _, iid in recent:
                 pipe.hmget(keys.listing(iid), "event_time", "classified_at")
-            for (stored_ms, _), (event_time, classified_at) in zip(untimed[-200:], await pipe.execute(), strict=True):
+            for (stored_ms, _), (event_time, classified_at) in zip(recent, await pipe.execute(), strict=True):
                 if event_time and classified_at:
                     self._samples.append((stored_ms, iso_ms(classified_at.decode()) - iso_ms(event_time.decode())))
         while self._samples and self._samples[0][0] < since:
             self._samples.popleft()
         return tail([lat for _, lat in self._samples], self.percentile)
 
-    async def _unread(self, since: int) -> list[tuple[int, dict[bytes, bytes]]]:
-        """The stream entries written since the last read (those of the window on the first), oldest first, as
-        (stored ms, fields). More than PAGE x MAX_PAGES unread: the newest PAGE of the window, read afresh."""
+    async def _unread(self, since: int) -> tuple[list[tuple[int, dict[bytes, bytes]]], bool]:
+        """The stream entries written since the last read, oldest first, as (stored ms, fields), and whether they
+        start the window afresh: on the first read (or after a gap longer than the window) all of the window's
+        entries; with more than PAGE x MAX_PAGES unread, the newest PAGE of the window."""
         cursor = self._cursor
-        if cursor is None or cursor[0] < since:
-            cursor, self._samples = (since, -1), deque()  # nothing read in the window yet: all of it is unread
+        fresh = cursor is None or cursor[0] < since
+        if fresh:
+            cursor = (since, -1)  # nothing read in the window yet: all of it is unread
         out: list[tuple[int, dict[bytes, bytes]]] = []
         for _ in range(MAX_PAGES):
             # the next id after the cursor (an exclusive start that any Redis >= 5 takes)
-            start = f"{cursor[0]}-{cursor[1] + 1}"
-            page = await self.redis.xrange(self.stream, min=start, max="+", count=PAGE)
+            page = await self.redis.xrange(self.stream, min=f"{cursor[0]}-{cursor[1] + 1}", max="+", count=PAGE)
             for entry_id, f in page:
-                ms, seq = entry_id.split(b"-", 1)
-                cursor = (int(ms), int(seq))
+                cursor = entry_ms_seq(entry_id)
                 out.append((cursor[0], f))
             if len(page) < PAGE:
                 self._cursor = cursor
-                return out
+                return out, fresh
         newest = await self.redis.xrevrange(self.stream, max="+", min=f"{since}-0", count=PAGE)
-        self._samples = deque()
-        if not newest:
-            self._cursor = cursor
-            return []
-        ms, seq = newest[0][0].split(b"-", 1)
-        self._cursor = (int(ms), int(seq))
-        return [(int(e.split(b"-", 1)[0]), f) for e, f in reversed(newest)]
+        self._cursor = entry_ms_seq(newest[0][0]) if newest else cursor
+        return [(entry_ms_seq(e)[0], f) for e, f in reversed(newest)], True
 
     @property
     def target(self) -> float | None:
@@ -246,6 +245,12 @@ class Governor:
         lat = f"live p{self.percentile:g} {self.live_ms:.0f} ms" if self.live_ms is not None else "no live traffic"
         target = f" (target {self.target:.0f})" if self.target is not None and self.live_ms is not None else ""
         return f"{'yielding' if self.yielding else 'full'} @ {self.rate:.0f}/s, {lat}{target}"
+
+
+def entry_ms_seq(entry_id: bytes) -> tuple[int, int]:
+    """A stream entry id (`<ms>-<seq>`) as numbers: the ms is when Redis stored the entry."""
+    ms, seq = entry_id.split(b"-", 1)
+    return int(ms), int(seq)
 
 
 def tail(values: list[float], percentile: float) -> float | None:
