@@ -346,20 +346,6 @@ def test_train_options_refuse_what_the_encoder_or_the_seeds_cannot_take() -> Non
         cli.seed_value(str(2**64))
 
 
-def test_the_default_epochs_fit_a_step_budget_so_a_large_catalogue_gets_fewer_passes() -> None:
-    from training import finetune
-
-    # the example data: 9,313 category rows and 4,000 tag rows an epoch, 417 steps of 32
-    assert finetune.default_epochs(13_313, 32) == 6
-    assert finetune.default_epochs(9_435, 32) == finetune.MAX_EPOCHS  # small catalogues keep every pass
-    assert finetune.default_epochs(23_000, 32) == 3
-    assert finetune.default_epochs(2_000_000, 32) == 1  # never none
-    assert finetune.default_epochs(13_313, 64) == finetune.MAX_EPOCHS  # larger batches: fewer steps an epoch
-    assert train.options(train.default_data(Path("."))).epochs == 0  # 0 means: by the budget
-    assert train.options(train.default_data(Path(".")), quick=True).epochs == 1
-    assert train.options(train.default_data(Path(".")), epochs=3).epochs == 3
-
-
 def test_json_written_by_training_has_no_nan(tmp_path: Path) -> None:
     from training import artifact
 

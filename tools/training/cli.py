@@ -13,7 +13,7 @@ from pathlib import Path
 
 from stream.config import Settings
 from stream.files import data_suffix, not_text
-from training import dataset, finetune
+from training import dataset
 from training.train import DEFAULTS, DataSpec, TrainOptions, default_data, options
 
 MAX_POSITIONS = 512  # MiniLM-L6's max_position_embeddings
@@ -97,12 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_ = parser.add_argument_group("training")
     run_.add_argument("--quick", action="store_true", help="small subset, 1 epoch (tests, smoke runs)")
     run_.add_argument(
-        "--epochs",
-        type=positive_int,
-        help=(
-            "passes over the training split (default: as many as fit "
-            f"{finetune.STEP_BUDGET:,} steps, at most {finetune.MAX_EPOCHS})"
-        ),
+        "--epochs", type=positive_int, help=f"passes over the training split (default {DEFAULTS['epochs']})"
     )
     run_.add_argument("--max-len", type=max_len, help="tokens per listing, 1-512 (default 40; 96 with descriptions)")
     run_.add_argument("--batch-size", type=positive_int, help=f"rows per step (default {DEFAULTS['batch_size']})")

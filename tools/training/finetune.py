@@ -27,11 +27,6 @@ WARMUP = 0.06
 # scales tried for the class-name head init (0: the names say nothing, e.g. codes)
 SCALES = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0)
 LABEL_INIT_TITLES = 3000  # training titles sampled to centre and scale it
-# the default number of epochs: as many passes as fit this many optimisation steps, at most MAX_EPOCHS. A small
-# catalogue gets 8 passes; a large one fewer (its time bounded): the example data (13,313 rows an epoch, 417 steps)
-# gets 6, which keeps its run under 25 minutes on the slower of the two CPU classes this was measured on
-STEP_BUDGET = 2500
-MAX_EPOCHS = 8
 
 
 @dataclass
@@ -49,12 +44,6 @@ class FitResult:
     best_epoch: int
     curve: list[dict]
     seconds: float
-
-
-def default_epochs(rows_per_epoch: int, batch_size: int) -> int:
-    """How many epochs the step budget gives a training split of this size (at least 1, at most MAX_EPOCHS)."""
-    steps = max(1, math.ceil(rows_per_epoch / batch_size))
-    return max(1, min(MAX_EPOCHS, round(STEP_BUDGET / steps)))
 
 
 def batches(items: list[Item], batch_size: int, rng: random.Random) -> list[list[Item]]:

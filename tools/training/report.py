@@ -230,8 +230,7 @@ def format_metrics(result: dict) -> str:
         used = result["baseline_input"]
         lines.append(f"(baseline on the {used}; on the {name}: leaf accuracy {b['accuracy_leaf']:.4f})")
     cal = result["calibration"]["served"]["ece"]
-    best = f"best epoch {result['best_epoch']} of {len(result['curve'])}"
-    lines.append(f"calibration ECE {cal:.4f}; {best}; train {result['train_seconds']:.0f}s")
+    lines.append(f"calibration ECE {cal:.4f}; best epoch {result['best_epoch']}; train {result['train_seconds']:.0f}s")
     cascade = result.get("cascade") or {}
     if cascade.get("linear_margin") is not None:
         lines.append(

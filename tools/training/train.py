@@ -22,7 +22,7 @@ import numpy as np
 from training import artifact, corpus, dataset, fusion, linear, serving, tags
 from training.config import SERVING_DIR, TrainingSettings
 
-DEFAULTS = {"epochs": 0, "batch_size": 32, "seed": 13, "tags_per_epoch": 4000, "description_chars": 400}
+DEFAULTS = {"epochs": 8, "batch_size": 32, "seed": 13, "tags_per_epoch": 4000, "description_chars": 400}
 MAX_LEN = {"title": 40, "description": 96}  # tokens: titles only / with descriptions
 QUICK = {"epochs": 1, "train_rows": 3000, "eval_rows": 600, "tags_per_epoch": 1000}
 DEPTH_THRESHOLD = 0.5
@@ -73,7 +73,7 @@ class TrainOptions:
 
     data: DataSpec
     quick: bool = False
-    epochs: int = DEFAULTS["epochs"]  # 0: by the step budget (finetune.default_epochs)
+    epochs: int = DEFAULTS["epochs"]
     max_len: int = 0  # 0: MAX_LEN by whether the data has descriptions
     batch_size: int = DEFAULTS["batch_size"]
     seed: int = DEFAULTS["seed"]
@@ -249,10 +249,8 @@ def train(opts: TrainOptions, out: Path, threads: int = 2, echo: Callable[[str],
     dev_cats = c.categories["dev"]
     y_dev = np.array(c.labels("dev"))
     dev_ids = tok.encode([e.text for e in dev_cats])
-    tag_rows = min(len(tag_pool), opts.tags_per_epoch)
-    epochs = opts.epochs or finetune.default_epochs(len(cat_items) + tag_rows, opts.batch_size)
     echo(
-        f"fine-tuning {epochs} epochs on {len(cat_items)} category + {tag_rows} "
+        f"fine-tuning {opts.epochs} epochs on {len(cat_items)} category + {min(len(tag_pool), opts.tags_per_epoch)} "
         f"tag titles an epoch, max {max_len} tokens, {opts.device}"
     )
     fit = finetune.fit(
@@ -261,7 +259,7 @@ def train(opts: TrainOptions, out: Path, threads: int = 2, echo: Callable[[str],
         tag_pool,
         dev_ids,
         y_dev,
-        epochs=epochs,
+        epochs=opts.epochs,
         batch_size=opts.batch_size,
         tags_per_epoch=opts.tags_per_epoch,
         pad_id=tok.pad_id,
@@ -308,7 +306,6 @@ def train(opts: TrainOptions, out: Path, threads: int = 2, echo: Callable[[str],
         "options": opts.as_dict(),
         "data": c.stats,
         "linear": lin_info,
-        "epochs": epochs,
         "best_epoch": fit.best_epoch,
         "head_init": label_init,
     }
