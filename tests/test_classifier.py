@@ -372,6 +372,24 @@ def test_the_model_cache_key_follows_the_data_not_the_folder_it_is_read_from(tmp
     assert key("clone-e", epochs=3) != here
 
 
+def test_the_lock_on_a_cache_entry_removes_what_killed_runs_of_that_entry_left(tmp_path: Path) -> None:
+    """A run killed while training leaves `<key>.tmp-<pid>` behind (a few hundred MB each); the next run
+    of the same entry removes them once it holds the lock. Another entry's folders and the entry itself stay."""
+    from training import artifact
+
+    path = artifact.cache_path(tmp_path, "0123abcd")
+    left = [path.with_name(f"0123abcd.tmp-{pid}") for pid in (4242, 4243)]
+    other = path.with_name("0123abcdef.tmp-4244")
+    for d in (*left, other, path):
+        d.mkdir(parents=True)
+        (d / "weights.pt").write_bytes(b"x")
+    with artifact.locked(path):
+        assert not any(d.exists() for d in left)
+        mine = path.with_name("0123abcd.tmp-1")
+        mine.mkdir()  # what the lock holder trains into is its own
+    assert other.exists() and (path / "weights.pt").exists() and mine.exists()
+
+
 def test_a_tag_group_shares_one_threshold_chosen_on_the_groups_dev_f1() -> None:
     """Per tag, a rare colour's threshold would be fitted to its one or two dev titles (on the default data that
     cost test tag macro-F1 0.835 against 0.850); per group, every colour gets the threshold that maximises the

@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import math
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -116,11 +117,15 @@ def write_json(path: Path, obj: object) -> None:
 
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """Exclusive lock on one cache entry: concurrent runs (tests, demo, `listings train`) train it once."""
+    """Exclusive lock on one cache entry: concurrent runs (tests, demo, `listings train`) train it once. On entry
+    it removes the entry's temporary folders (`<key>.tmp-<pid>`) that killed runs left: a run trains into such a
+    folder only while it holds this lock, so none of them can belong to a live run."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
+            for left in path.parent.glob(f"{path.name}.tmp-*"):
+                shutil.rmtree(left, ignore_errors=True)
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
