@@ -11,11 +11,11 @@ demo: setup
 
 test: setup
 	$(VENV)/ruff check .
-	$(VENV)/pytest -q
+	$(VENV)/pytest -q --durations=15
 
 test-long: setup
 	$(VENV)/ruff check .
-	$(VENV)/pytest -q --long
+	$(VENV)/pytest -q --long --durations=15
 
 lint: setup
 	$(VENV)/ruff check .
