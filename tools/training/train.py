@@ -8,7 +8,6 @@ the same training rows and scored on the same test rows in the same run.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import time
@@ -110,8 +109,7 @@ def train_or_reuse(
         if artifact.complete(path) and not force:
             echo(f"reusing cached model {path}")
             return path
-        tmp = path.with_name(f"{key}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = artifact.temporary(path)  # `locked` swept those of killed runs
         tmp.mkdir(parents=True)
         try:
             train(opts, tmp, threads, echo)
