@@ -11,22 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
-from training import artifact
-from training.config import SERVING_DIR
+from training import artifact, serving
 
 
 def timed_steps(fused: bool, steps: int, tokens: int, batch: int) -> dict[str, float]:
     import torch
     from torch.nn import functional as F
 
-    sys.path.insert(0, str(SERVING_DIR))
-    import network
-
     torch.manual_seed(0)
-    net = network.build(artifact.encoder_dir(), 773, [72, 221], 52)
+    net = serving.network().build(artifact.encoder_dir(), 773, [72, 221], 52)
     net.train()
     params = list(net.parameters())
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, fused=fused)
