@@ -45,6 +45,7 @@ import orjson
 from stream import connections, keys
 from stream.config import Settings
 from stream.events.contract import InvalidEvent, Listing, parse_listing
+from stream.pathfmt import short_path
 from stream.timefmt import now_iso
 
 HELP = "score live traffic with a candidate model version and compare, writing only listings.shadow"
@@ -368,13 +369,6 @@ def read_shadow(settings: Settings, timeout_s: float = 5.0) -> list[dict]:
         if isinstance(doc, dict) and isinstance(doc.get("candidate"), dict) and "model_version" in doc["candidate"]:
             out.append(doc)
     return out
-
-
-def short_path(path: str, width: int = 60) -> str:
-    """A category path for a narrow column: its last two levels, the rest elided, cut at `width`."""
-    parts = path.split(" > ")
-    text = (" > ".join(["…", *parts[-2:]])) if len(parts) > 2 else path
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def plot(summary: dict, path: Path) -> Path:

@@ -392,15 +392,6 @@ def test_the_lock_on_a_cache_entry_removes_what_killed_runs_of_that_entry_left(t
     assert other.exists() and (path / "weights.pt").exists() and mine.exists()
 
 
-def test_the_report_names_a_confused_class_by_its_deepest_whole_nodes() -> None:
-    from training.report import _tail
-
-    assert _tail("Footwear > Men's Footwear > Casual Shoes") == "Footwear > Men's Footwear > Casual Shoes"
-    long = "Home Decor & Festive Needs > Table Decor & Handicrafts > Showpieces"
-    assert _tail(long) == "… > Table Decor & Handicrafts > Showpieces"
-    assert _tail("A > " + "x" * 60) == "…" + "x" * 44
-
-
 def test_a_tag_group_shares_one_threshold_chosen_on_the_groups_dev_f1() -> None:
     """Per tag, a rare colour's threshold would be fitted to its one or two dev titles (on the default data that
     cost test tag macro-F1 0.835 against 0.850); per group, every colour gets the threshold that maximises the
@@ -880,9 +871,6 @@ def test_the_cascade_scale_fits_the_rows_it_skips() -> None:
         meta = {"fusion": {"linear_temperature": 2.0}}
         cascade_scale = 0.3
 
-        def linear(self, texts: list[str]) -> tuple[np.ndarray, None]:
-            return lin, None
-
         def easy_rows(self, scores: np.ndarray) -> np.ndarray:
             return np.arange(len(scores)) < 300  # the last 100 rows stay on the encoder
 
@@ -891,9 +879,9 @@ def test_the_cascade_scale_fits_the_rows_it_skips() -> None:
     def log_loss(s: float) -> float:
         return float(-np.mean(np.log(mod.softmax(s * z)[np.arange(300), y[:300]])))
 
-    s = cascade.fit_scale(Skipping(), ["x"] * 400, y)
+    s = cascade.fit_scale(Skipping(), lin, y)
     assert log_loss(s) < log_loss(0.3) and log_loss(s) <= min(log_loss(s * 0.8), log_loss(s * 1.25))
-    assert cascade.fit_scale(Skipping(), ["x"] * 400, np.full(400, -100)) == 0.3  # nothing labelled: as fused
+    assert cascade.fit_scale(Skipping(), lin, np.full(400, -100)) == 0.3  # nothing labelled: as fused
 
 
 @pytest.mark.stack

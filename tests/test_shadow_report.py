@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import orjson
 
 from stream.events.contract import parse_listing
-from stream.shadow import comparison, short_path, summarize
+from stream.pathfmt import short_path
+from stream.shadow import comparison, summarize
 
 
 def _listing(item: str, version: int = 1):
@@ -66,11 +67,15 @@ def test_the_report_keeps_candidates_apart_and_defaults_to_the_newest() -> None:
     assert summarize([])["candidate"] is None
 
 
-def test_flip_paths_are_shortened_from_the_front() -> None:
-    assert short_path("A > B") == "A > B"
-    assert short_path("Home > Kitchen > Mugs") == "… > Kitchen > Mugs"
-    long = short_path("Home > " + "x" * 80 + " > Mugs", width=20)
-    assert len(long) == 20 and long.startswith("… > x") and long.endswith("…")
+def test_a_long_class_path_keeps_its_deepest_whole_nodes() -> None:
+    """The shadow report's flips and the training report's confused classes shorten a path alike: whole when it
+    fits, else the deepest whole nodes that fit behind `… > `, else the leaf's last characters."""
+    assert short_path("Footwear > Men's Footwear > Casual Shoes", 45) == "Footwear > Men's Footwear > Casual Shoes"
+    long = "Home Decor & Festive Needs > Table Decor & Handicrafts > Showpieces"
+    assert short_path(long, 45) == "… > Table Decor & Handicrafts > Showpieces"
+    assert short_path(long, 20) == "… > Showpieces"
+    assert short_path("A > " + "x" * 60, 45) == "…" + "x" * 44
+    assert all(len(short_path(long, w)) <= w for w in range(12, 80))
 
 
 def test_a_reviewers_decision_is_not_the_live_models_answer() -> None:

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from training.config import SERVING_DIR
+from training.config import REPO, SERVING_DIR
 
 HERE = Path(__file__).resolve().parent
 # every file whose code changes what training produces
@@ -41,6 +41,7 @@ CODE = [
     )
 ]
 CODE += [SERVING_DIR / n for n in ("network.py", "classifier.py")]
+CODE += [REPO / "stream" / "pathfmt.py"]  # the report's class names
 # the serving code training scores with: copied into the artifact, and with it into the version folder (export adds
 # the Triton glue, model.py, from the model repository's source as it is then: it does not change any figure)
 SERVING_FILES = ["classifier.py", "network.py"]

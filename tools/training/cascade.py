@@ -13,13 +13,17 @@ margin of `GRID`, largest (safest) first, the smallest that keeps every bound be
 lower, expected calibration error at most `MAX_ECE_GAIN` higher. The served engine with that cascade must then
 still keep the engine bound against PyTorch fp32 without it (>= `engines.MIN_AGREEMENT` top-1 agreement, <=
 `engines.MAX_ACCURACY_LOSS` accuracy lost); otherwise the version has no cascade.
+
+The dev titles are scored with each margin, which also times it. The tag titles go through the encoder once,
+without the cascade: a margin only decides which of their rows take the linear part's answer instead (the rows it
+keeps get the same scores in any batch), so each margin costs a pass over the dev titles, not over the tag titles.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +50,32 @@ class TagDev:
     mask: np.ndarray
 
 
-def _score(clf: Any, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, float]:
-    """Probabilities and tag probabilities in batches of `BATCH`, and the seconds it took."""
+def _score(clf: Any, texts: Sequence[str]) -> tuple[np.ndarray, float]:
+    """Probabilities in batches of `BATCH`, as the worker sends them, and the seconds it took."""
     t0 = time.perf_counter()
-    parts = [clf.score_texts(list(texts[i : i + BATCH])) for i in range(0, len(texts), BATCH)]
-    seconds = time.perf_counter() - t0
-    return np.concatenate([p.probs for p in parts]), np.concatenate([p.tags for p in parts]), seconds
+    parts = [clf.score_texts(list(texts[i : i + BATCH])).probs for i in range(0, len(texts), BATCH)]
+    return np.concatenate(parts), time.perf_counter() - t0
 
 
-def _figures(clf: Any, texts: Sequence[str], y: np.ndarray, tag_dev: TagDev | None) -> dict[str, Any]:
-    probs, _, seconds = _score(clf, texts)
+def fuse(clf: Any, texts: Sequence[str]) -> Any:
+    """`clf.fuse` of every text in batches of `BATCH`, joined into one `Fused` (see `classifier.py`)."""
+    mod = serving.classifier()
+    parts = [clf.fuse(list(texts[i : i + BATCH])) for i in range(0, len(texts), BATCH)]
+
+    def joined(name: str) -> np.ndarray | None:
+        arrays = [getattr(p, name) for p in parts]
+        return None if arrays[0] is None else np.concatenate(arrays)
+
+    return mod.Fused(*(joined(f.name) for f in fields(mod.Fused)))
+
+
+def _figures(
+    clf: Any, texts: Sequence[str], y: np.ndarray, lin: np.ndarray, tags: tuple[TagDev, Any] | None
+) -> dict[str, Any]:
+    """What `clf` gives with its cascade margin: on the dev titles (`lin`: their linear category scores) by scoring
+    them, timed; on the tag titles from their one encoder pass without the cascade (`tags`: the titles and their
+    `fuse`), of which a margin only changes which rows take the linear part's answer."""
+    probs, seconds = _score(clf, texts)
     pred = probs.argmax(1)
     ok = y >= 0
     out: dict[str, Any] = {
@@ -63,21 +83,20 @@ def _figures(clf: Any, texts: Sequence[str], y: np.ndarray, tag_dev: TagDev | No
         "accuracy_leaf": float(np.mean(pred[ok] == y[ok])) if ok.any() else 0.0,
         "ece": metrics.calibration(probs.max(1)[ok], pred[ok] == y[ok])["ece"] if ok.any() else 0.0,
         "titles_per_second": round(len(texts) / seconds, 1),
-        "skipped_share": float(np.mean(clf.easy_rows(clf.linear(list(texts))[0]))) if clf.cascade_margin else 0.0,
+        "skipped_share": float(np.mean(clf.easy_rows(lin))) if clf.cascade_margin else 0.0,
     }
-    if tag_dev is not None and len(tag_dev.texts):
-        _, tag_probs, _ = _score(clf, tag_dev.texts)
-        given = clf.given_tags(tag_probs).astype(np.int8)
+    if tags is not None:
+        tag_dev, fused = tags
+        given = clf.given_tags(clf.finish(fused, clf.easy_rows(fused.linear)).tags).astype(np.int8)
         out["tag_micro_f1"] = metrics.tag_metrics(tag_dev.y, given, tag_dev.mask)["tag_micro_f1"]
     return out
 
 
-def fit_scale(clf: Any, texts: Sequence[str], y: np.ndarray) -> float:
+def fit_scale(clf: Any, lin: np.ndarray, y: np.ndarray) -> float:
     """The factor on the linear term's log-probabilities that fits the dev rows the cascade skips best (least
-    log-loss): the fusion's own `(1-α)/τ` calibrates the sum of both terms, and on its own the linear term is then
-    under-confident wherever the fusion leans on the encoder (α high, T low). The fusion's factor when no labelled
-    dev row is skipped."""
-    lin = clf.linear(list(texts))[0]
+    log-loss; `lin`: their linear category scores): the fusion's own `(1-α)/τ` calibrates the sum of both terms,
+    and on its own the linear term is then under-confident wherever the fusion leans on the encoder (α high, T
+    low). The fusion's factor when no labelled dev row is skipped."""
     easy = clf.easy_rows(lin) & (y >= 0)
     if not easy.any():
         return float(clf.cascade_scale)
@@ -110,13 +129,15 @@ def choose(
         echo("cascade: none (the version has no linear part in its fusion)")
         return {"linear_margin": None, "why": "no linear category (and tag) scores in the fusion"}
     clf.score_texts(list(texts[:BATCH]))  # warm-up
-    full = _figures(clf, texts, y, tag_dev)
+    lin = clf.linear(list(texts))[0]
+    tags = (tag_dev, fuse(clf, tag_dev.texts)) if tag_dev is not None and len(tag_dev.texts) else None
+    full = _figures(clf, texts, y, lin, tags)
     rows = []
     chosen = None
     for margin in GRID:
         clf.cascade_margin = margin
-        clf.cascade_scale = fit_scale(clf, texts, y)
-        got = _figures(clf, texts, y, tag_dev)
+        clf.cascade_scale = fit_scale(clf, lin, y)
+        got = _figures(clf, texts, y, lin, tags)
         row = {
             "linear_margin": margin,
             "linear_scale": round(clf.cascade_scale, 4),
@@ -147,7 +168,7 @@ def choose(
         fast = make(folder, engine=engine, threads=THREADS, cascade=False)
         fast.cascade_margin, fast.cascade_scale = chosen["linear_margin"], chosen["linear_scale"]
         fast.score_texts(list(texts[:BATCH]))
-        got = _figures(fast, texts, y, None)
+        got = _figures(fast, texts, y, lin, None)
         served = {
             "engine": engine,
             "top1_agreement_with_torch_fp32": round(float(np.mean(got["pred"] == full["pred"])), 4),

@@ -18,10 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from stream.pathfmt import short_path
 from training import fusion, metrics, serving, tags
 from training.corpus import Corpus
 
 RARE = 15  # a leaf with fewer training titles than this is "rare"
+TEXT_WIDTH = 45  # characters of a class path in the PNG's confused-classes panel
 
 
 def _paths(classes: list[tuple[str, ...]], pred: np.ndarray) -> list[tuple[str, ...]]:
@@ -253,20 +255,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _tail(path: str, width: int = 45) -> str:
-    """The deepest nodes of a `a > b > c` path that fit `width` characters, whole nodes where they fit."""
-    if len(path) <= width:
-        return path
-    parts = path.split(" > ")
-    keep = parts[-1]
-    for part in reversed(parts[:-1]):
-        if len(part) + len(keep) + 5 > width:
-            break
-        keep = f"{part} > {keep}"
-    keep = "… > " + keep
-    return keep if len(keep) <= width else "…" + parts[-1][-(width - 1) :]
-
-
 def plot(result: dict, path: Path) -> Path:
     import matplotlib
 
@@ -332,7 +320,10 @@ def plot(result: dict, path: Path) -> Path:
 
     a6.axis("off")
     pairs = result["confused_pairs"][:10]
-    text = "\n".join(f"{p['count']:>3}  {_tail(p['true'])}\n     → {_tail(p['predicted'])}" for p in pairs)
+    text = "\n".join(
+        f"{p['count']:>3}  {short_path(p['true'], TEXT_WIDTH)}\n     → {short_path(p['predicted'], TEXT_WIDTH)}"
+        for p in pairs
+    )
     a6.text(0, 1, "most confused (true → predicted)\n\n" + text, va="top", family="monospace", fontsize=8)
     fig.suptitle(
         f"listing classifier report — {result['policies']['classes']} classes, "

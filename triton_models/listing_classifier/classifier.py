@@ -404,6 +404,20 @@ class Scores:
     tags: np.ndarray
 
 
+@dataclass
+class Fused:
+    """A batch before its last step (see `Classifier.fuse`): the linear part's category and tag scores, the rows it
+    cannot read, which rows the encoder scored, and their fused category log-scores [n, C] and tag logits [n, T]
+    (zeros in the rows it did not score)."""
+
+    linear: np.ndarray | None
+    linear_tags: np.ndarray | None
+    unread: np.ndarray
+    encoded: np.ndarray
+    log_scores: np.ndarray
+    tag_z: np.ndarray
+
+
 class Classifier:
     """A model version folder, ready to score batches of listings."""
 
@@ -532,13 +546,16 @@ class Classifier:
         top2 = np.partition(linear, -2, axis=1)[:, -2:]
         return (top2[:, 1] - top2[:, 0]) >= self.cascade_margin
 
-    def score_texts(self, texts: Sequence[str]) -> Scores:
+    def fuse(self, texts: Sequence[str]) -> Fused:
+        """A batch up to its last step: the linear part's scores, and the encoder's fused scores for every readable
+        row the cascade does not skip (all of them with the cascade off)."""
         n, n_tags = len(texts), len(self.tag_names)
-        if not texts:
-            return Scores(np.zeros((0, self.n_classes), np.float32), np.zeros((0, n_tags), np.float32))
+        if not n:
+            none = np.zeros(0, dtype=bool)
+            return Fused(None, None, none, none, np.zeros((0, self.n_classes)), np.zeros((0, n_tags)))
         lin_cat, lin_tag, readable = self.linear.scores(texts) if self.linear is not None else (None, None, None)
-        easy = self.easy_rows(lin_cat)
         unread = ~readable if readable is not None else np.zeros(n, dtype=bool)
+        easy = self.easy_rows(lin_cat)
         hard = np.flatnonzero(~easy & ~unread) if easy.size else np.flatnonzero(~unread)
         log_scores = np.zeros((n, self.n_classes), np.float64)
         tag_z = np.zeros((n, n_tags), np.float64)
@@ -547,21 +564,40 @@ class Classifier:
             log_scores[hard] = self.category_log_scores(out, None if lin_cat is None else lin_cat[hard])
             if n_tags:
                 tag_z[hard] = self.tag_logits(out, None if lin_tag is None else lin_tag[hard])
+        encoded = np.zeros(n, dtype=bool)
+        encoded[hard] = True
+        return Fused(lin_cat, lin_tag, unread, encoded, log_scores, tag_z)
+
+    def finish(self, fused: Fused, easy: np.ndarray) -> Scores:
+        """The scores of a fused batch in which the rows `easy` take the linear part's answer (the cascade): every
+        other readable row must have been encoded. `fused` itself is left as it was."""
+        n, n_tags = len(fused.unread), len(self.tag_names)
+        if not n:
+            return Scores(np.zeros((0, self.n_classes), np.float32), np.zeros((0, n_tags), np.float32))
+        easy = easy & ~fused.unread if easy.size else np.zeros(n, dtype=bool)
+        if not (fused.encoded | easy | fused.unread).all():
+            raise ValueError("a readable row is neither encoded nor skipped by the cascade")
+        log_scores, tag_z = fused.log_scores, fused.tag_z
         if easy.any():
-            assert lin_cat is not None
-            log_scores[easy] = self.linear_log_scores(lin_cat[easy])
-            if n_tags and lin_tag is not None:
-                tag_z[easy] = self.linear_tag_logits(lin_tag[easy])
+            assert fused.linear is not None
+            log_scores, tag_z = log_scores.copy(), tag_z.copy()
+            log_scores[easy] = self.linear_log_scores(fused.linear[easy])
+            if n_tags and fused.linear_tags is not None:
+                tag_z[easy] = self.linear_tag_logits(fused.linear_tags[easy])
         probs = softmax(log_scores).astype(np.float32)
-        probs[unread] = 1.0 / self.n_classes  # no evidence for any class (see 5.)
+        probs[fused.unread] = 1.0 / self.n_classes  # no evidence for any class (see 5.)
         tags = sigmoid(tag_z) if n_tags else np.zeros((n, 0), np.float32)
-        tags[unread] = 0.0
+        tags[fused.unread] = 0.0
         if self.tag_names:
             # gated by the top class of the float32 probabilities the results are read from (a float64 argmax
             # could pick the other class of a float32 tie)
             top = self.top_of_class[probs.argmax(1)]
             tags = np.where(self.allowed[:, top].T, tags, 0.0)
         return Scores(probs, tags.astype(np.float32))
+
+    def score_texts(self, texts: Sequence[str]) -> Scores:
+        fused = self.fuse(texts)
+        return self.finish(fused, self.easy_rows(fused.linear))
 
     def score(
         self,
