@@ -100,10 +100,20 @@ class Taxonomy:
     categories: dict[str, dict]
     tags: frozenset[str]
     note: str  # which taxonomies were checked, for a refusal's reason
+    named_parents: frozenset[str] = frozenset()  # ids of parents whose results may name a new leaf
 
-    def refusal(self, fb: Feedback) -> tuple[str, str] | None:
-        """(reason, error type) when the decision names a category or tag this taxonomy lacks, else None."""
-        if fb.category_id not in self.categories:
+    def knows(self, category_id: str, given: str = "") -> bool:
+        """A category of the taxonomy, or `given` (the item's stored category) when it is a leaf named after the
+        listing's brand under a named parent: a result may give one the list lacks (`"new": true`), and a reviewer
+        may accept it."""
+        if category_id in self.categories:
+            return True
+        return category_id == given and category_id.rpartition(".")[0] in self.named_parents
+
+    def refusal(self, fb: Feedback, given: str = "") -> tuple[str, str] | None:
+        """(reason, error type) when the decision names a category or tag this taxonomy lacks, else None; `given`:
+        the item's stored category id."""
+        if not self.knows(fb.category_id, given):
             return f"category {fb.category_id!r} is not in the taxonomy of {self.note}", "feedback_unknown_category"
         unknown = [t for t in fb.tags if t not in self.tags]
         if unknown:
@@ -125,7 +135,12 @@ async def taxonomy_of(classifier: Any, version: str) -> Taxonomy:
         tax = await classifier.taxonomy()
         served = classifier.model_version or "(newest)"
         note = f"model version {version} (no longer served) nor of the served version {served}"
-    return Taxonomy({c["id"]: c for c in tax["categories"]}, frozenset(tax.get("tags") or ()), note)
+    return Taxonomy(
+        {c["id"]: c for c in tax["categories"]},
+        frozenset(tax.get("tags") or ()),
+        note,
+        frozenset(p["id"] for p in tax.get("named_parents") or ()),
+    )
 
 
 class FeedbackApplier:
@@ -168,11 +183,15 @@ class FeedbackApplier:
                 reject(rec, REFUSED["unknown_item"], "feedback_unknown_item")
                 continue
             taxonomy = await taxonomy_of(self.pipeline.classifier, h.get("model_version", ""))
-            refused = taxonomy.refusal(fb)
+            refused = taxonomy.refusal(fb, h.get("category_id", ""))
             if refused is not None:
                 reject(rec, *refused)
                 continue
-            cat = taxonomy.categories[fb.category_id]
+            cat = taxonomy.categories.get(fb.category_id) or {  # a named leaf the result gave: as stored
+                "id": fb.category_id,
+                "name": h.get("category_name", ""),
+                "path": h.get("category_path", "").split(" > "),
+            }
             record = {
                 "item_id": fb.item_id,
                 "listing_version": fb.listing_version,

@@ -26,6 +26,8 @@ from training.taxonomy import Taxonomy
 
 DATA_DIR = TrainingSettings().data_dir
 PHONE_CASES = ["Spigen Back Cover for Apple iPhone 6", "Kasemantra Back Cover for Samsung Galaxy J7"]
+WATCHES = ("Watches", "Wrist Watches")  # a parent whose leaves are named after the brand (`Sonata Wrist Watches`)
+NEW_BRAND_WATCHES = ["Zorbo ZR-1021 Analog Watch - For Men, Boys", "Kelvyn Marsh KM55B Analog Watch - For Women"]
 
 
 @pytest.fixture(scope="module")
@@ -656,7 +658,7 @@ def test_triton_matches_the_training_code_on_real_titles(local, prepared: corpus
     version_dir = _served_version(local)
     ours = serving.classifier().Classifier(version_dir)  # the code training scores with, on the served files
     test = prepared.categories["test"][:96]
-    titles = [e.text for e in test] + PHONE_CASES
+    titles = [e.text for e in test] + NEW_BRAND_WATCHES + PHONE_CASES
     client = grpcclient.InferenceServerClient(local.triton_grpc)
     assert client.is_model_ready(MODEL_NAME)
     res = _infer(client, titles)
@@ -672,8 +674,19 @@ def test_triton_matches_the_training_code_on_real_titles(local, prepared: corpus
 
     results = [json.loads(r[0]) for r in res.as_numpy("RESULT")]
     cats = ours.labels["categories"]
-    for row, result in zip(ids, results, strict=True):
+    texts = ours.texts(titles, [None] * len(titles), [None] * len(titles))
+    named = 0
+    for row, result, text, p, t in zip(ids, results, texts, want.probs, want.tags, strict=True):
+        mine = ours.result(p, t, top=row.astype(np.int64), text=text)  # the training code's RESULT of the row
+        assert result["category"] == mine["category"]
+        assert [a["id"] for a in result["alternatives"]] == [a["id"] for a in mine["alternatives"]]
+        assert result["confidence"] == pytest.approx(mine["confidence"], abs=1e-4)
         top = cats[int(row[0])]
+        if result["category"]["path"] != top["path"]:  # a leaf named after the listing's brand
+            named += 1
+            assert tuple(result["category"]["path"][:-1]) in ours.named_parents
+            assert result["alternatives"][0]["id"] == top["id"]
+            continue
         assert result["category"] == {"id": top["id"], "name": top["name"], "path": top["path"]}
         assert [a["id"] for a in result["alternatives"]] == [cats[int(i)]["id"] for i in row[1:]]
         tag_list = [t["score"] for t in result["tags"]]
@@ -686,6 +699,14 @@ def test_triton_matches_the_training_code_on_real_titles(local, prepared: corpus
     # sensible categories: the quick model already gets most top levels of unseen test titles right
     top_level_hits = np.mean([r["category"]["path"][0] == e.path[0] for r, e in zip(results, test, strict=False)])
     assert top_level_hits > 0.6, top_level_hits
+    # the quick model names the watches' parent (its training titles all sit in their brand's leaf): a watch of a
+    # brand no training title has gets its own leaf where the model placed it under that parent
+    if WATCHES in ours.named_parents:
+        watches = results[len(test) : len(test) + len(NEW_BRAND_WATCHES)]
+        placed = [r for r in watches if tuple(r["category"]["path"][:2]) == WATCHES]
+        assert placed and all(r["category"].get("new") for r in placed), watches
+        assert {r["category"]["name"] for r in placed} <= {"Zorbo Wrist Watches", "Kelvyn Marsh Wrist Watches"}
+        assert named >= len(placed)
     for phone in results[-len(PHONE_CASES) :]:
         assert phone["category"]["path"][0] == "Mobiles & Accessories", phone
         assert not any(t["tag"].startswith(("gender:", "season:", "usage:")) for t in phone["tags"]), phone
@@ -1165,3 +1186,144 @@ def test_a_description_is_a_block_of_its_own_in_the_linear_part(tmp_path: Path, 
     assert scores is not None
     np.testing.assert_allclose(scores, on_titles.category_scores(probe_titles), atol=1e-5)
     assert linear.fit_reference(titles, labels, 7).title_only is None  # no descriptions: one baseline
+
+
+# --- named leaves -----------------------------------------------------------------------------------------
+
+
+def _watch(title: str, brand: str) -> corpus.Example:
+    return corpus.Example(title.lower(), title, (*WATCHES, f"{brand} Wrist Watches"))
+
+
+def test_named_parents_are_found_in_the_training_titles_and_their_brand_rule_chosen_on_them() -> None:
+    from training import named_leaves
+
+    brands = ["Sonata", "Titan", "Maxima", "Swiss Trend", "Fogg Fashion Store", "Casio"]
+    train_rows = [
+        _watch(f"{b} {n}{b[:2].upper()}0{k} Analog Watch - For Men", b) for k in range(4) for n, b in enumerate(brands)
+    ]
+    # a parent whose leaves are not brands, and one with too few titles, are not named
+    train_rows += [
+        corpus.Example(f"mug {k}", f"Prithish Mug {k}", ("Kitchen", "Mugs", "Ceramic Mugs")) for k in range(30)
+    ]
+    train_rows += [corpus.Example(f"toy {k}", f"Brand{k} Toy", ("Toys", f"Brand{k} Toys")) for k in range(6)]
+    found = named_leaves.find(train_rows)
+    assert [(p["path"], p["suffix"], p["train_titles"], p["leaves"], p["share"]) for p in found] == [
+        (list(WATCHES), "Wrist Watches", 24, 6, 1.0)
+    ]
+    rule, share = named_leaves.brand_rule(train_rows, found)
+    # "Swiss Trend 3SW03 ..." and "Fogg Fashion Store 4FO03 ..." need the words before the model number
+    assert rule == "before_model_number" and share == {"first_word": round(16 / 24, 4), "before_model_number": 1.0}
+    # a split in which most titles under the parent are not in their brand's leaf has no named parent
+    mixed = train_rows[:24] + [corpus.Example(f"w{k}", f"Watch {k}", (*WATCHES, "Ethnic")) for k in range(24)]
+    assert named_leaves.find(mixed) == []
+
+
+def test_a_brand_is_the_titles_words_before_its_model_number() -> None:
+    clf = serving.classifier()
+    cases = {
+        "Swiss Trend Artshai1630 Premium Analog Watch": "Swiss Trend",
+        "SF by Sonata 7957PP06 Watch": "SF by Sonata",
+        "Sonata Everyday Analog Watch - For Men": "Sonata",  # no model number among the next words: the first
+        "3wish CUR-BLUE Silver Blue 8023 Analog Watch": "3wish",
+        "Casela": "Casela",
+        "": "",
+    }
+    assert {t: clf.title_brand(t, "before_model_number") for t in cases} == cases
+    assert clf.title_brand("Swiss Trend Artshai1630", "first_word") == "Swiss"
+    assert clf.names_brand("sonata 7957 watch", "Sonata Wrist Watches", "Wrist Watches")
+    assert not clf.names_brand("SF by Sonata 7957", "Sonata Wrist Watches", "Wrist Watches")
+    assert not clf.names_brand("Sonata 7957", "Sonata Watches", "Wrist Watches")
+
+
+@pytest.fixture()
+def named_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A version folder whose results may name a leaf under `Watches > Wrist Watches` (no engine: `result` reads
+    the probabilities it is given)."""
+    from training import artifact
+
+    paths = [
+        ("Kitchen", "Mugs", "Ceramic Mugs"),
+        (*WATCHES, "Sonata Wrist Watches"),
+        (*WATCHES, "Titan Wrist Watches"),
+        ("Watches", "Smart Watches", "Fitbit Smart Watches"),
+    ]
+    tax = Taxonomy.build(paths)
+    (tmp_path / "tokenizer").mkdir()
+    (tmp_path / "tokenizer" / "tokenizer.json").write_bytes((artifact.encoder_dir() / "tokenizer.json").read_bytes())
+    (tmp_path / "labels.json").write_text(json.dumps(tax.to_json()))
+    (tmp_path / "tags.json").write_text(json.dumps({"tags": [], "groups": {}}))
+    named = {"enabled": True, "parents": [{"path": list(WATCHES), "suffix": "Wrist Watches"}]}
+    meta = {
+        "max_len": 32,
+        "depth_threshold": 0.5,
+        "named_leaves": {**named, "brand_rule": "before_model_number", "precision": 0.9},
+    }
+    (tmp_path / "classifier.json").write_text(json.dumps(meta))
+    mod = serving.classifier()
+    monkeypatch.setattr(mod, "make_engine", lambda *a, **k: None)
+    return mod.Classifier(tmp_path), tax
+
+
+def test_a_result_names_the_leaf_after_the_listings_brand_under_a_named_parent(named_version) -> None:
+    clf, tax = named_version
+    index = {p[-1]: i for i, p in enumerate(tax.classes)}
+    probs = np.zeros(len(tax.classes), np.float32)
+    probs[[index["Sonata Wrist Watches"], index["Titan Wrist Watches"], index["Fitbit Smart Watches"]]] = 0.6, 0.3, 0.1
+    no_tags = np.zeros(0, np.float32)
+
+    def result(text: str | None) -> dict:
+        return clf.result(probs, no_tags, k=3, text=text)
+
+    plain = result(None)
+    assert plain["category"] == {
+        "id": "watches.wrist-watches.sonata-wrist-watches",
+        "name": "Sonata Wrist Watches",
+        "path": [*WATCHES, "Sonata Wrist Watches"],
+    }
+    assert result("Sonata 7007YL08 Watch") == plain  # the model's leaf names the listing's brand
+    new = result("Casela CAS-W-13 Basic Analog Watch - For Boys")
+    assert new["category"] == {
+        "id": "watches.wrist-watches.casela-wrist-watches",
+        "name": "Casela Wrist Watches",
+        "path": [*WATCHES, "Casela Wrist Watches"],
+        "new": True,
+    }
+    # the parent is the model's (0.9), the leaf the rule's: its dev precision scales the confidence
+    assert new["confidence"] == pytest.approx(0.9 * 0.9, abs=1e-4)
+    assert new["level_confidence"] == pytest.approx([1.0, 0.9, 0.81], abs=1e-4) and new["depth"] == 3
+    assert [a["name"] for a in new["alternatives"]] == ["Sonata Wrist Watches", "Titan Wrist Watches"]
+    assert result("Swiss Trend Artshai1630 Analog Watch")["category"]["name"] == "Swiss Trend Wrist Watches"
+    # a brand the taxonomy has: its own leaf, and the model's answer leads the alternatives
+    titan = result("titan 1639SL03 Analog Watch")
+    assert titan["category"] == {
+        "id": "watches.wrist-watches.titan-wrist-watches",
+        "name": "Titan Wrist Watches",
+        "path": [*WATCHES, "Titan Wrist Watches"],
+    }
+    assert [a["name"] for a in titan["alternatives"]] == ["Sonata Wrist Watches", "Fitbit Smart Watches"]
+    # another parent is not named: the model's leaf stands
+    probs[:] = 0
+    probs[index["Fitbit Smart Watches"]] = 1.0
+    assert result("Casela Smart Watch")["category"]["name"] == "Fitbit Smart Watches"
+
+
+def test_a_reviewer_may_accept_a_named_leaf_the_result_gave_and_nothing_else_outside_the_taxonomy() -> None:
+    from stream.feedback import Feedback
+    from stream.feedback import Taxonomy as Checked
+
+    tax = Checked(
+        {"watches.wrist-watches.titan-wrist-watches": {}}, frozenset(), "v1", frozenset({"watches.wrist-watches"})
+    )
+
+    def decision(category_id: str) -> Feedback:
+        return Feedback("item", 1, "accepted", category_id, (), "ann", 0.0)
+
+    given = "watches.wrist-watches.casela-wrist-watches"
+    assert tax.refusal(decision(given), given) is None
+    assert tax.refusal(decision("watches.wrist-watches.titan-wrist-watches"), given) is None
+    for other in ("watches.wrist-watches.omax-wrist-watches", "kitchen.mugs.casela-mugs"):
+        assert tax.refusal(decision(other), given)[1] == "feedback_unknown_category"
+    # where the version names no parent, the stored id is not enough
+    plain = Checked({}, frozenset(), "v1")
+    assert plain.refusal(decision(given), given)[1] == "feedback_unknown_category"

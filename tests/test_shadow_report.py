@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import orjson
 
 from stream.events.contract import parse_listing
-from stream.pathfmt import short_path
+from stream.pathfmt import short_pair, short_path
 from stream.shadow import comparison, summarize
 
 
@@ -76,6 +76,28 @@ def test_a_long_class_path_keeps_its_deepest_whole_nodes() -> None:
     assert short_path(long, 20) == "… > Showpieces"
     assert short_path("A > " + "x" * 60, 45) == "…" + "x" * 44
     assert all(len(short_path(long, w)) <= w for w in range(12, 80))
+    # a node that would take the text a character or two over the width is left out, not the leaf cut
+    near = "Aaaa > " + "b" * 30 + " > " + "c" * 10
+    assert short_path(near, 47) == "… > " + "b" * 30 + " > " + "c" * 10
+    assert [short_path(near, w) for w in (46, 45, 14, 13)] == ["… > " + "c" * 10] * 3 + ["…" + "c" * 10]
+
+
+def test_two_paths_that_part_above_what_fits_are_shown_from_where_they_part() -> None:
+    car, spare = (
+        "Automotive > Car & Bike Accessories > Car Interior & Exterior",
+        "Automotive > Accessories & Spare parts > Car Interior & Exterior",
+    )
+    assert short_path(car, 45) == short_path(spare, 45) == "… > Car Interior & Exterior"
+    assert short_pair(car, spare, 45) == (
+        "… > Car & Bike Accessories > Car Interior & …",
+        "… > Accessories & Spare parts > Car Interior…",
+    )
+    assert all(len(x) <= 45 for x in short_pair(car, spare, 45))
+    # siblings, and paths that fit, keep the ordinary form
+    sibling = "Automotive > Car & Bike Accessories > Car Lighting"
+    assert short_pair(car, sibling, 45) == (short_path(car, 45), short_path(sibling, 45))
+    assert short_pair("A > B", "A > C", 45) == ("A > B", "A > C")
+    assert short_pair("X > " + "y" * 50, "Z > " + "y" * 50, 20) == ("X > " + "y" * 15 + "…", "Z > " + "y" * 15 + "…")
 
 
 def test_a_reviewers_decision_is_not_the_live_models_answer() -> None:

@@ -255,7 +255,8 @@ class Review:
         if fb.listing_version != current:
             why = REFUSED["older_version"] if fb.listing_version < current else REFUSED["unknown_version"]
             raise Refused(f"{why} (stored: {current}, decided: {fb.listing_version}); reload the queue", 409)
-        refused = (await taxonomy_of(self.classifier, stored.get("model_version", ""))).refusal(fb)
+        tax = await taxonomy_of(self.classifier, stored.get("model_version", ""))
+        refused = tax.refusal(fb, stored.get("category_id", ""))
         if refused is not None:
             raise Refused(refused[0])
 

@@ -35,6 +35,7 @@ CODE = [
         "fusion.py",
         "engines.py",
         "cascade.py",
+        "named_leaves.py",
         "train.py",
         "metrics.py",
         "report.py",

@@ -10,7 +10,6 @@ a traceback.
 from __future__ import annotations
 
 import csv
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +35,11 @@ class DataError(ValueError):
 
 
 def slug(text: str) -> str:
-    """The form of a tag value or a category-path element inside ids: `Navy Blue` → `navy-blue`."""
-    text = text.lower().replace("&", " and ")
-    return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "x"
+    """The form of a tag value or a category-path element inside ids: `Navy Blue` → `navy-blue` (the served code's
+    rule, which names new leaves with it)."""
+    from training import serving
+
+    return serving.classifier().slug(text)
 
 
 @dataclass(frozen=True)

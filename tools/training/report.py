@@ -4,10 +4,11 @@
 per-level weighted-F1, tag micro/macro-F1; with descriptions the baseline is the stronger on test of the two in
 `baselines`, fitted on title + description and on the title alone, named by `baseline_input`), `margins`
 (model − baseline, in points), `levers` (what each part adds on the test split: transformer alone,
-+ hierarchy, + fusion, as served), `calibration` (ECE and a reliability diagram, before and after the
-temperature), `tags` (leakage per group for both), `policies`
-(test rows with an unseen or rare leaf, rows served at a shallower depth), `confused_pairs`, `curve` (dev
-accuracy per epoch), `engines`, `data`, `options`, timings. `report.png` draws them.
++ hierarchy, + fusion, served without and with the named leaves), `calibration` (ECE and a reliability diagram,
+before and after the temperature), `tags` (leakage per group for both), `policies` (test rows with an unseen or
+rare leaf, rows served at a shallower depth, rows given a named leaf), `named_leaves` (what training found and dev
+chose), `confused_pairs`, `curve` (dev accuracy per epoch), `engines`, `data`, `options`, timings. `report.png`
+draws them. The model's figures are those of the worker's results (`Classifier.result`, named leaves included).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from stream.pathfmt import short_path
+from stream.pathfmt import short_pair
 from training import fusion, metrics, serving, tags
 from training.corpus import Corpus
 
@@ -61,7 +62,10 @@ def evaluate(
     scores = served.score_texts(texts)
     eval_rate = len(texts) / max(1e-9, time.perf_counter() - t0)
     pred = scores.probs.argmax(1)
-    model = metrics.category_metrics(true, _paths(classes, pred), depth)
+    # what the worker is given: the RESULT of each row (its category with a named leaf where the rule applies)
+    results = [served.result(scores.probs[i], scores.tags[i], text=texts[i]) for i in range(len(test))]
+    served_paths = [tuple(r["category"]["path"]) for r in results]
+    model = metrics.category_metrics(true, served_paths, depth)
 
     # the baseline: TF-IDF + LinearSVC as specified (its own vectorizer), same training rows, same test rows; with
     # descriptions also fitted on the title alone, and the model is scored against the stronger of the two
@@ -93,16 +97,17 @@ def evaluate(
         ("transformer", alone),
         ("transformer+hierarchy", hier),
         ("fused (torch fp32)", fused),
-        ("served", pred),
+        ("served without named leaves", pred),
+        ("served", served_paths),
         ("linear part alone", lin_test.argmax(1)),
         ("baseline", base_test.argmax(1)),
     ):
-        m = metrics.category_metrics(true, _paths(classes, p), depth)
+        m = metrics.category_metrics(true, p if isinstance(p, list) else _paths(classes, p), depth)
         levers[name] = {k: round(m[k], 4) for k in ("accuracy_leaf", "weighted_f1_leaf", "mean_level_weighted_f1")}
 
     # calibration of the served confidences, and what a review threshold does
-    conf = scores.probs.max(1)
-    correct = np.array([classes[int(p)] == t for p, t in zip(pred, true, strict=True)])
+    conf = np.array([r["confidence"] for r in results])
+    correct = np.array([p == t for p, t in zip(served_paths, true, strict=True)])
     raw = fusion.category_scores(leaf, levels, ancestors, lin_test, {**params, "temperature": 1.0})
     raw_conf = np.exp(fusion.log_softmax(raw)).max(1)
     calibration = {
@@ -116,7 +121,6 @@ def evaluate(
     counts = dict(zip(classes, tax.counts, strict=True))
     unseen = np.array([t not in counts for t in true])
     rare = np.array([0 < counts.get(t, 0) < RARE for t in true])
-    results = [served.result(scores.probs[i], scores.tags[i]) for i in range(len(test))]
     shallower = np.array([r["depth"] < len(r["category"]["path"]) for r in results])
     prefix_ok = np.array(
         [tuple(r["category"]["path"][: r["depth"]]) == t[: r["depth"]] for r, t in zip(results, true, strict=True)]
@@ -142,6 +146,11 @@ def evaluate(
         if shallower.any()
         else None,
         "leaf_accuracy_of_those": round(float(correct[shallower].mean()), 4) if shallower.any() else None,
+        "test_rows_named_leaf": int(sum(p != classes[int(b)] for p, b in zip(served_paths, pred, strict=True))),
+        "test_rows_new_leaf": int(sum(bool(r["category"].get("new")) for r in results)),
+        "right_of_the_named": int(
+            sum(p == t and p != classes[int(b)] for p, t, b in zip(served_paths, true, pred, strict=True))
+        ),
     }
 
     # tags: quality on the tag test rows; leakage on the category test rows
@@ -185,7 +194,8 @@ def evaluate(
         "calibration": calibration,
         "policies": policies,
         "tags": tag_part,
-        "confused_pairs": metrics.confused_pairs(true, _paths(classes, pred)),
+        "confused_pairs": metrics.confused_pairs(true, served_paths),
+        "named_leaves": served.meta.get("named_leaves", {}),
         "curve": fit.curve,
         "best_epoch": fit.best_epoch,
         "head_init": served.meta.get("head_init", []),
@@ -320,10 +330,8 @@ def plot(result: dict, path: Path) -> Path:
 
     a6.axis("off")
     pairs = result["confused_pairs"][:10]
-    text = "\n".join(
-        f"{p['count']:>3}  {short_path(p['true'], TEXT_WIDTH)}\n     → {short_path(p['predicted'], TEXT_WIDTH)}"
-        for p in pairs
-    )
+    shown = [short_pair(p["true"], p["predicted"], TEXT_WIDTH) for p in pairs]
+    text = "\n".join(f"{p['count']:>3}  {t}\n     → {q}" for p, (t, q) in zip(pairs, shown, strict=True))
     a6.text(0, 1, "most confused (true → predicted)\n\n" + text, va="top", family="monospace", fontsize=8)
     fig.suptitle(
         f"listing classifier report — {result['policies']['classes']} classes, "

@@ -336,6 +336,12 @@ def train(opts: TrainOptions, out: Path, threads: int = 2, echo: Callable[[str],
         artifact.write_json(out / "tags.json", tags.tags_json(c, applies, tag_params))
         echo(f"tag gates (dev): {tag_params['gates']}")
 
+    # ---------------------------------------------------------------- named leaves (train finds them, dev keeps them)
+    from training import named_leaves
+
+    meta["named_leaves"] = named_leaves.choose(out, train_cats, dev_cats, echo)
+    artifact.write_json(out / "classifier.json", meta)
+
     # ---------------------------------------------------------------- the report (test split)
     from training import report
 

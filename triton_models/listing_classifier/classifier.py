@@ -39,6 +39,14 @@ What a version folder holds and how a batch is scored:
    dev, it changes (almost) no top-1 class, costs no leaf accuracy or tag F1 and keeps the calibration; with no
    such margin the version has no cascade. The `cascade=False` argument (Triton: config parameter
    `cascade: off`) scores every row with the encoder.
+8. **Named leaves** (`classifier.json` → `named_leaves`, found in the training split and kept only where it gains
+   leaf accuracy on dev): some taxonomies name a parent's leaves after the listing's brand — every training title
+   under `Watches > Wrist Watches` sits in `<its brand> Wrist Watches`, and a new brand gets a new leaf. A class
+   list learned from the training titles cannot give a brand it never saw. Under such a parent, when the model's
+   leaf is another brand than the one the listing's text starts with, the result names the leaf after the
+   listing's brand (`title_brand`, by the rule training chose): the taxonomy's own leaf when it has one, else a new
+   one, marked `"new": true`, its id the parent's id + the slug of its name. Its confidence is the parent's
+   probability times the rule's precision on dev; the model's own answer leads the alternatives.
 """
 
 from __future__ import annotations
@@ -68,6 +76,8 @@ ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 MARKUP = re.compile(r"</?[A-Za-z!][^<>]{0,300}>")  # an HTML tag, as catalogue descriptions often carry them
 # an HTML entity with its semicolon (html.unescape alone also reads "&nothing" as "¬hing")
 ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+BRAND_RULES = ("first_word", "before_model_number")  # how a named leaf's brand is read from a title
+MAX_BRAND_WORDS = 3
 DENSE_WEIGHTS_BYTES = 64 << 20  # linear weights up to this size are held dense (faster), larger ones sparse
 
 
@@ -100,6 +110,35 @@ def fields(text: str) -> tuple[str, str]:
     """A composed text's (brand + title, description); the description is "" when it has none."""
     head, _, desc = text.partition(DESCRIPTION_SEPARATOR)
     return head, desc
+
+
+def slug(text: str) -> str:
+    """The form of a tag value or a category-path element inside ids: `Navy Blue` → `navy-blue`."""
+    text = text.lower().replace("&", " and ")
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "x"
+
+
+def title_brand(head: str, rule: str) -> str:
+    """The brand a listing's text (brand + title) starts with, by `rule`: `first_word`, or `before_model_number`:
+    the words before its first word with a digit (a model number: `Swiss Trend Artshai1630 …` → `Swiss Trend`), up
+    to `MAX_BRAND_WORDS`, and its first word when none of its next `MAX_BRAND_WORDS` words has a digit."""
+    words = head.split()
+    if not words:
+        return ""
+    if rule == "before_model_number":
+        for k, word in enumerate(words[1 : MAX_BRAND_WORDS + 1], start=1):
+            if any(ch.isdigit() for ch in word):
+                return " ".join(words[:k])
+    return words[0]
+
+
+def names_brand(head: str, leaf: str, suffix: str) -> bool:
+    """Whether `leaf` is `<brand> <suffix>` for a brand that `head` (brand + title) starts with, case aside."""
+    h, leaf, suffix = head.lower(), leaf.lower(), suffix.lower()
+    if not leaf.endswith(" " + suffix):
+        return False
+    brand = leaf[: -len(suffix) - 1]
+    return h == brand or h.startswith(brand + " ")
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -407,15 +446,19 @@ class Scores:
 @dataclass
 class Fused:
     """A batch before its last step (see `Classifier.fuse`): the linear part's category and tag scores, the rows it
-    cannot read, which rows the encoder scored, and their fused category log-scores [n, C] and tag logits [n, T]
-    (zeros in the rows it did not score)."""
+    cannot read, the rows the cascade skipped, and the fused category log-scores [n, C] and tag logits [n, T] of the
+    rows the encoder scored (zeros in the others)."""
 
     linear: np.ndarray | None
     linear_tags: np.ndarray | None
     unread: np.ndarray
-    encoded: np.ndarray
+    skipped: np.ndarray  # the rows the cascade skipped (the encoder scored every other readable row)
     log_scores: np.ndarray
     tag_z: np.ndarray
+
+    @property
+    def encoded(self) -> np.ndarray:
+        return ~self.skipped & ~self.unread
 
 
 class Classifier:
@@ -473,6 +516,17 @@ class Classifier:
         self.cascade_scale = float((self.meta.get("cascade") or {}).get("linear_scale") or fused_scale)
         if not self.can_cascade():
             self.cascade_margin = None
+        # named leaves (see 8.): parent path -> the suffix its leaves share after the brand
+        named = self.meta.get("named_leaves") or {}
+        self.named_parents: dict[tuple[str, ...], str] = (
+            {tuple(p["path"]): str(p["suffix"]) for p in named.get("parents", [])} if named.get("enabled") else {}
+        )
+        self.brand_rule = str(named.get("brand_rule", "first_word"))
+        self.named_precision = float(named.get("precision", 1.0))
+        self.class_of_path = {tuple(x.lower() for x in p): i for i, p in enumerate(self.paths)}
+        self.parent_ids: dict[tuple[str, ...], str] = {}
+        for c in cats:
+            self.parent_ids.setdefault(tuple(c["path"][:-1]), c["id"].rsplit(".", 1)[0])
 
     def can_cascade(self) -> bool:
         """A cascade needs a linear part that scores categories in the fusion (and tags, when there are tags)."""
@@ -556,7 +610,9 @@ class Classifier:
         lin_cat, lin_tag, readable = self.linear.scores(texts) if self.linear is not None else (None, None, None)
         unread = ~readable if readable is not None else np.zeros(n, dtype=bool)
         easy = self.easy_rows(lin_cat)
-        hard = np.flatnonzero(~easy & ~unread) if easy.size else np.flatnonzero(~unread)
+        if not easy.size:
+            easy = np.zeros(n, dtype=bool)
+        hard = np.flatnonzero(~easy & ~unread)
         log_scores = np.zeros((n, self.n_classes), np.float64)
         tag_z = np.zeros((n, n_tags), np.float64)
         if len(hard):
@@ -564,13 +620,12 @@ class Classifier:
             log_scores[hard] = self.category_log_scores(out, None if lin_cat is None else lin_cat[hard])
             if n_tags:
                 tag_z[hard] = self.tag_logits(out, None if lin_tag is None else lin_tag[hard])
-        encoded = np.zeros(n, dtype=bool)
-        encoded[hard] = True
-        return Fused(lin_cat, lin_tag, unread, encoded, log_scores, tag_z)
+        return Fused(lin_cat, lin_tag, unread, easy, log_scores, tag_z)
 
-    def finish(self, fused: Fused, easy: np.ndarray) -> Scores:
+    def finish(self, fused: Fused, easy: np.ndarray, in_place: bool = False) -> Scores:
         """The scores of a fused batch in which the rows `easy` take the linear part's answer (the cascade): every
-        other readable row must have been encoded. `fused` itself is left as it was."""
+        other readable row must have been encoded. `fused` is left as it was unless `in_place` (its arrays are then
+        reused: no copy of [n, C])."""
         n, n_tags = len(fused.unread), len(self.tag_names)
         if not n:
             return Scores(np.zeros((0, self.n_classes), np.float32), np.zeros((0, n_tags), np.float32))
@@ -580,7 +635,8 @@ class Classifier:
         log_scores, tag_z = fused.log_scores, fused.tag_z
         if easy.any():
             assert fused.linear is not None
-            log_scores, tag_z = log_scores.copy(), tag_z.copy()
+            if not in_place:
+                log_scores, tag_z = log_scores.copy(), tag_z.copy()
             log_scores[easy] = self.linear_log_scores(fused.linear[easy])
             if n_tags and fused.linear_tags is not None:
                 tag_z[easy] = self.linear_tag_logits(fused.linear_tags[easy])
@@ -597,7 +653,7 @@ class Classifier:
 
     def score_texts(self, texts: Sequence[str]) -> Scores:
         fused = self.fuse(texts)
-        return self.finish(fused, self.easy_rows(fused.linear))
+        return self.finish(fused, fused.skipped, in_place=True)
 
     def score(
         self,
@@ -623,9 +679,37 @@ class Classifier:
         zeroed by a gate."""
         return (tag_probs >= self.tag_thresholds) & (tag_probs > 0)
 
-    def result(self, probs: np.ndarray, tag_probs: np.ndarray, k: int = 5, top: np.ndarray | None = None) -> dict:
+    def class_id_prefix(self, parent: tuple[str, ...]) -> str:
+        """The id of a parent path as its leaves' ids start (theirs less their last part)."""
+        return self.parent_ids[parent]
+
+    def named_leaf(self, text: str, best: int) -> tuple[str, ...] | int | None:
+        """The leaf a listing's own brand names under the parent of class `best` (see 8.): a class index when the
+        taxonomy has that leaf, a new path when it does not, None where the rule does not apply (not a named
+        parent, or the model's leaf already names the brand the text starts with)."""
+        parent = self.paths[best][:-1]
+        suffix = self.named_parents.get(parent)
+        if suffix is None:
+            return None
+        head = fields(text)[0]
+        if names_brand(head, self.paths[best][-1], suffix):
+            return None
+        brand = title_brand(head, self.brand_rule)
+        if not brand:
+            return None
+        path = (*parent, f"{brand} {suffix}")
+        return self.class_of_path.get(tuple(x.lower() for x in path), path)
+
+    def result(
+        self,
+        probs: np.ndarray,
+        tag_probs: np.ndarray,
+        k: int = 5,
+        top: np.ndarray | None = None,
+        text: str | None = None,
+    ) -> dict:
         """The RESULT JSON object of one row (the worker's output contract); `top`: its `top_k(probs, k)` when the
-        caller has it already."""
+        caller has it already; `text`: the row's composed text, for the named leaves (without it, none)."""
         top = top_k(probs, k) if top is None else top
         cats = self.labels["categories"]
 
@@ -635,6 +719,32 @@ class Classifier:
 
         best = int(top[0])
         levels = self.level_probs(probs, best)
+        named = self.named_leaf(text, best) if text is not None and self.named_parents else None
+        if named is not None and named != best:
+            # the parent is the model's, the leaf the listing's brand: its confidence is the parent's times the
+            # rule's precision on dev
+            conf = levels[-2] * self.named_precision
+            levels = [*levels[:-1], conf]
+            if isinstance(named, int):
+                category = entry(named)
+                others = [int(i) for i in top if int(i) != named][: len(top) - 1]
+            else:
+                parent_id = self.class_id_prefix(named[:-1])
+                category = {"id": f"{parent_id}.{slug(named[-1])}", "name": named[-1], "path": list(named), "new": True}
+                others = [int(i) for i in top[:-1]]
+            return self._result(category, conf, levels, others, probs, tag_probs, entry)
+        return self._result(entry(best), float(probs[best]), levels, [int(i) for i in top[1:]], probs, tag_probs, entry)
+
+    def _result(
+        self,
+        category: dict,
+        confidence: float,
+        levels: list[float],
+        others: list[int],
+        probs: np.ndarray,
+        tag_probs: np.ndarray,
+        entry: Callable[[int], dict],
+    ) -> dict:
         threshold = float(self.meta.get("depth_threshold", 0.5))
         depth = max([i + 1 for i, p in enumerate(levels) if p >= threshold], default=0)
         given = np.flatnonzero(self.given_tags(tag_probs))
@@ -643,10 +753,10 @@ class Classifier:
             for j in given[np.argsort(-tag_probs[given], kind="stable")]
         ]
         return {
-            "category": entry(best),
-            "confidence": round(float(probs[best]), 4),
+            "category": category,
+            "confidence": round(float(confidence), 4),
             "depth": depth,
             "level_confidence": [round(p, 4) for p in levels],
-            "alternatives": [{**entry(i), "score": round(float(probs[i]), 4)} for i in top[1:]],
+            "alternatives": [{**entry(i), "score": round(float(probs[i]), 4)} for i in others],
             "tags": tags,
         }

@@ -176,7 +176,7 @@ class TritonPythonModel:
                 out.append(_error(failure, internal=True))
             else:
                 try:
-                    out.append(self._response(span, scores, timing))
+                    out.append(self._response(span, scores, timing, texts))
                 except Exception as exc:  # noqa: BLE001 - this request only
                     out.append(_error(f"classifier failed on this request: {exc!r}", internal=True))
         return out
@@ -190,6 +190,10 @@ class TritonPythonModel:
                 {"id": c["id"], "name": c["name"], "path": c["path"]} for c in self.model.labels["categories"]
             ],
             "tags": self.model.tag_names,
+            # parents under which a result may name a leaf the list above lacks (`"new": true`, id: parent id + slug)
+            "named_parents": [
+                {"id": self.model.class_id_prefix(p), "path": list(p)} for p in sorted(self.model.named_parents)
+            ],
         }
         return json.dumps(doc, ensure_ascii=False).encode()
 
@@ -205,7 +209,7 @@ class TritonPythonModel:
             ]
         )
 
-    def _response(self, span: tuple[int, int], scores, timing: list[float]):
+    def _response(self, span: tuple[int, int], scores, timing: list[float], texts: list[str]):
         start, n = span
         cats, tags = scores.probs[start : start + n], scores.tags[start : start + n]
         if not (np.isfinite(cats).all() and np.isfinite(tags).all()):  # e.g. an fp16 overflow in the encoder
@@ -214,7 +218,8 @@ class TritonPythonModel:
         results = np.empty((n, 1), dtype=object)
         for r, (c, t) in enumerate(zip(cats, tags, strict=True)):
             top[r] = self.classifier_mod.top_k(c, TOP_K)
-            results[r, 0] = json.dumps(self.model.result(c, t, top=top[r]), ensure_ascii=False).encode()
+            result = self.model.result(c, t, top=top[r], text=texts[start + r])
+            results[r, 0] = json.dumps(result, ensure_ascii=False).encode()
         top_scores = np.take_along_axis(cats, top, axis=1)
         if top.shape[1] < TOP_K:  # a taxonomy with fewer classes: pad with -1 / 0
             pad = TOP_K - top.shape[1]
