@@ -192,7 +192,8 @@ class TritonPythonModel:
             "tags": self.model.tag_names,
             # parents under which a result may name a leaf the list above lacks (`"new": true`, id: parent id + slug)
             "named_parents": [
-                {"id": self.model.class_id_prefix(p), "path": list(p)} for p in sorted(self.model.named_parents)
+                {"id": self.model.class_id_prefix(p), "path": list(p)}
+                for p in sorted(getattr(self.model, "named_parents", None) or {})
             ],
         }
         return json.dumps(doc, ensure_ascii=False).encode()
@@ -218,7 +219,9 @@ class TritonPythonModel:
         results = np.empty((n, 1), dtype=object)
         for r, (c, t) in enumerate(zip(cats, tags, strict=True)):
             top[r] = self.classifier_mod.top_k(c, TOP_K)
-            result = self.model.result(c, t, top=top[r], text=texts[start + r])
+            # the text only to a version whose scoring code names leaves (older versions keep their own code)
+            named = {"text": texts[start + r]} if getattr(self.model, "named_parents", None) else {}
+            result = self.model.result(c, t, top=top[r], **named)
             results[r, 0] = json.dumps(result, ensure_ascii=False).encode()
         top_scores = np.take_along_axis(cats, top, axis=1)
         if top.shape[1] < TOP_K:  # a taxonomy with fewer classes: pad with -1 / 0
