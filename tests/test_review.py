@@ -25,6 +25,7 @@ from support import TITLES, listing, listings_cli, read_topic, redis_items, wait
 
 pytestmark = pytest.mark.stack
 REVIEW_DB = 5  # the shared test Redis's database for the review tests
+WATCHES = ["Watches", "Wrist Watches"]
 XSS_TITLE = '<script>window.pwned = 1</script><img src=x onerror="window.pwned=2"> Silicone back cover'
 
 
@@ -89,6 +90,13 @@ def test_human_labels_win_and_bad_feedback_is_dead_lettered(reviewing) -> None:
     # an item classified by a version Triton has since unloaded (two stay loaded): its decision is checked against
     # the served version's taxonomy — waiting for the old one held every later decision for ever
     r.hset(keys.listing(ids[4]), "model_version", "999")
+    # a watch of a brand no training title has: the model names its leaf after the brand (`"new": true`), which a
+    # reviewer may accept although the taxonomy lacks it; any other leaf the taxonomy lacks stays refused
+    watch = "rv-watch"
+    produce_raw(s, [listing(watch, "Zorbo ZR-1021 Analog Watch - For Men, Boys", listing_version=1)])
+    wait_for(lambda: watch in redis_items(s, [watch]), 60, "the watch classified", w.log_tail)
+    named = redis_items(s, [watch])[watch]["category_id"]
+    assert named == "watches.wrist-watches.zorbo-wrist-watches"
     year_10000 = {
         "item_id": ids[5],
         "listing_version": 3,
@@ -109,6 +117,8 @@ def test_human_labels_win_and_bad_feedback_is_dead_lettered(reviewing) -> None:
             (b"x", b"{not json"),
             (ids[5].encode(), orjson.dumps(year_10000)),
             decision(ids[4], 3, other, []),
+            decision(watch, 1, named, [], "accepted"),
+            decision(watch, 1, "watches.wrist-watches.nobody-wrist-watches", []),  # not the leaf it was given
         ],
         topic=s.topics.feedback,
     )
@@ -119,12 +129,23 @@ def test_human_labels_win_and_bad_feedback_is_dead_lettered(reviewing) -> None:
     h = redis_items(s, ids[:1])[ids[0]]
     assert h["category_id"] == other and h["tags"] == '["gender:men"]' and h["reviewer"] == "tester"
     assert r.zscore(keys.REVIEW_QUEUE, ids[0]) is None and r.sismember(keys.category(other), ids[0])
-    assert r.hgetall(keys.REVIEW_STATS) == {"corrected": "2", "accepted": "1"}
-    dlq = {orjson.loads(m.value)["error_type"] for m in read_topic(s, s.topics.dlq, expected=6)}
+    wait_for(lambda: redis_items(s, [watch])[watch].get("label_source") == "human", 60, "named accepted", w.log_tail)
+    h = redis_items(s, [watch])[watch]
+    assert h["category_id"] == named and h["category_path"] == "Watches > Wrist Watches > Zorbo Wrist Watches"
+    assert r.hgetall(keys.REVIEW_STATS) == {"corrected": "2", "accepted": "2"}
+    dlq_records = [orjson.loads(m.value) for m in read_topic(s, s.topics.dlq, expected=7)]
+    assert sum(d["error_type"] == "feedback_unknown_category" for d in dlq_records) == 2
+    dlq = {d["error_type"] for d in dlq_records}
     assert {"feedback_unknown_item", "feedback_unknown_category", "feedback_older_version", "not_json"} <= dlq
     assert "feedback_unknown_tag" in dlq
     assert "bad_timestamp" in dlq
-    assert published_by_humans(s, {ids[0], ids[1], ids[4]}).keys() == {ids[0], ids[1], ids[4]}
+    humans = published_by_humans(s, {ids[0], ids[1], ids[4], watch})
+    assert humans.keys() == {ids[0], ids[1], ids[4], watch}
+    assert humans[watch]["category"] == {
+        "id": named,
+        "name": "Zorbo Wrist Watches",
+        "path": [*WATCHES, "Zorbo Wrist Watches"],
+    }
     # a replay with any model never overwrites the human label of that listing_version ...
     summary = asyncio.run(backfill(s, BackfillOptions(group="rv-replay", progress=False, governor=False)))
     assert summary.stale >= 2

@@ -103,8 +103,9 @@ async function renderDetail() {
     li.addEventListener("click", () => pickAlternative(k));
     return li;
   }));
-  const current = state.byId.get(item.category_id);
-  $("d-category").value = current ? categoryLabel(current) : item.category_id;
+  // a leaf named after the listing's brand is not in the taxonomy list: shown by its stored path (Accept keeps it)
+  const current = state.byId.get(item.category_id) || { path: item.path, id: item.category_id };
+  $("d-category").value = categoryLabel(current);
   $("d-tags").value = item.tags.join(", ");
   $("d-status").textContent = status;
 }
