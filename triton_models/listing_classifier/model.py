@@ -217,10 +217,11 @@ class TritonPythonModel:
             raise ValueError("non-finite scores")
         top = np.empty((n, min(TOP_K, cats.shape[1])), dtype=np.int64)
         results = np.empty((n, 1), dtype=object)
+        # the text only to a version whose scoring code names leaves (older versions keep their own code)
+        names = bool(getattr(self.model, "named_parents", None))
         for r, (c, t) in enumerate(zip(cats, tags, strict=True)):
             top[r] = self.classifier_mod.top_k(c, TOP_K)
-            # the text only to a version whose scoring code names leaves (older versions keep their own code)
-            named = {"text": texts[start + r]} if getattr(self.model, "named_parents", None) else {}
+            named = {"text": texts[start + r]} if names else {}
             result = self.model.result(c, t, top=top[r], **named)
             results[r, 0] = json.dumps(result, ensure_ascii=False).encode()
         top_scores = np.take_along_axis(cats, top, axis=1)
