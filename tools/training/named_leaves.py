@@ -104,18 +104,15 @@ def choose(folder: Path, train: Sequence[Example], dev: Sequence[Example], echo:
     served = serving.classifier().Classifier(folder)
     texts = [e.text for e in dev]
     best = served.score_texts(texts).probs.argmax(1)
-    served.named_parents = {tuple(p["path"]): p["suffix"] for p in parents}
-    served.brand_rule = rule
+    served.name_leaves({tuple(p["path"]): p["suffix"] for p in parents}, rule)
     before = after = changed = right = 0
     for e, b in zip(dev, best, strict=True):
-        ours = served.paths[int(b)]
-        named = served.named_leaf(e.text, int(b))
-        if named is not None and named != int(b):
+        model, ours = served.paths[int(b)], served.served_path(e.text, int(b))
+        if ours != model:
             changed += 1
-            ours = served.paths[named] if isinstance(named, int) else named
             right += ours == e.path
         after += ours == e.path
-        before += served.paths[int(b)] == e.path
+        before += model == e.path
     n = max(1, len(dev))
     entry = {
         "enabled": after > before,

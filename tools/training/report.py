@@ -122,6 +122,7 @@ def evaluate(
     unseen = np.array([t not in counts for t in true])
     rare = np.array([0 < counts.get(t, 0) < RARE for t in true])
     shallower = np.array([r["depth"] < len(r["category"]["path"]) for r in results])
+    renamed = np.array([p != classes[int(b)] for p, b in zip(served_paths, pred, strict=True)])  # a named leaf
     prefix_ok = np.array(
         [tuple(r["category"]["path"][: r["depth"]]) == t[: r["depth"]] for r, t in zip(results, true, strict=True)]
     )
@@ -146,11 +147,9 @@ def evaluate(
         if shallower.any()
         else None,
         "leaf_accuracy_of_those": round(float(correct[shallower].mean()), 4) if shallower.any() else None,
-        "test_rows_named_leaf": int(sum(p != classes[int(b)] for p, b in zip(served_paths, pred, strict=True))),
+        "test_rows_named_leaf": int(renamed.sum()),
         "test_rows_new_leaf": int(sum(bool(r["category"].get("new")) for r in results)),
-        "right_of_the_named": int(
-            sum(p == t and p != classes[int(b)] for p, t, b in zip(served_paths, true, pred, strict=True))
-        ),
+        "right_of_the_named": int((renamed & correct).sum()),
     }
 
     # tags: quality on the tag test rows; leakage on the category test rows

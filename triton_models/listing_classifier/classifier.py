@@ -516,17 +516,29 @@ class Classifier:
         self.cascade_scale = float((self.meta.get("cascade") or {}).get("linear_scale") or fused_scale)
         if not self.can_cascade():
             self.cascade_margin = None
-        # named leaves (see 8.): parent path -> the suffix its leaves share after the brand
+        # named leaves (see 8.)
         named = self.meta.get("named_leaves") or {}
-        self.named_parents: dict[tuple[str, ...], str] = (
-            {tuple(p["path"]): str(p["suffix"]) for p in named.get("parents", [])} if named.get("enabled") else {}
+        self.name_leaves(
+            {tuple(p["path"]): str(p["suffix"]) for p in named.get("parents", [])} if named.get("enabled") else {},
+            str(named.get("brand_rule", "first_word")),
+            float(named.get("precision", 1.0)),
         )
-        self.brand_rule = str(named.get("brand_rule", "first_word"))
-        self.named_precision = float(named.get("precision", 1.0))
-        self.class_of_path = {tuple(x.lower() for x in p): i for i, p in enumerate(self.paths)}
+
+    def name_leaves(self, parents: dict[tuple[str, ...], str], rule: str, precision: float = 1.0) -> None:
+        """Name the leaves under `parents` (parent path -> the suffix its leaves share after the brand) after the
+        listing's brand, read by `rule`; a named leaf's confidence is its parent's times `precision` (see 8.)."""
+        self.named_parents = parents
+        self.brand_rule = rule
+        self.named_precision = precision
+        # the classes under a named parent by their lower-case path, and each named parent's id (its leaves' ids
+        # less their last part)
+        self.class_of_path: dict[tuple[str, ...], int] = {}
         self.parent_ids: dict[tuple[str, ...], str] = {}
-        for c in cats:
-            self.parent_ids.setdefault(tuple(c["path"][:-1]), c["id"].rsplit(".", 1)[0])
+        for i, c in enumerate(self.labels["categories"]):
+            parent = self.paths[i][:-1]
+            if parent in parents:
+                self.class_of_path[tuple(x.lower() for x in self.paths[i])] = i
+                self.parent_ids.setdefault(parent, c["id"].rsplit(".", 1)[0])
 
     def can_cascade(self) -> bool:
         """A cascade needs a linear part that scores categories in the fusion (and tags, when there are tags)."""
@@ -699,6 +711,14 @@ class Classifier:
             return None
         path = (*parent, f"{brand} {suffix}")
         return self.class_of_path.get(tuple(x.lower() for x in path), path)
+
+    def served_path(self, text: str, best: int) -> tuple[str, ...]:
+        """The category path a result gives for class `best` of a row with this composed text: the named leaf
+        where the rule applies (see 8.), else the class's own."""
+        named = self.named_leaf(text, best) if self.named_parents else None
+        if named is None:
+            return self.paths[best]
+        return self.paths[named] if isinstance(named, int) else named
 
     def result(
         self,
