@@ -35,7 +35,7 @@ import orjson
 from stream import metrics
 from stream.events.contract import MAX_EPOCH_MS, InvalidEvent
 from stream.events.dlq import dlq_key, dlq_record
-from stream.pipeline.records import InRecord, tag_update_record
+from stream.pipeline.records import InRecord, path_field, stored_path, tag_update_record
 from stream.sinks.kafka_out import OutRecord
 from stream.sinks.redis_store import StoreItem
 from stream.timefmt import iso, iso_ms
@@ -190,7 +190,7 @@ class FeedbackApplier:
             cat = taxonomy.categories.get(fb.category_id) or {  # a named leaf the result gave: as stored
                 "id": fb.category_id,
                 "name": h.get("category_name", ""),
-                "path": h.get("category_path", "").split(" > "),
+                "path": stored_path(h.get("category_path", "")),
             }
             record = {
                 "item_id": fb.item_id,
@@ -211,7 +211,7 @@ class FeedbackApplier:
             fields = {
                 "item_id": fb.item_id,
                 "category_name": cat["name"],
-                "category_path": " > ".join(cat["path"]),
+                "category_path": path_field(cat["path"]),
                 "confidence": "1.000000",
                 "depth": str(len(cat["path"])),
                 "tag_scores": orjson.dumps(record["tags"]).decode(),

@@ -46,6 +46,7 @@ from stream import connections, keys
 from stream.config import Settings
 from stream.events.contract import InvalidEvent, Listing, parse_listing
 from stream.pathfmt import short_path
+from stream.pipeline.records import path_field, stored_path
 from stream.timefmt import now_iso
 
 HELP = "score live traffic with a candidate model version and compare, writing only listings.shadow"
@@ -118,7 +119,7 @@ def comparison(listing: Listing, live: dict[str, str] | None, cand: Any, candida
     else:
         live_doc = {
             "category_id": live.get("category_id", ""),
-            "path": [p for p in live.get("category_path", "").split(" > ") if p],
+            "path": stored_path(live.get("category_path", "")),
             "confidence": float(live.get("confidence") or 0.0),
             "needs_review": live.get("needs_review") == "1",
             "model_version": live.get("model_version", ""),
@@ -332,7 +333,7 @@ def summarize(records: list[dict], candidate: str | None = None) -> dict:
     for d in compared:
         by_top[d["top_level"]].append(d["agree"])
     flips = Counter(
-        (" > ".join(d["live"]["path"]), " > ".join(d["candidate"]["path"])) for d in compared if not d["agree"]
+        (path_field(d["live"]["path"]), path_field(d["candidate"]["path"])) for d in compared if not d["agree"]
     )
     shifts = [d["confidence_shift"] for d in compared]
     return {

@@ -11,7 +11,7 @@ from tritonclient.utils import InferenceServerException
 from stream.classify.triton_client import BatchResult, Classification
 from stream.config import Settings
 from stream.pipeline.process import Pipeline
-from stream.pipeline.records import InRecord
+from stream.pipeline.records import InRecord, path_field, stored_path
 from stream.timefmt import iso_ms
 
 
@@ -1049,3 +1049,11 @@ def test_a_stop_that_outlasts_its_timeout_names_the_failing_dependency() -> None
     assert h.failing() == []
     h.retried("redis", OSError("OOM command not allowed"))
     assert h.failing() == ["redis"]
+
+
+def test_a_stored_category_path_reads_back_as_the_path_it_was_written_from() -> None:
+    # the worker writes `category_path`, the review page, the feedback applier, shadow and the demo read it back
+    path = ["Watches", "Wrist Watches", "Zorbo Wrist Watches"]
+    assert path_field(path) == "Watches > Wrist Watches > Zorbo Wrist Watches"
+    assert stored_path(path_field(path)) == path
+    assert stored_path("") == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ import orjson
 
 from stream.classify.triton_client import Classification
 from stream.events.contract import MAX_EPOCH_MS, Listing
+from stream.pathfmt import SEPARATOR
 from stream.timefmt import iso
 
 
@@ -64,6 +66,16 @@ def classified_record(
     }
 
 
+def path_field(path: Sequence[str]) -> str:
+    """A category path as the `category_path` hash field holds it: `a > b > c`."""
+    return SEPARATOR.join(path)
+
+
+def stored_path(field: str) -> list[str]:
+    """The category path a `category_path` hash field holds (`[]` for a blank one)."""
+    return [p for p in field.split(SEPARATOR) if p]
+
+
 def redis_fields(record: dict[str, Any], title: str) -> dict[str, str]:
     """The `listing:{item_id}` hash fields (strings) for a classified record."""
     cat = record["category"]
@@ -73,7 +85,7 @@ def redis_fields(record: dict[str, Any], title: str) -> dict[str, str]:
         "listing_version": str(record["listing_version"]),
         "category_id": str(cat["id"]),
         "category_name": str(cat.get("name", "")),
-        "category_path": " > ".join(cat.get("path", [])),
+        "category_path": path_field(cat.get("path", [])),
         "confidence": f"{record['confidence']:.6f}",
         "depth": str(record.get("depth", len(cat.get("path", [])))),
         "alternatives": orjson.dumps(record["alternatives"]).decode(),

@@ -42,6 +42,7 @@ from stream.config import Settings
 from stream.events.contract import InvalidEvent
 from stream.feedback import parse_feedback
 from stream.models import current_user, live_key
+from stream.pipeline.records import stored_path
 from stream.timefmt import now_iso
 
 log = logging.getLogger("listings.review")
@@ -141,7 +142,7 @@ class Review:
                     "listing_version": int(h.get("listing_version") or 0),
                     "title": h.get("title", ""),
                     "category_id": h.get("category_id", ""),
-                    "path": [p for p in h.get("category_path", "").split(" > ") if p],
+                    "path": stored_path(h.get("category_path", "")),
                     "confidence": conf,
                     "alternatives": json.loads(h.get("alternatives") or "[]"),
                     "tags": [t["tag"] for t in json.loads(h.get("tag_scores") or "[]")],

@@ -43,6 +43,7 @@ from devtools.stack import control
 from devtools.stats import percentile
 from stream import connections, keys
 from stream.config import Settings
+from stream.pipeline.records import stored_path
 from stream.timefmt import iso_ms
 
 HELP = "the main job on the local stack (what `make demo` runs)"
@@ -140,7 +141,7 @@ class Progress:
             if not truth or not h["category_path"] or (version and h["model_version"] != version):
                 continue
             want = tuple(p.strip() for p in truth.split(">") if p.strip())
-            got = tuple(p.strip() for p in h["category_path"].split(" > "))
+            got = tuple(stored_path(h["category_path"]))
             scored += 1
             top += got[:1] == want[:1]
             leaf += got == want
