@@ -7,6 +7,12 @@ seen, so each entry is read once and the window holds all of them) — and steer
 above the target latency it halves the rate (down to a pause), under it it adds a step, up to the ceiling
 (`--rate`, or unlimited). With no live traffic there is nothing to protect: it speeds up the same way.
 
+A third rule keeps it from probing into the same overload again and again (the insight of TCP CUBIC's plateau): the
+backfill's rate when live last suffered is remembered, and from `CAUTION` x that rate to `PAST` x it the rate grows
+by `SLOW_STEP` x a step. Plain AIMD climbed back to that rate within seconds of each cut, and every climb was a spell
+of slow live results: in the committed (d') run of 12-06 19:11Z the phase's p99 was made of three such spells of
+~1.5 s, one per cycle. Past `PAST` x that rate (live load fell) it grows by whole steps again.
+
 Two rules keep the AIMD honest about a signal that lags (the window holds WINDOW_S seconds of results, like TCP's
 one reduction per round trip): after a cut it does not cut again until the window holds only results written
 after that cut, so one slow spell costs one halving, not six; and the rate never runs more than twice ahead of
@@ -52,6 +58,9 @@ WINDOW_S = 3.0  # the live latency is a percentile of the live results written i
 PAGE = 2000
 MAX_PAGES = 5
 INTERVAL_S = 0.5  # one control step every INTERVAL_S
+CAUTION = 0.8  # from this share of the rate live last suffered at ...
+PAST = 1.1  # ... to this share of it, the rate grows by SLOW_STEP x a step
+SLOW_STEP = 0.125
 PROBE_S = WINDOW_S + 1.0  # a pause long enough for the window to hold only results of live-only traffic
 REPROBE_S = 60.0  # the live baseline is measured again this often (live load changes)
 
@@ -80,6 +89,7 @@ class Governor:
     _next_probe: float = field(init=False, default=0.0)  # 0: at the first sight of live traffic
     _rate_before_probe: float = field(init=False, default=0.0)
     _hold_until: float = field(init=False, default=0.0)  # no further cut before this (the window must renew)
+    overload_rate: float | None = field(init=False, default=None)  # events/s let through when live last suffered
     _uncapped_until: float = field(init=False, default=0.0)
     _admitted: deque[tuple[float, int]] = field(init=False, default_factory=deque)  # (when, events) in the window
     _samples: deque[tuple[int, float]] = field(init=False, default_factory=deque)  # (stored ms, latency ms), live
@@ -170,11 +180,17 @@ class Governor:
         if self.live_ms is not None and target is not None and self.live_ms > target:
             self.yielding = True
             if now >= self._hold_until:  # multiplicative decrease (a pause under the floor), once per window
+                self.overload_rate = max(self.achieved(now), self.min_rate)
                 self.rate = self.rate / 2 if self.rate / 2 >= self.min_rate else 0.0
                 self._hold_until = now + WINDOW_S
         else:
-            self.rate = min(ceiling, max(self.rate, self.min_rate) + self.step)  # additive increase
+            self.rate = min(ceiling, max(self.rate, self.min_rate) + self._step())  # additive increase
             self.yielding = False
+
+    def _step(self) -> float:
+        """The additive increase: a whole step, but a fraction of one near the rate live last suffered at."""
+        near = self.overload_rate is not None and CAUTION * self.overload_rate <= self.rate < PAST * self.overload_rate
+        return self.step * SLOW_STEP if near else self.step
 
     def admitted(self, n: int, now: float | None = None) -> None:
         """Count `n` events let through (what `achieved` measures)."""

@@ -258,6 +258,43 @@ def test_governor_backs_off_while_live_is_slow_and_speeds_up_after() -> None:
     assert step(t + 4, 100.0) == 70 and not g.yielding  # the ceiling (--rate) holds
 
 
+def test_governor_climbs_slowly_near_the_rate_live_last_suffered_at() -> None:
+    """After a cut the rate climbs back by whole steps to CAUTION x the rate that overloaded live, by SLOW_STEP x a
+    step from there, and by whole steps again once it is PAST that rate without live suffering (its load fell)."""
+    from stream.governor import CAUTION, PAST, SLOW_STEP, WINDOW_S, Governor
+
+    g = Governor(redis=None, stream="s", target_ms=250, min_rate=5, step=20, start_rate=400)
+    reading: list[float | None] = [None]
+
+    async def fake_latency() -> float | None:
+        return reading[0]
+
+    g.live_latency = fake_latency  # type: ignore[method-assign]
+    at = 0.0
+
+    def step(latency: float) -> float:
+        nonlocal at
+        at += 0.5
+        reading[0] = latency
+        g.admitted(int(g.rate * 0.5), now=at)  # the backfill lets through what it is allowed
+        asyncio.run(g.control(now=at))
+        return g.rate
+
+    for _ in range(int(2 * WINDOW_S / 0.5)):  # two windows at 400/s, live fine
+        step(100.0)
+    rate = g.rate
+    assert step(400.0) == rate / 2 and g.overload_rate is not None  # live suffers: halved, the rate remembered
+    limit = g.overload_rate
+    rates = [step(100.0) for _ in range(120)]
+    pairs = list(zip([rate / 2, *rates[:-1]], rates, strict=True))  # (rate before a step, after it)
+    fast = [b - a for a, b in pairs if a < CAUTION * limit]
+    slow = [b - a for a, b in pairs if CAUTION * limit <= a < PAST * limit]
+    past = [b - a for a, b in pairs if a >= PAST * limit]
+    assert fast and set(fast) == {20.0}
+    assert slow and set(slow) == {20.0 * SLOW_STEP}
+    assert past and set(past) == {20.0}
+
+
 def test_governor_never_runs_far_ahead_of_what_the_backfill_achieves() -> None:
     """Without live traffic the rate grows, but at most to twice what was let through in the last window: a rate
     the backfill cannot reach is not one it would have to be cut down from when live traffic appears."""
