@@ -8,7 +8,7 @@ above the target latency it halves the rate (down to a pause), under it it adds 
 (`--rate`, or unlimited). With no live traffic there is nothing to protect: it speeds up the same way.
 
 A third rule keeps it from probing into the same overload again and again (the insight of TCP CUBIC's plateau): the
-backfill's rate when live last suffered is remembered, and from `CAUTION` x that rate to `PAST` x it the rate grows
+rate in force when live last suffered is remembered, and from `CAUTION` x that rate to `PAST` x it the rate grows
 by `SLOW_STEP` x a step. Plain AIMD climbed back to that rate within seconds of each cut, and every climb was a spell
 of slow live results: in the committed (d') run of 12-06 19:11Z the phase's p99 was made of three such spells of
 ~1.5 s, one per cycle. Past `PAST` x that rate (live load fell) it grows by whole steps again.
@@ -89,7 +89,7 @@ class Governor:
     _next_probe: float = field(init=False, default=0.0)  # 0: at the first sight of live traffic
     _rate_before_probe: float = field(init=False, default=0.0)
     _hold_until: float = field(init=False, default=0.0)  # no further cut before this (the window must renew)
-    overload_rate: float | None = field(init=False, default=None)  # events/s let through when live last suffered
+    overload_rate: float | None = field(init=False, default=None)  # the rate when live last suffered (events/s)
     _uncapped_until: float = field(init=False, default=0.0)
     _admitted: deque[tuple[float, int]] = field(init=False, default_factory=deque)  # (when, events) in the window
     _samples: deque[tuple[int, float]] = field(init=False, default_factory=deque)  # (stored ms, latency ms), live
@@ -180,7 +180,8 @@ class Governor:
         if self.live_ms is not None and target is not None and self.live_ms > target:
             self.yielding = True
             if now >= self._hold_until:  # multiplicative decrease (a pause under the floor), once per window
-                self.overload_rate = max(self.achieved(now), self.min_rate)
+                # the rate in force, not the window's average: the window spans the climb that overloaded live
+                self.overload_rate = max(self.rate, self.min_rate)
                 self.rate = self.rate / 2 if self.rate / 2 >= self.min_rate else 0.0
                 self._hold_until = now + WINDOW_S
         else:
