@@ -461,6 +461,7 @@ async def backfill(settings: Settings, options: BackfillOptions, stop: Stop | No
             p.update(rate=round(governor.rate, 1), yielding=governor.yielding, probing=governor.probing)
             p["live_ms"] = None if governor.live_ms is None else round(governor.live_ms)
             p["target_ms"] = None if governor.target is None else round(governor.target)
+            p["overload_rate"] = None if governor.overload_rate is None else round(governor.overload_rate, 1)
         summary.timeline.append(p)
 
     try:
