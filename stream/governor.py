@@ -9,9 +9,9 @@ above the target latency it halves the rate (down to a pause), under it it adds 
 
 A third rule keeps it from probing into the same overload again and again (the insight of TCP CUBIC's plateau): the
 rate in force when live last suffered is remembered, and from `CAUTION` x that rate to `PAST` x it the rate grows
-by `SLOW_STEP` x a step. Plain AIMD climbed back to that rate within seconds of each cut, and every climb was a spell
-of slow live results: in the committed (d') run of 12-06 19:11Z the phase's p99 was made of three such spells of
-~1.5 s, one per cycle. Past `PAST` x that rate (live load fell) it grows by whole steps again.
+by `SLOW_STEP` x a step. Plain AIMD climbs back to that rate within seconds of each cut: in the committed (d') run
+of 12-06 19:11Z the phase's p99 came from three spells of ~1.5 s of slow live results, each at the top of such a
+climb. Past `PAST` x that rate (live load fell) it grows by whole steps again.
 
 Two rules keep the AIMD honest about a signal that lags (the window holds WINDOW_S seconds of results, like TCP's
 one reduction per round trip): after a cut it does not cut again until the window holds only results written
