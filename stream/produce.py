@@ -51,6 +51,7 @@ MAX_ERROR_SAMPLES = 5
 VERSION_FIELDS = {"listing_version": 0, "schema_version": 1}  # integer fields of the contract, and their minimum
 REQUIRED_FIELDS = ("item_id", "title")
 ASCII_INT = re.compile(r"[0-9]+")
+PACE_TICK_S = 0.02  # a paced sender wakes at most once per tick (see `pace`)
 
 HELP = "send listings from a JSONL/CSV file to listings.new"
 
@@ -255,6 +256,18 @@ def _flush(producer: Any, timeout: float) -> list[str]:
     return errors
 
 
+def pace(due: float, tick: float = PACE_TICK_S) -> None:
+    """Wait for an event due at `due` (`time.perf_counter()` time; paced against the start, so sleeps never drift):
+    until `due`, but at least `tick` — the events that fall due meanwhile are then sent together, up to `tick` late.
+    One sleep per event cost the sender ~1 core-ms an event at 265 events/s on a 2-core VM (a wake-up every 4 ms,
+    each one waking kafka-python's sender thread too), ten times the cost of the same events unpaced, taken from
+    the cores the worker under load shares; with a 20 ms tick it is about half. Each event is stamped when it is
+    sent, so a latency measured from `listed_at` is not flattered by the tick."""
+    now = time.perf_counter()
+    if due > now:
+        time.sleep(max(due, now + tick) - now)
+
+
 def produce_listings(
     settings: Settings,
     listings: Iterable[dict[str, Any]],
@@ -287,10 +300,7 @@ def produce_listings(
     try:
         for listing in listings:
             if rate > 0:
-                # pace against the start time, so sleeps never drift
-                delay = t0 + attempted / rate - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
+                pace(t0 + attempted / rate)
             event = dict(listing)
             if stamp:
                 event["listed_at"] = time.time_ns() // 1_000_000

@@ -264,3 +264,65 @@ def test_delivery_errors_are_counted_and_fail_the_command(
     assert rc == 1
     assert (summary["sent"], summary["failed"], summary["attempted"]) == (0, 3, 3), summary
     assert summary["errors"] and "TooLarge" in summary["errors"][0]
+
+
+# ---------------------------------------------------------------- pacing (a fake clock and sender: pure logic)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class _Sent:
+    def add_callback(self, fn: Any) -> None:
+        fn(None)
+
+    def add_errback(self, fn: Any) -> None:
+        pass
+
+
+class _Sender:
+    def __init__(self, clock: _Clock) -> None:
+        self.clock, self.at = clock, []
+
+    def send(self, topic: str, key: bytes, value: bytes) -> _Sent:
+        self.at.append(self.clock.now)
+        return _Sent()
+
+    def flush(self, timeout: float) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("rate", "most_sleeps"), [(1000.0, 26), (265.0, 26), (20.0, 20)])
+def test_a_paced_sender_wakes_at_most_once_a_tick_and_keeps_the_rate(
+    monkeypatch: pytest.MonkeyPatch, rate: float, most_sleeps: int
+) -> None:
+    from stream import produce
+    from stream.config import Settings
+
+    clock = _Clock()
+    monkeypatch.setattr(produce.time, "perf_counter", clock.perf_counter)
+    monkeypatch.setattr(produce.time, "sleep", clock.sleep)
+    sender = _Sender(clock)
+    n = round(rate * 0.5) if rate > 50 else 20  # half a second of events, or 20 slow ones
+    rows = [{"item_id": f"p-{i}", "title": "t"} for i in range(n)]
+    summary = produce.produce_listings(Settings(), rows, rate=rate, progress=False, producer=sender, stamp=False)
+    assert summary["sent"] == n and summary["failed"] == 0
+    # one wake-up per tick (20 ms), not one per event; a slow stream still sleeps once per event
+    assert len(clock.sleeps) <= most_sleeps, clock.sleeps
+    assert all(s >= produce.PACE_TICK_S - 1e-9 or s == pytest.approx(1 / rate) for s in clock.sleeps)
+    # no event leaves before its time, none more than a tick after it, and the whole stream keeps the rate
+    t0 = sender.at[0]
+    for k, at in enumerate(sender.at):
+        due = t0 + k / rate
+        assert due - 1e-9 <= at <= due + produce.PACE_TICK_S + 1e-9, (k, at - t0)
+    assert (sender.at[-1] - t0) == pytest.approx((n - 1) / rate, abs=produce.PACE_TICK_S)
