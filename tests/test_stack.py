@@ -306,6 +306,27 @@ def test_kafka_refuses_data_of_another_mode_or_password(tmp_path) -> None:
     assert json.loads((state / MODE_FILE).read_text()) == {"secure": False}
 
 
+def test_the_brokers_extra_jvm_options_come_after_the_stacks_own(tmp_path, monkeypatch) -> None:
+    """LISTINGS_KAFKA_JVM_OPTS is appended to the broker's JVM options (HotSpot lets a later flag win over an
+    earlier one), before the class path; a word that is not an option is refused when the settings load."""
+    from pydantic import ValidationError
+
+    from devtools.config import StackSettings
+    from devtools.stack.kafka import _java_cmd
+
+    monkeypatch.setenv("LISTINGS_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("LISTINGS_KAFKA_JVM_OPTS", "-XX:TieredStopAtLevel=1  -Xss2m")
+    cmd = _java_cmd(StackSettings(), "kafka.Kafka", "server.properties")
+    assert cmd[cmd.index("-XX:MaxGCPauseMillis=20") :].index("-XX:TieredStopAtLevel=1") > 0
+    assert cmd.index("-Xss2m") == cmd.index("-cp") - 1
+    assert cmd[-2:] == ["kafka.Kafka", "server.properties"]
+    monkeypatch.delenv("LISTINGS_KAFKA_JVM_OPTS")
+    assert "-XX:TieredStopAtLevel=1" not in _java_cmd(StackSettings(), "kafka.Kafka")
+    monkeypatch.setenv("LISTINGS_KAFKA_JVM_OPTS", "-XX:TieredStopAtLevel=1 TieredStopAtLevel=1")
+    with pytest.raises(ValidationError, match="each starting with '-': not 'TieredStopAtLevel=1'"):
+        StackSettings()
+
+
 @pytest.mark.parametrize("where", ["state_dir", "model_repository"])
 def test_triton_refuses_a_path_with_whitespace(tmp_path, monkeypatch, where) -> None:
     """The python backend starts its stub through `bash -c` with the paths unquoted: every model failed to load."""

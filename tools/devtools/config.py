@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from stream import config
 from training.config import REPO, TrainingSettings
@@ -18,6 +18,8 @@ class StackSettings(TrainingSettings):
     kafka_port: int = Field(19092, ge=1, le=65535)
     kafka_controller_port: int = Field(19093, ge=1, le=65535)
     kafka_heap: str = Field("512m", pattern=r"^\d+[kKmMgG]$")
+    # more JVM options for the local broker, space-separated, after the stack's own (a later HotSpot flag wins)
+    kafka_jvm_opts: str = Field("", description="extra JVM options of the local broker")
     redis_port: int = Field(16379, ge=1, le=65535)
     triton_http_port: int = Field(18000, ge=1, le=65535)
     triton_grpc_port: int = Field(18001, ge=1, le=65535)
@@ -28,6 +30,14 @@ class StackSettings(TrainingSettings):
     # LISTINGS_KAFKA_SASL_USERNAME/_PASSWORD and LISTINGS_REDIS_USERNAME/_PASSWORD
     stack_secure: bool = False
     stack_tls_dir: Path | None = None
+
+    @field_validator("kafka_jvm_opts")
+    @classmethod
+    def _jvm_opts(cls, value: str) -> str:
+        bad = [opt for opt in value.split() if not opt.startswith("-")]
+        if bad:
+            raise ValueError(f"LISTINGS_KAFKA_JVM_OPTS takes JVM options, each starting with '-': not {bad[0]!r}")
+        return value
 
     @model_validator(mode="after")
     def _tls(self) -> StackSettings:

@@ -64,6 +64,7 @@ def _java_cmd(settings: StackSettings, main: str, *args: str) -> list[str]:
         "-Djava.awt.headless=true",
         f"-Dlog4j.configuration=file:{LOG4J}",
         f"-Dkafka.logs.dir={settings.log_dir}",
+        *settings.kafka_jvm_opts.split(),
         "-cp",
         f"{jar_dir(settings)}/*",
         main,
