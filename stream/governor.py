@@ -13,6 +13,13 @@ by `SLOW_STEP` x a step. Plain AIMD climbs back to that rate within seconds of e
 of 12-06 19:11Z the phase's p99 came from three spells of ~1.5 s of slow live results, each at the top of such a
 climb. Past `PAST` x that rate (live load fell) it grows by whole steps again.
 
+A cut needs a breach that lasts: the reading above the target now, and the reading one window earlier (a window
+of other results) above it too; a single reading above it holds the rate instead. Live traffic's p99 over 3 s is
+noisy on its own: in two bench runs of 12-07 (21:10Z, 21:25Z), with no backfill at all, 16-21% of the readings
+were above 1.2 x a 4 s probe's p99, while two readings a window apart both were in 1-2% of them; under the
+backfill the governor ran at, 7-10% of them. Cutting on every single reading halved the rate on noise every few
+seconds and held the backfill at a fifth of the capacity live left free while live's p99 stayed within x1.3.
+
 Two rules keep the AIMD honest about a signal that lags (the window holds WINDOW_S seconds of results, like TCP's
 one reduction per round trip): after a cut it does not cut again until the window holds only results written
 after that cut, so one slow spell costs one halving, not six; and the rate never runs more than twice ahead of
@@ -89,6 +96,7 @@ class Governor:
     _next_probe: float = field(init=False, default=0.0)  # 0: at the first sight of live traffic
     _rate_before_probe: float = field(init=False, default=0.0)
     _hold_until: float = field(init=False, default=0.0)  # no further cut before this (the window must renew)
+    _readings: deque[tuple[float, bool]] = field(init=False, default_factory=deque)  # (when, above the target)
     overload_rate: float | None = field(init=False, default=None)  # the rate when live last suffered (events/s)
     _uncapped_until: float = field(init=False, default=0.0)
     _admitted: deque[tuple[float, int]] = field(init=False, default_factory=deque)  # (when, events) in the window
@@ -177,7 +185,12 @@ class Governor:
         if now >= self._uncapped_until:  # (just after a probe the window holds the pause: the rate is capped already)
             ceiling = min(ceiling, self._reachable(now))
         target = self.target
-        if self.live_ms is not None and target is not None and self.live_ms > target:
+        above = self.live_ms is not None and target is not None and self.live_ms > target
+        sustained = self._was_above(now - WINDOW_S) and above
+        self._readings.append((now, above))
+        if above and not sustained:
+            self.yielding = False  # one window above the target: the rate is held, not yet cut
+        elif above:
             self.yielding = True
             if now >= self._hold_until:  # multiplicative decrease (a pause under the floor), once per window
                 # the rate in force, not the window's average: the window spans the climb that overloaded live
@@ -187,6 +200,13 @@ class Governor:
         else:
             self.rate = min(ceiling, max(self.rate, self.min_rate) + self._step())  # additive increase
             self.yielding = False
+
+    def _was_above(self, when: float) -> bool:
+        """Whether the last reading taken at or before `when` was above the target (False: none that old)."""
+        while len(self._readings) > 1 and self._readings[1][0] <= when:
+            self._readings.popleft()  # readings older than the one in force at `when` are never asked for again
+        first = self._readings[0] if self._readings else None
+        return first is not None and first[0] <= when and first[1]
 
     def _step(self) -> float:
         """The additive increase: a whole step, but a fraction of one near the rate live last suffered at."""
@@ -214,6 +234,7 @@ class Governor:
             if now < self._probe_end:
                 return True
             self.probing = False
+            self._readings.clear()  # readings against the old baseline say nothing about the new target
             if self.live_ms is not None:
                 self.baseline_ms = self.live_ms
             self._next_probe = now + REPROBE_S

@@ -229,8 +229,9 @@ def test_a_version_triton_unloaded_is_not_served_and_one_loading_is_waited_for()
 
 
 def test_governor_backs_off_while_live_is_slow_and_speeds_up_after() -> None:
-    """AIMD on the backfill's rate from the live latency (the latency source is replaced: pure logic): one cut
-    per window of results, a pause under the floor, additive increase, the ceiling."""
+    """AIMD on the backfill's rate from the live latency (the latency source is replaced: pure logic): a cut once
+    the latency stayed above the target for a window, one cut per window of results, a pause under the floor,
+    additive increase, the ceiling."""
     from stream.governor import WINDOW_S, Governor
 
     g = Governor(redis=None, stream="s", target_ms=250, min_rate=5, max_rate=200, step=20, start_rate=80)
@@ -246,16 +247,54 @@ def test_governor_backs_off_while_live_is_slow_and_speeds_up_after() -> None:
         asyncio.run(g.control(now=at))
         return g.rate
 
-    assert step(0.0, 400.0) == 40.0 and g.yielding
+    # above the target, but no reading a window earlier was: held, not cut
+    assert step(0.0, 400.0) == 80.0 and not g.yielding
+    assert step(WINDOW_S - 0.1, 400.0) == 80.0 and not g.yielding
+    assert step(WINDOW_S, 400.0) == 40.0 and g.yielding  # the reading a window earlier was above it too: halved
     # the window still holds results from before the cut: no second cut until it has renewed
-    assert step(0.5, 400.0) == 40.0 and step(WINDOW_S - 0.1, 400.0) == 40.0 and g.yielding
-    assert [step(k * WINDOW_S, 400.0) for k in (1, 2, 3)] == [20.0, 10.0, 5.0] and g.min_rate == 5
-    assert step(4 * WINDOW_S, 400.0) == 0.0  # under the floor: paused while live suffers
-    t = 4 * WINDOW_S
+    assert step(WINDOW_S + 0.5, 400.0) == 40.0 and step(2 * WINDOW_S - 0.1, 400.0) == 40.0 and g.yielding
+    assert [step(k * WINDOW_S, 400.0) for k in (2, 3, 4)] == [20.0, 10.0, 5.0] and g.min_rate == 5
+    assert step(5 * WINDOW_S, 400.0) == 0.0  # under the floor: paused while live suffers
+    t = 5 * WINDOW_S
     assert [step(t + k, lat) for k, lat in ((1, None), (2, 100.0), (3, 100.0))] == [25.0, 45.0, 65.0]
     assert not g.yielding  # no live traffic, then fast live: additive increase
     g.max_rate = 70
     assert step(t + 4, 100.0) == 70 and not g.yielding  # the ceiling (--rate) holds
+
+
+def test_governor_cuts_on_a_breach_that_lasts_not_on_one_slow_window() -> None:
+    """A spike holds the live p99 of the 3 s window above the target for up to a window's length: the rate is held
+    through it and grows again after, uncut. Two readings a window apart both above the target (other results, a
+    lasting breach) cut it. Readings are kept only as long as the rule needs them."""
+    from stream.governor import INTERVAL_S, WINDOW_S, Governor
+
+    g = Governor(redis=None, stream="s", target_ms=250, min_rate=5, step=20, start_rate=100)
+    reading: list[float | None] = [None]
+
+    async def fake_latency() -> float | None:
+        return reading[0]
+
+    g.live_latency = fake_latency  # type: ignore[method-assign]
+
+    def step(at: float, latency: float) -> float:
+        reading[0] = latency
+        g.admitted(10_000, now=at)
+        asyncio.run(g.control(now=at))
+        return g.rate
+
+    ticks = [k * INTERVAL_S for k in range(200)]
+    rates = [step(t, 100.0) for t in ticks[:10]]  # fine: additive increase
+    assert rates == [120.0 + 20 * k for k in range(10)]
+    spike = [step(t, 400.0) for t in ticks[10:15]]  # above the target for 2.5 s, less than a window
+    assert spike == [300.0] * 5 and g.overload_rate is None
+    assert [step(t, 100.0) for t in ticks[15:21]] == [320.0 + 20 * k for k in range(6)]  # over: it grows, uncut
+    assert step(ticks[21], 400.0) == 420.0  # t=10.5 s above again, but the reading a window earlier (7.5 s) was not
+    assert [step(t, 100.0) for t in ticks[22:27]] == [440.0 + 20 * k for k in range(5)]
+    assert step(ticks[27] - 0.1, 400.0) == 520.0  # t=13.4 s: the reading in force at 10.4 s (10.0 s) was not above
+    assert step(ticks[27], 400.0) == 260.0 and g.overload_rate == 520.0  # t=13.5 s: the one at 10.5 s was: halved
+    for t in ticks[40:]:
+        step(t, 100.0)
+    assert len(g._readings) <= WINDOW_S / INTERVAL_S + 2  # the readings older than a window are let go
 
 
 def test_governor_climbs_slowly_near_the_rate_live_last_suffered_at() -> None:
@@ -283,7 +322,9 @@ def test_governor_climbs_slowly_near_the_rate_live_last_suffered_at() -> None:
     for _ in range(int(2 * WINDOW_S / 0.5)):  # two windows at 400/s, live fine
         step(100.0)
     rate = g.rate
-    assert step(400.0) == rate / 2 and g.overload_rate == rate  # live suffers: halved, the rate in force remembered
+    held = [step(400.0) for _ in range(int(WINDOW_S / 0.5))]  # live suffers for a window: the rate is held ...
+    assert held == [rate] * len(held) and g.overload_rate is None
+    assert step(400.0) == rate / 2 and g.overload_rate == rate  # ... then halved, the rate in force remembered
     limit = g.overload_rate
     rates = [step(100.0) for _ in range(120)]
     pairs = list(zip([rate / 2, *rates[:-1]], rates, strict=True))  # (rate before a step, after it)
@@ -316,7 +357,7 @@ def test_governor_never_runs_far_ahead_of_what_the_backfill_achieves() -> None:
 
 def test_governor_measures_live_alone_and_protects_a_multiple_of_it() -> None:
     """Relative target (the default): a pause measures the live baseline, AIMD then holds live at tolerance x it."""
-    from stream.governor import PROBE_S, REPROBE_S, Governor
+    from stream.governor import PROBE_S, REPROBE_S, WINDOW_S, Governor
 
     g = Governor(redis=None, stream="s", target_ms=0, tolerance=1.2, min_rate=5, step=20, start_rate=80)
     reading: list[float | None] = [None]
@@ -339,7 +380,8 @@ def test_governor_measures_live_alone_and_protects_a_multiple_of_it() -> None:
     assert step(1.0 + PROBE_S, 500.0) == 120.0 and not g.probing
     assert g.baseline_ms == 500.0 and g.target == 600.0
     assert step(6.0, 590.0) == 140.0  # under 1.2 x baseline: additive increase
-    assert step(6.5, 650.0) == 70.0 and g.yielding  # over it: halve
+    assert step(6.5, 650.0) == 140.0 and not g.yielding  # over it: held ...
+    assert step(6.5 + WINDOW_S, 650.0) == 70.0 and g.yielding  # ... and still over it a window later: halved
     assert step(7.0 + REPROBE_S, 650.0) == 0.0 and g.probing  # the baseline is measured again
     assert step(7.0 + REPROBE_S + PROBE_S, 800.0) == 90.0 and g.target == 960.0  # live got slower on its own
     assert "target 960" in g.status()
