@@ -15,10 +15,10 @@ climb. Past `PAST` x that rate (live load fell) it grows by whole steps again.
 
 A cut needs a breach that lasts: the reading above the target now, and the reading one window earlier (a window
 of other results) above it too; a single reading above it holds the rate instead. Live traffic's p99 over 3 s is
-noisy on its own: in two bench runs of 12-07 (21:10Z, 21:25Z), with no backfill at all, 16-21% of the readings
-were above 1.2 x a 4 s probe's p99, while two readings a window apart both were in 1-2% of them; under the
-backfill the governor ran at, 7-10% of them. Cutting on every single reading halved the rate on noise every few
-seconds and held the backfill at a fifth of the capacity live left free while live's p99 stayed within x1.3.
+noisy on its own: in six bench runs of 12-07 night, with no backfill at all, 10-22% of the readings were above
+1.2 x a 4 s probe's p99, while two readings a window apart both were in 1-8% of them; under the backfill the
+governor ran at, 3-16% of them. Cutting on every single reading halved the rate on noise every few seconds and held
+the backfill at 0.21-0.37 of the capacity live left free (bench/README.md, 12-07 night).
 
 Two rules keep the AIMD honest about a signal that lags (the window holds WINDOW_S seconds of results, like TCP's
 one reduction per round trip): after a cut it does not cut again until the window holds only results written
