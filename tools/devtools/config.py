@@ -18,8 +18,11 @@ class StackSettings(TrainingSettings):
     kafka_port: int = Field(19092, ge=1, le=65535)
     kafka_controller_port: int = Field(19093, ge=1, le=65535)
     kafka_heap: str = Field("512m", pattern=r"^\d+[kKmMgG]$")
-    # more JVM options for the local broker, space-separated, after the stack's own (a later HotSpot flag wins)
-    kafka_jvm_opts: str = Field("", description="extra JVM options of the local broker")
+    kafka_jvm_opts: str = Field(
+        "",
+        description="more JVM options for the local broker, space-separated, after the stack's own (a later "
+        "HotSpot flag wins)",
+    )
     redis_port: int = Field(16379, ge=1, le=65535)
     triton_http_port: int = Field(18000, ge=1, le=65535)
     triton_grpc_port: int = Field(18001, ge=1, le=65535)
