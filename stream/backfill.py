@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import logging
 import math
-import os
 import signal
 import sys
 import time
@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from stream import connections, keys
+from stream import connections, cpu_priority, keys
 from stream.config import Settings
 from stream.events.contract import MAX_EPOCH_MS
 from stream.pipeline.process import BatchStats
@@ -609,8 +609,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print("listings backfill: --until is not after --since: the range is empty", file=sys.stderr)
         return 2
     logs.setup("WARNING", quiet=True)
-    if settings.backfill.nice:
-        os.nice(settings.backfill.nice)  # the kernel serves a live worker on the same host first
+    if settings.backfill.nice:  # the kernel serves a live worker on the same host first
+        logging.getLogger("listings.backfill").info("backfill: %s", cpu_priority.lower(settings.backfill.nice))
     preflight.one_shot(settings)
     # checked once at the start (a version that goes away later is retried like an outage), and resolved here so
     # that the run does not read the live record again

@@ -16,6 +16,7 @@ from devtools.workers import WorkerProcess, isolated, produce_raw, wait_group_st
 from stream import connections, keys
 from stream.backfill import BackfillOptions, PlanMismatch, backfill, default_group
 from stream.config import Settings
+from stream.cpu_priority import autogroup_nice
 from support import (
     TITLES,
     another_version,
@@ -273,14 +274,24 @@ def _rows_served(s: Settings, model: str) -> int:
     return sum(int(m.get("inference_count", 0)) for m in stats.get("model_stats", []))
 
 
-def _nice_of_threads(model_folder: str) -> set[int]:
-    """The niceness of every thread of the python-backend processes serving a model folder."""
-    out: set[int] = set()
+def _stubs(model_folder: str) -> list[str]:
+    """The pids of the python-backend processes serving a model folder."""
+    out = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmd = open(f"/proc/{pid}/cmdline", "rb").read()
-            if b"triton_python_backend_stub" not in cmd or f"/{model_folder}/".encode() not in cmd:
-                continue
+        except OSError:
+            continue
+        if b"triton_python_backend_stub" in cmd and f"/{model_folder}/".encode() in cmd:
+            out.append(pid)
+    return out
+
+
+def _nice_of_threads(model_folder: str) -> set[int]:
+    """The niceness of every thread of the python-backend processes serving a model folder."""
+    out: set[int] = set()
+    for pid in _stubs(model_folder):
+        try:
             for task in os.listdir(f"/proc/{pid}/task"):
                 out.add(int(open(f"/proc/{pid}/task/{task}/stat").read().rsplit(")", 1)[1].split()[16]))
         except OSError:
@@ -288,10 +299,21 @@ def _nice_of_threads(model_folder: str) -> set[int]:
     return out
 
 
+def _sessions(model_folder: str) -> list[tuple[bool, int | None]]:
+    """For each process serving a model folder: whether it leads its own session, and its autogroup's niceness."""
+    return [(os.getsid(int(pid)) == int(pid), autogroup_nice(pid)) for pid in _stubs(model_folder)]
+
+
 def test_backfill_runs_on_the_background_copy_at_low_cpu_priority(stack, caplog) -> None:
     live, copy = stack.triton.model_name, f"{stack.triton.model_name}_background"
     assert _nice_of_threads(copy) == {19}, "every thread of the copy's instances runs at niceness 19"
     assert _nice_of_threads(live) == {0}
+    # the copy's processes leave tritonserver's session, so the kernel ranks them below the other sessions too
+    # (with autogroups a niceness counts only inside a session), and stay Triton's: they answer below
+    groups = 19 if autogroup_nice() is not None else None
+    copies = _sessions(copy)
+    assert copies and all(one == (True, groups) for one in copies), copies
+    assert _sessions(live) and not any(own for own, _ in _sessions(live))
     n = 24
     titles = [TITLES[i % len(TITLES)] for i in range(n)]
     for model, served_by in (("auto", copy), ("live", live), ("no_such_model", live)):

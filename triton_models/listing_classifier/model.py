@@ -9,10 +9,9 @@ limit), never rejected for length.
 Config parameters (`config.pbtxt`): `engine` = `auto` (the version's default, chosen at export by the accuracy
 bound) | `torch` | `onnx` | `onnx-int8`; `cascade` = `on` (rows the linear part is sure of skip the encoder, at
 the margin the version chose at export; see `classifier.py`) | `off`; `cpu_threads` (the engine's CPU threads, on
-a GPU instance too); `nice`
-(0-19, default 0) = the CPU niceness of the instance's process, every thread of it (the background copy that
-serves backfills sets 19, see tools/training/background.py). A GPU instance runs on its device (ONNX Runtime's
-CUDA provider, or torch in fp16).
+a GPU instance too); `nice` (0-19, default 0) = the CPU niceness of the instance's process, every thread of it,
+and of a session it then leads alone (`_own_cpu_group`); the background copy that serves backfills sets 19, see
+tools/training/background.py. A GPU instance runs on its device (ONNX Runtime's CUDA provider, or torch in fp16).
 """
 
 from __future__ import annotations
@@ -49,6 +48,25 @@ def _decode(value: bytes, what: str) -> str:
         return value.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadRequest(f"{what} is not valid UTF-8 (byte {exc.start})") from exc
+
+
+def _own_cpu_group(nice: int) -> bool:
+    """Leave tritonserver's session for one of this process' own and give that session's autogroup niceness
+    `nice`; False where the kernel has no autogroups (or the process already leads a group).
+
+    With `kernel.sched_autogroup_enabled = 1` (most distributions' default) Linux shares the CPU between sessions
+    first and weighs a thread's niceness only against the threads of its own session: in tritonserver's session
+    the live instances' processes are the only ones a niceness ranks this one below, so whenever they sleep, the
+    group's whole weight goes to this process and it takes as much of a busy core as the live worker or Kafka
+    does. In a session of its own at autogroup niceness `nice` it ranks below every other group. The stub still
+    exits when tritonserver does (it checks its parent every 300 ms), and tritonserver still stops it by pid."""
+    try:
+        os.setsid()
+        with open("/proc/self/autogroup", "w") as group:
+            group.write(str(nice))
+    except OSError:
+        return False
+    return True
 
 
 def _lower_cpu_priority(nice: int) -> None:
@@ -100,6 +118,7 @@ class TritonPythonModel:
         if not raw_nice.isdigit() or not 0 <= int(raw_nice) <= 19:
             raise ValueError(f"config parameter nice must be an integer 0..19, not {raw_nice!r}")
         nice = int(raw_nice)
+        own_group = bool(nice) and _own_cpu_group(nice)
         if nice:
             _lower_cpu_priority(nice)  # before the engine starts its threads, so they inherit it
         cascade = (params.get("cascade", "on") or "on").lower()
@@ -119,6 +138,7 @@ class TritonPythonModel:
             f"listing_classifier: engine {self.model.engine_name} on {device}, "
             + (f"cascade at linear margin {margin}" if margin is not None else "no cascade")
             + (f", CPU niceness {nice}" if nice else "")
+            + (" in an autogroup of its own" if own_group else "")
         )
 
     def _rows(self, request) -> tuple[list[str], list[str | None], list[str | None]]:
