@@ -165,8 +165,9 @@ def protection(figures: dict[str, Any], rounds: list[dict[str, Any]], live_rate:
 
 
 def compact(run: dict[str, Any]) -> dict[str, Any]:
-    """A latency run without its per-event latencies and the backfill's timeline."""
-    return {k: v for k, v in run.items() if k not in ("latencies_ms", "backfill_timeline")}
+    """A latency run without its per-event latencies (the backfill's timeline stays: it shows what the governor
+    read and did in every round, not only the judged one)."""
+    return {k: v for k, v in run.items() if k != "latencies_ms"}
 
 
 def cpu_ceiling(figures: dict[str, Any], free: float, used: float) -> dict[str, Any]:
