@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import logging
 import math
 import signal
 import sys
@@ -609,8 +608,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print("listings backfill: --until is not after --since: the range is empty", file=sys.stderr)
         return 2
     logs.setup("WARNING", quiet=True)
-    if settings.backfill.nice:  # the kernel serves a live worker on the same host first
-        logging.getLogger("listings.backfill").info("backfill: %s", cpu_priority.lower(settings.backfill.nice))
+    cpu_priority.lower(settings.backfill.nice)  # the kernel serves a live worker on the same host first
     preflight.one_shot(settings)
     # checked once at the start (a version that goes away later is retried like an outage), and resolved here so
     # that the run does not read the live record again

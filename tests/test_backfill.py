@@ -313,7 +313,8 @@ def test_backfill_runs_on_the_background_copy_at_low_cpu_priority(stack, caplog)
     groups = 19 if autogroup_nice() is not None else None
     copies = _sessions(copy)
     assert copies and all(one == (True, groups) for one in copies), copies
-    assert _sessions(live) and not any(own for own, _ in _sessions(live))
+    lives = _sessions(live)
+    assert lives and not any(own for own, _ in lives)
     n = 24
     titles = [TITLES[i % len(TITLES)] for i in range(n)]
     for model, served_by in (("auto", copy), ("live", live), ("no_such_model", live)):
