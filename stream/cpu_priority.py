@@ -17,6 +17,7 @@ limits there) and the group's niceness is a harmless no-op.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 AUTOGROUP = Path("/proc/self/autogroup")
@@ -37,10 +38,13 @@ def lower(nice: int) -> str:
     return f"niceness {now}, its autogroup too"
 
 
-def autogroup_nice(pid: int | str = "self") -> int | None:
-    """The niceness of a process' autogroup (`/autogroup-N nice K`), or None without autogroups."""
+def autogroup_nice(pid: int | str = "self", proc: Path = Path("/proc")) -> int | None:
+    """The niceness of a process' autogroup (`/autogroup-N nice K`), or None where it has none: a kernel without
+    autogroups (no file), or a process still in the boot-time group (an empty file: no one in its line of parents
+    started a session since init, as under some CI runners and container inits; that group is the root group)."""
     try:
-        text = Path(f"/proc/{pid}/autogroup").read_text()
+        text = (proc / str(pid) / "autogroup").read_text()
     except OSError:
         return None
-    return int(text.split()[-1])
+    found = re.search(r"\bnice\s+(-?\d+)", text)
+    return int(found.group(1)) if found else None
