@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import orjson
 import pytest
@@ -237,7 +238,7 @@ def test_governor_backs_off_while_live_is_slow_and_speeds_up_after() -> None:
     g = Governor(redis=None, stream="s", target_ms=250, min_rate=5, max_rate=200, step=20, start_rate=80)
     reading: list[float | None] = [None]
 
-    async def fake_latency() -> float | None:
+    async def fake_latency(since_ms: int | None = None) -> float | None:
         return reading[0]
 
     g.live_latency = fake_latency  # type: ignore[method-assign]
@@ -271,7 +272,7 @@ def test_governor_cuts_on_a_breach_that_lasts_not_on_one_slow_window() -> None:
     g = Governor(redis=None, stream="s", target_ms=250, min_rate=5, step=20, start_rate=100)
     reading: list[float | None] = [None]
 
-    async def fake_latency() -> float | None:
+    async def fake_latency(since_ms: int | None = None) -> float | None:
         return reading[0]
 
     g.live_latency = fake_latency  # type: ignore[method-assign]
@@ -305,7 +306,7 @@ def test_governor_climbs_slowly_near_the_rate_live_last_suffered_at() -> None:
     g = Governor(redis=None, stream="s", target_ms=250, min_rate=5, step=20, start_rate=400)
     reading: list[float | None] = [None]
 
-    async def fake_latency() -> float | None:
+    async def fake_latency(since_ms: int | None = None) -> float | None:
         return reading[0]
 
     g.live_latency = fake_latency  # type: ignore[method-assign]
@@ -343,7 +344,7 @@ def test_governor_never_runs_far_ahead_of_what_the_backfill_achieves() -> None:
 
     g = Governor(redis=None, stream="s", target_ms=250, min_rate=5, step=100, start_rate=50)
 
-    async def no_live() -> float | None:
+    async def no_live(since_ms: int | None = None) -> float | None:
         return None
 
     g.live_latency = no_live  # type: ignore[method-assign]
@@ -357,12 +358,14 @@ def test_governor_never_runs_far_ahead_of_what_the_backfill_achieves() -> None:
 
 def test_governor_measures_live_alone_and_protects_a_multiple_of_it() -> None:
     """Relative target (the default): a pause measures the live baseline, AIMD then holds live at tolerance x it."""
-    from stream.governor import PROBE_S, REPROBE_S, WINDOW_S, Governor
+    from stream.governor import PROBE_S, REPROBE_S, SETTLE_S, WINDOW_S, Governor
 
     g = Governor(redis=None, stream="s", target_ms=0, tolerance=1.2, min_rate=5, step=20, start_rate=80)
     reading: list[float | None] = [None]
+    asked: list[int | None] = []
 
-    async def fake_latency() -> float | None:
+    async def fake_latency(since_ms: int | None = None) -> float | None:
+        asked.append(since_ms)
         return reading[0]
 
     g.live_latency = fake_latency  # type: ignore[method-assign]
@@ -375,15 +378,21 @@ def test_governor_measures_live_alone_and_protects_a_multiple_of_it() -> None:
 
     assert step(0.0, None) == 100.0 and g.target is None  # no live traffic: nothing to protect, speeds up
     assert step(1.0, 900.0) == 0.0 and g.probing and g.yielding  # live appears: pause to measure it alone
+    started_ms = time.time() * 1000
     assert step(1.0 + PROBE_S / 2, 700.0) == 0.0  # still measuring
+    # the baseline is every live result of the pause after its first SETTLE_S (not only the last window's)
+    assert asked[0] is None and asked[1] is None and asked[2] is not None
+    assert abs(asked[2] - (started_ms + SETTLE_S * 1000)) < 1000
     # baseline 500 ms; the rate before the probe (100), then one step under the 600 ms target
     assert step(1.0 + PROBE_S, 500.0) == 120.0 and not g.probing
     assert g.baseline_ms == 500.0 and g.target == 600.0
-    assert step(6.0, 590.0) == 140.0  # under 1.2 x baseline: additive increase
-    assert step(6.5, 650.0) == 140.0 and not g.yielding  # over it: held ...
-    assert step(6.5 + WINDOW_S, 650.0) == 70.0 and g.yielding  # ... and still over it a window later: halved
-    assert step(7.0 + REPROBE_S, 650.0) == 0.0 and g.probing  # the baseline is measured again
-    assert step(7.0 + REPROBE_S + PROBE_S, 800.0) == 90.0 and g.target == 960.0  # live got slower on its own
+    assert asked[3] == asked[2]  # the probe's last reading spans the whole of it
+    end = 1.0 + PROBE_S
+    assert step(end + 1.0, 590.0) == 140.0 and asked[-1] is None  # under 1.2 x baseline: additive increase
+    assert step(end + 1.5, 650.0) == 140.0 and not g.yielding  # over it: held ...
+    assert step(end + 1.5 + WINDOW_S, 650.0) == 70.0 and g.yielding  # ... and still over it a window later: halved
+    assert step(end + 2.0 + REPROBE_S, 650.0) == 0.0 and g.probing  # the baseline is measured again
+    assert step(end + 2.0 + REPROBE_S + PROBE_S, 800.0) == 90.0 and g.target == 960.0  # live got slower on its own
     assert "target 960" in g.status()
 
 

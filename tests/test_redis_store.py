@@ -291,6 +291,39 @@ def test_governor_reads_every_live_result_of_its_window_once(stack, r) -> None:
         r.delete(stream)
 
 
+def test_governor_probe_reads_every_live_result_since_it_settled(stack, r) -> None:
+    """A probe's baseline is every live result since its first second (7 s of them), not the last 3 s window's: a
+    slow spell early in the pause counts in the probe's reading and not in a window's."""
+    import time
+
+    from stream import connections
+    from stream.governor import Governor
+
+    stream = f"test:gov-probe:{uuid.uuid4().hex[:6]}"
+    now = int(time.time() * 1000)
+    # 100 slow live results 6 s ago, then 900 fast ones over the last 2 s
+    _timed_entries(
+        r,
+        stream,
+        [now - 6000 + i for i in range(100)] + [now - 2000 + 2 * i for i in range(900)],
+        [800.0] * 100 + [100.0] * 900,
+    )
+
+    async def go() -> tuple[float | None, float | None]:
+        client = connections.redis_async(stack.redis)
+        try:
+            probe = await Governor(client, stream, target_ms=0).live_latency(since_ms=now - 7000)
+            return probe, await Governor(client, stream, target_ms=0).live_latency()
+        finally:
+            await client.aclose()
+
+    try:
+        probe, window = asyncio.run(go())
+        assert probe == pytest.approx(800, abs=1) and window == pytest.approx(100, abs=1)
+    finally:
+        r.delete(stream)
+
+
 def test_governor_reads_the_newest_page_when_too_much_is_unread(stack, r, monkeypatch) -> None:
     """More unread entries than it reads in one look (a stream written faster than it pages): the governor takes the
     newest page of the window and reads on from there, instead of falling ever further behind."""

@@ -48,8 +48,8 @@ LATENCY_ROUNDS = 3
 MAX_RATIO = 1.3  # live p99 with a backfill running, at most this times live alone (issue 12)
 MIN_SHARE = 0.5  # ... while the backfill takes at least this share of the capacity live leaves free
 # every latency run opens with this many seconds at its rate, measured apart (see measure.latency_run): longer than
-# the governor's first pause to measure live alone (governor.PROBE_S, 4 s), so (d') is judged in its steady state
-RAMP_SECONDS = 5.0
+# the governor's first pause to measure live alone (governor.PROBE_S, 8 s), so (d') is judged in its steady state
+RAMP_SECONDS = 10.0
 QUICK = {
     "events": 200,
     "naive_events": 24,
