@@ -240,7 +240,11 @@ class BackfillSettings(_Group):
     max_batch: int = Field(
         64, ge=1, le=MAX_REQUEST_ROWS, description="events per backfill request (and per Kafka commit)"
     )
-    max_in_flight: int = Field(2, ge=1, le=256, description="backfill requests in flight to Triton")
+    # 1: one backfill batch at a time, so the copy computes on at most one core at once and live's compute always
+    # has a core the backfill's does not hold (at 2 the copy's two instances can take both cores at once). In the
+    # bench of 12-08 morning (bench/README.md) the backfill took 0.53-0.89 of the capacity live left free at
+    # x1.09-1.48 of live alone's p99 with 1 in flight, against 0.33-0.70 at x1.49-1.89 with 2 an hour earlier
+    max_in_flight: int = Field(1, ge=1, le=256, description="backfill requests in flight to Triton")
     governor: bool = Field(True, description="yield to live traffic (see stream/governor.py)")
     live_target_ms: float = Field(
         0.0, ge=0, description="a fixed live end-to-end latency (ms, at live_percentile) to protect; 0: relative"
