@@ -20,7 +20,6 @@ from stream.classify.triton_client import BACKFILL_PRIORITY, LIVE_PRIORITY, text
 from stream.config import Settings
 
 LIVE_BATCH = 24
-BACKGROUND_CLIENTS = 2  # the backfill's default LISTINGS_BACKFILL_MAX_IN_FLIGHT
 MODES = ("alone", "same", "copy")
 
 
@@ -33,6 +32,7 @@ async def _one_mode(
     live_model = s.triton.model_name
     target = s.backfill.serve_from(live_model) if mode == "copy" else live_model
     bg_batch = s.backfill.max_batch
+    clients = s.backfill.max_in_flight  # the backfill's requests in flight (LISTINGS_BACKFILL_MAX_IN_FLIGHT)
     latencies: list[float] = []
     bg_rows = 0
     start = time.perf_counter()
@@ -60,7 +60,7 @@ async def _one_mode(
         i = c * 7919
         while time.perf_counter() < stop:
             chunk = [titles[(i + j) % len(titles)] for j in range(bg_batch)]
-            i += bg_batch * BACKGROUND_CLIENTS
+            i += bg_batch * clients
             try:
                 await client.infer(
                     target, text_inputs(grpcclient, TITLE=chunk), outputs=outputs, priority=BACKFILL_PRIORITY
@@ -71,7 +71,7 @@ async def _one_mode(
                 await asyncio.sleep(0.05)
 
     try:
-        jobs = [live()] + ([background(c) for c in range(BACKGROUND_CLIENTS)] if mode != "alone" else [])
+        jobs = [live()] + ([background(c) for c in range(clients)] if mode != "alone" else [])
         await asyncio.gather(*jobs)
     finally:
         await client.close()
@@ -127,7 +127,7 @@ def isolation(
         "live_titles_per_s": round(live_titles_per_s, 1),
         "live_batch": LIVE_BATCH,
         "background_batch": s.backfill.max_batch,
-        "background_clients": BACKGROUND_CLIENTS,
+        "background_clients": s.backfill.max_in_flight,
         "seconds": seconds,
         "rounds": rounds,
         "runs": runs,
