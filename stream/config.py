@@ -249,7 +249,9 @@ class BackfillSettings(_Group):
     live_target_ms: float = Field(
         0.0, ge=0, description="a fixed live end-to-end latency (ms, at live_percentile) to protect; 0: relative"
     )
-    live_tolerance: float = Field(1.2, ge=1.0, le=10.0, description="live latency allowed, relative to live alone")
+    # 1.3 since 12-08 (1.2 before): with one backfill batch in flight and the niceness reaching the kernel, the
+    # target, not live's tail, was what held the backfill under half the free capacity (bench/README.md, 12-08)
+    live_tolerance: float = Field(1.3, ge=1.0, le=10.0, description="live latency allowed, relative to live alone")
     live_percentile: float = Field(99.0, ge=50.0, le=100.0, description="the live latency percentile protected")
     min_rate: float = Field(5.0, ge=0)
     rate_step: float = Field(20.0, gt=0)

@@ -87,7 +87,7 @@ class Governor:
     redis: Any  # an asyncio Redis client
     stream: str  # the update stream (listings:updates)
     target_ms: float  # a fixed live latency (at `percentile`) to protect; 0: `tolerance` x the live-only baseline
-    tolerance: float = 1.2
+    tolerance: float = 1.3  # (settings.backfill.live_tolerance)
     percentile: float = 99.0
     min_rate: float = 5.0
     max_rate: float = 0.0  # 0: no ceiling
