@@ -243,7 +243,8 @@ class BackfillSettings(_Group):
     # 1: one backfill batch at a time, so the copy computes on at most one core at once and live's compute always
     # has a core the backfill's does not hold (at 2 the copy's two instances can take both cores at once). In the
     # bench of 12-08 morning (bench/README.md) the backfill took 0.53-0.89 of the capacity live left free at
-    # x1.09-1.48 of live alone's p99 with 1 in flight, against 0.33-0.70 at x1.49-1.89 with 2 an hour earlier
+    # x1.09-1.48 of live alone's p99 with 1 in flight, against 0.33-0.70 at x1.49-1.89 with 2 an hour earlier (one
+    # run each; over all rounds of 12-07/08, both of issue 12's goals in 6 of 12 rounds at 1, 9 of 24 at 2)
     max_in_flight: int = Field(1, ge=1, le=256, description="backfill requests in flight to Triton")
     governor: bool = Field(True, description="yield to live traffic (see stream/governor.py)")
     live_target_ms: float = Field(
